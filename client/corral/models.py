@@ -1,0 +1,418 @@
+"""Wire models shared by the daemon and every client.
+
+Wire names are camelCase (the field names the TypeScript frontends already
+use); Python attributes are snake_case; both spellings are accepted on input.
+Enum values are snake_case strings. Result models ignore unknown fields so an
+older client keeps working against a newer daemon; parameter models forbid
+them so a typo is a clear -32602 instead of a silent no-op.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+TASK_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_task_id(value: str) -> str:
+    """Reject ids that cannot be used safely in paths and branch names."""
+    if not TASK_ID_RE.fullmatch(value) or ".." in value or value.endswith((".lock", ".")):
+        raise ValueError(
+            f"invalid task id {value!r}: use 1-64 of [A-Za-z0-9._-], starting with a letter"
+            " or digit, without '..' and not ending in '.' or '.lock'"
+        )
+    return value
+
+
+TaskId = Annotated[str, AfterValidator(check_task_id)]
+
+
+class Wire(BaseModel):
+    """Base of every result model: camelCase on the wire, lenient on input."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="ignore",
+        use_enum_values=False,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class Params(Wire):
+    """Base of every RPC params model: unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class NoParams(Params):
+    """Methods that take no parameters."""
+
+
+# --- enums -----------------------------------------------------------------
+
+
+class SessionStatus(StrEnum):
+    IDLE = "idle"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPING = "stopping"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class TaskStatus(StrEnum):
+    PENDING = "pending"
+    READY = "ready"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    BLOCKED = "blocked"
+    CANCELLED = "cancelled"
+    RETRY_WAIT = "retry_wait"
+    RATE_LIMITED = "rate_limited"
+    SKIPPED = "skipped"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_TASK_STATUSES
+
+
+TERMINAL_TASK_STATUSES = frozenset(
+    {
+        TaskStatus.COMPLETED,
+        TaskStatus.FAILED,
+        TaskStatus.BLOCKED,
+        TaskStatus.CANCELLED,
+        TaskStatus.SKIPPED,
+    }
+)
+
+
+class ErrorCategory(StrEnum):
+    TIMEOUT = "timeout"
+    LIMIT_MEMORY = "limit_memory"
+    LIMIT_CPU = "limit_cpu"
+    CRASH = "crash"
+    RATE_LIMIT = "rate_limit"
+    DEPENDENCY = "dependency"
+    CANCELLED = "cancelled"
+    MISSING_EXECUTABLE = "missing_executable"
+    UNKNOWN = "unknown"
+
+
+class Strategy(StrEnum):
+    PRIORITY = "priority"
+    FIFO = "fifo"
+    COST_FIRST = "cost_first"
+    DEPENDENCY_FIRST = "dependency_first"
+    SEQUENTIAL = "sequential"
+
+
+class ErrorStrategy(StrEnum):
+    RETRY = "retry"
+    SKIP = "skip"
+    ABORT = "abort"
+
+
+class AgentActivity(StrEnum):
+    IDLE = "idle"
+    THINKING = "thinking"
+    READING = "reading"
+    IMPLEMENTING = "implementing"
+    TESTING = "testing"
+    COMMITTING = "committing"
+
+
+class AgentLifecycle(StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    EXITED = "exited"
+    KILLED = "killed"
+
+
+class EndReason(StrEnum):
+    OK = "ok"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    LIMIT_MEMORY = "limit_memory"
+    LIMIT_CPU = "limit_cpu"
+    CANCELLED = "cancelled"
+    LOST = "lost"
+    RATE_LIMIT = "rate_limit"
+
+
+# --- configuration ----------------------------------------------------------
+
+
+class ResourceLimits(Wire):
+    model_config = ConfigDict(extra="forbid")
+
+    max_agents: int = Field(5, ge=1)
+    max_cpu_per_agent: float = Field(50.0, gt=0)
+    max_memory_mb_per_agent: int = Field(2048, gt=0)
+    max_total_cpu: float = Field(80.0, gt=0)
+    max_total_memory_mb: int = Field(8192, gt=0)
+    max_runtime_secs: int = Field(3600, ge=0)
+    cpu_window_secs: float = Field(10.0, gt=0)
+    sample_interval_secs: float = Field(0.5, gt=0)
+    kill_grace_secs: float = Field(5.0, ge=0)
+
+
+class Backoff(Wire):
+    model_config = ConfigDict(extra="forbid")
+
+    base_secs: float = Field(5.0, ge=0)
+    multiplier: float = Field(3.0, ge=1)
+    cap_secs: float = Field(300.0, ge=0)
+
+    def delay(self, attempt: int) -> float:
+        """Delay before retry number `attempt` (1-based)."""
+        return float(min(self.cap_secs, self.base_secs * self.multiplier ** max(0, attempt - 1)))
+
+
+class SchedulerConfig(Wire):
+    model_config = ConfigDict(extra="forbid")
+
+    max_parallel: int = Field(3, ge=1)
+    max_iterations: int = Field(10, ge=1)
+    max_retries: int = Field(2, ge=0)
+    agent_type: str = "claude"
+    strategy: Strategy = Strategy.DEPENDENCY_FIRST
+    resource_limits: ResourceLimits = Field(default_factory=ResourceLimits)
+    model: str | None = None
+    base_branch: str | None = None
+    backoff: Backoff = Field(default_factory=Backoff)
+    error_strategy: ErrorStrategy = ErrorStrategy.RETRY
+    fallback_agent: str | None = None
+    completion_marker: str | None = None
+    auto_commit: bool = True
+    branch_template: str = "corral/{task_id}"
+
+
+# --- domain -----------------------------------------------------------------
+
+
+class Session(Wire):
+    id: str
+    repo_path: str
+    config: SchedulerConfig
+    status: SessionStatus
+    created_at: float
+
+
+class TaskSpec(Params):
+    """What a client sends to add a task."""
+
+    id: TaskId
+    title: str = Field(min_length=1, max_length=500)
+    description: str = Field("", max_length=200_000)
+    priority: int = 0
+    dependencies: list[TaskId] = Field(default_factory=list)
+    estimated_tokens: int | None = Field(None, ge=0)
+    agent_type: str | None = None
+
+
+class Task(Wire):
+    id: str
+    title: str
+    description: str = ""
+    priority: int = 0
+    dependencies: list[str] = Field(default_factory=list)
+    estimated_tokens: int | None = None
+    actual_tokens: int | None = None
+    status: TaskStatus = TaskStatus.PENDING
+    attempts: int = 0
+    assigned_agent: str | None = None
+    branch: str | None = None
+    worktree_path: str | None = None
+    error: str | None = None
+    error_category: ErrorCategory | None = None
+    started_at: float | None = None
+    completed_at: float | None = None
+    agent_type: str | None = None
+    retry_at: float | None = None
+    blocked_by: str | None = None
+
+
+class Agent(Wire):
+    id: str
+    session_id: str
+    task_id: str
+    agent_type: str
+    status: AgentActivity = AgentActivity.IDLE
+    lifecycle: AgentLifecycle = AgentLifecycle.STARTING
+    process_id: int | None = None
+    worktree_path: str = ""
+    branch: str = ""
+    iteration_count: int = 0
+    tokens: int = 0
+    cost: float = 0.0
+    exit_code: int | None = None
+    end_reason: EndReason | None = None
+    started_at: float
+    ended_at: float | None = None
+    cpu_percent: float = 0.0
+    memory_mb: float = 0.0
+
+
+class SchedulerStats(Wire):
+    total: int
+    pending: int
+    ready: int
+    in_progress: int
+    completed: int
+    failed: int
+    blocked: int
+    cancelled: int
+    retry_wait: int
+    rate_limited: int
+    skipped: int = 0
+    max_parallel: int
+    strategy: Strategy
+    session_status: SessionStatus
+
+
+class Assignment(Wire):
+    """The result of `parallel_schedule_next`: which task starts, or none."""
+
+    task: Task | None = None
+    agent: Agent | None = None
+    reason: str | None = None
+
+
+class PoolStats(Wire):
+    active_agents: int
+    max_agents: int
+    total_cpu_percent: float
+    total_memory_mb: float
+    max_total_cpu: float
+    max_total_memory_mb: int
+    completed_agents: int = 0
+    failed_agents: int = 0
+
+
+class Violation(Wire):
+    agent_id: str
+    task_id: str
+    kind: str  # timeout | limit_memory | limit_cpu | total_memory
+    value: float
+    limit: float
+    action: str
+    at: float
+
+
+class WorktreeAllocation(Wire):
+    session_id: str
+    agent_id: str
+    task_id: str
+    worktree_path: str
+    branch: str
+    base_branch: str
+    created_at: float
+
+
+class CleanupReport(Wire):
+    removed: list[str] = Field(default_factory=list)
+    pruned: list[str] = Field(default_factory=list)
+    kept_dirty: list[str] = Field(default_factory=list)
+
+
+class ConflictType(StrEnum):
+    FILE_MODIFICATION = "file_modification"
+    DELETE_MODIFY = "delete_modify"
+    FILE_CREATION = "file_creation"
+    DIRECTORY_CONFLICT = "directory_conflict"
+    RENAME = "rename"
+
+
+class ResolutionStrategy(StrEnum):
+    USE_FIRST = "use_first"
+    USE_LAST = "use_last"
+    USE_PRIORITY = "use_priority"
+    AUTO_MERGE = "auto_merge"
+    MANUAL = "manual"
+
+
+class MergeConflict(Wire):
+    file_path: str
+    branch1: str
+    branch2: str
+    agent1: str | None = None
+    agent2: str | None = None
+    conflict_type: ConflictType
+    auto_resolvable: bool
+    recommended_strategy: ResolutionStrategy
+    description: str = ""
+
+
+class ConflictSummary(Wire):
+    total_conflicts: int
+    auto_resolvable: int
+    needs_manual: int
+    by_type: dict[str, int]
+    by_branch_pair: dict[str, int] = Field(default_factory=dict)
+
+
+class ConflictResolutionResult(Wire):
+    success: bool
+    strategy: ResolutionStrategy
+    file_path: str
+    branch: str | None = None
+    commit: str | None = None
+    message: str = ""
+    content: str | None = None
+
+
+class CompletedAgent(Wire):
+    agent_id: str
+    task_id: str
+    session_id: str
+    success: bool
+    exit_code: int | None = None
+    end_reason: EndReason | None = None
+    error: str | None = None
+    tokens: int = 0
+    cost: float = 0.0
+    ended_at: float
+
+
+class LogEntry(Wire):
+    offset: int
+    stream: str  # stdout | stderr | daemon
+    line: str
+    at: float
+
+
+class CgroupFeatures(Wire):
+    available: bool
+    path: str | None = None
+    kill: bool = False
+    controllers: list[str] = Field(default_factory=list)
+    reason: str = ""
+
+
+class DaemonStatus(Wire):
+    version: str
+    pid: int
+    uptime_secs: float
+    connections: int
+    sessions: int
+    socket_path: str
+    state_dir: str
+    cgroup: CgroupFeatures
+
+
+class Event(Wire):
+    seq: int
+    type: str
+    session_id: str | None = None
+    payload: dict[str, Any] = Field(default_factory=dict)
+    at: float = 0.0
