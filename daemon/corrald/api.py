@@ -1,0 +1,301 @@
+"""The RPC methods: one thin function each (validate, call the engine, return a model).
+
+Each function's docstring is its documentation: it feeds `rpc.discover`, the
+README's RPC reference and the CLI help. Params are by name (camelCase or
+snake_case); positional params map onto the fields in order.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import Field
+
+from corral import __version__, errors
+from corral.models import (
+    Assignment,
+    CgroupFeatures,
+    DaemonStatus,
+    ErrorCategory,
+    NoParams,
+    Params,
+    SchedulerConfig,
+    SchedulerStats,
+    Session,
+    SessionStatus,
+    Task,
+    TaskId,
+    TaskSpec,
+    TaskStatus,
+)
+from corrald.engine import Engine
+from corrald.rpc import Registry, openrpc_document
+from corrald.server import Connection
+
+
+@dataclass
+class DaemonInfo:
+    """Facts about the running daemon that `daemon_status` reports."""
+
+    socket_path: str
+    state_dir: str
+    cgroup: CgroupFeatures
+    request_shutdown: Callable[[], None]
+    started_at: float = field(default_factory=time.monotonic)
+    connections: Callable[[], int] = lambda: 0
+
+
+@dataclass
+class Call:
+    """What every handler gets: the engine, the daemon facts, the calling connection."""
+
+    engine: Engine
+    daemon: DaemonInfo
+    conn: Connection
+
+
+methods: Registry[Call] = Registry()
+
+
+# --- daemon ------------------------------------------------------------------------
+
+
+@methods.method()
+async def daemon_status(call: Call, p: NoParams) -> DaemonStatus:
+    """Report the daemon's version, pid, uptime, connections, sessions and cgroup support.
+
+    Result: DaemonStatus. `cgroup` says whether per-agent cgroups (v2) are
+    available here, with which controllers, and why not if they are not.
+    """
+    info = call.daemon
+    return DaemonStatus(
+        version=__version__,
+        pid=os.getpid(),
+        uptime_secs=round(time.monotonic() - info.started_at, 3),
+        connections=info.connections(),
+        sessions=len(call.engine.sessions),
+        socket_path=info.socket_path,
+        state_dir=info.state_dir,
+        cgroup=info.cgroup,
+    )
+
+
+@methods.method()
+async def daemon_shutdown(call: Call, p: NoParams) -> bool:
+    """Shut the daemon down gracefully.
+
+    Accepting stops at once; running agents are stopped and their tasks go back
+    to `ready` (worktrees and branches kept); in-flight requests finish within
+    the shutdown grace. Result: true (sent before the daemon exits).
+    """
+    call.daemon.request_shutdown()
+    return True
+
+
+@methods.method("rpc.discover")
+async def rpc_discover(call: Call, p: NoParams) -> dict[str, Any]:
+    """Return the OpenRPC document describing every method, its params and result."""
+    return openrpc_document(
+        methods, title="corrald", version=__version__,
+        description="corral daemon: parallel AI coding agents in git worktrees",
+    )
+
+
+# --- sessions ----------------------------------------------------------------------
+
+
+class InitParams(Params):
+    config: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    repo_path: str
+    session_id: TaskId | None = None
+
+
+class SessionParams(Params):
+    session_id: str | None = None
+
+
+@methods.method()
+async def init_parallel_scheduler(call: Call, p: InitParams) -> Session:
+    """Create a session (one scheduler run on one repository).
+
+    Params: `config` (SchedulerConfig, defaults apply), `repoPath` (a git work
+    tree), `sessionId` (optional; generated if omitted). Calling it again with
+    an existing `sessionId` replaces that session's config and keeps its tasks,
+    unless agents are running: then it fails with 1002 SessionBusy.
+    Errors: 1010 NotAGitRepository, 1002 SessionBusy, 1007 for a bad id.
+    """
+    return call.engine.init_session(p.config, p.repo_path, p.session_id)
+
+
+@methods.method()
+async def session_list(call: Call, p: NoParams) -> list[Session]:
+    """List every session, oldest first."""
+    return [s.session for s in call.engine.sessions.values()]
+
+
+@methods.method()
+async def session_get(call: Call, p: SessionParams) -> Session:
+    """Return one session. `sessionId` may be omitted when exactly one exists.
+
+    Errors: 1001 SessionNotFound, 1009 SessionRequired.
+    """
+    return call.engine.session(p.session_id).session
+
+
+@methods.method()
+async def session_start(call: Call, p: SessionParams) -> Session:
+    """Start scheduling: tasks start by themselves as slots and resources allow.
+
+    Errors: 1001, 1009, 1008 InvalidStateTransition (e.g. from stopping).
+    """
+    return call.engine.set_status(p.session_id, SessionStatus.RUNNING)
+
+
+@methods.method()
+async def session_pause(call: Call, p: SessionParams) -> Session:
+    """Pause a running session: no new task starts; running agents continue.
+
+    Errors: 1001, 1009, 1008 when the session is not running.
+    """
+    return call.engine.set_status(p.session_id, SessionStatus.PAUSED)
+
+
+@methods.method()
+async def session_resume(call: Call, p: SessionParams) -> Session:
+    """Resume a paused session. Errors: 1001, 1009, 1008 when not paused."""
+    engine = call.engine
+    state = engine.session(p.session_id)
+    if state.session.status is not SessionStatus.PAUSED:
+        raise errors.InvalidStateTransition(
+            f"session {state.id} is {state.session.status.value}, not paused",
+            {"sessionId": state.id, "from": state.session.status.value, "to": "running"},
+        )
+    return engine.set_status(state.id, SessionStatus.RUNNING)
+
+
+# --- tasks -------------------------------------------------------------------------
+
+
+class AddTaskParams(TaskSpec):
+    session_id: str | None = None
+
+
+class AddTasksParams(Params):
+    session_id: str | None = None
+    tasks: list[TaskSpec] = Field(max_length=100_000)
+
+
+class TaskRef(Params):
+    session_id: str | None = None
+    task_id: str
+
+
+class CompleteParams(TaskRef):
+    actual_tokens: int | None = Field(None, ge=0)
+
+
+class FailParams(TaskRef):
+    error: str = "failed"
+    error_category: ErrorCategory = ErrorCategory.UNKNOWN
+
+
+class ListTasksParams(Params):
+    session_id: str | None = None
+    status: TaskStatus | None = None
+
+
+@methods.method()
+async def parallel_add_task(call: Call, p: AddTaskParams) -> Task:
+    """Add one task to a session.
+
+    Params: TaskSpec fields (`id`, `title`, `description`, `priority`,
+    `dependencies`, `estimatedTokens`, `agentType`) and `sessionId`.
+    Errors: 1004 UnknownDependency, 1006 DuplicateTaskId, -32602 for an
+    invalid id (ids match [A-Za-z0-9][A-Za-z0-9._-]{0,63}, no '..').
+    """
+    spec = TaskSpec.model_validate(p.model_dump(exclude={"session_id"}))
+    return call.engine.add_tasks(p.session_id, [spec])[0]
+
+
+@methods.method()
+async def parallel_add_tasks(call: Call, p: AddTasksParams) -> list[Task]:
+    """Add a batch of tasks, all or nothing.
+
+    The whole batch is validated first: duplicate ids (1006), unknown
+    dependencies (1004, `data.missing`) and cycles (1005, `data.cycle` lists the
+    cycle in order) reject the batch and nothing of it is kept.
+    """
+    return call.engine.add_tasks(p.session_id, p.tasks)
+
+
+@methods.method()
+async def parallel_list_tasks(call: Call, p: ListTasksParams) -> list[Task]:
+    """List a session's tasks in insertion order, optionally only one `status`."""
+    return call.engine.list_tasks(p.session_id, p.status)
+
+
+@methods.method()
+async def parallel_get_task(call: Call, p: TaskRef) -> Task:
+    """Return one task. Errors: 1003 TaskNotFound."""
+    return call.engine.get_task(p.session_id, p.task_id)
+
+
+@methods.method()
+async def parallel_complete_task(call: Call, p: CompleteParams) -> list[Task]:
+    """Mark an in-progress task completed (for externally run work).
+
+    Result: every task whose status changed (the task and newly ready
+    dependents). Errors: 1003, 1008 InvalidStateTransition.
+    """
+    return call.engine.complete_task(p.session_id, p.task_id, p.actual_tokens)
+
+
+@methods.method()
+async def parallel_fail_task(call: Call, p: FailParams) -> list[Task]:
+    """Report an in-progress task as failed; the session's errorStrategy decides.
+
+    retry: `retry_wait` with backoff while retries remain, else `failed` and
+    every transitive dependent `blocked`. skip: `skipped`, dependents proceed.
+    abort: `failed`, dependents blocked, no new task starts in the session.
+    Result: every task whose status changed. Errors: 1003, 1008.
+    """
+    return call.engine.fail_task(p.session_id, p.task_id, p.error, p.error_category)
+
+
+@methods.method()
+async def parallel_cancel_task(call: Call, p: TaskRef) -> list[Task]:
+    """Cancel a task (stopping its agent if one runs); its dependents become blocked.
+
+    Errors: 1003, 1008 when the task already ended.
+    """
+    return await call.engine.cancel(p.session_id, p.task_id)
+
+
+@methods.method()
+async def parallel_schedule_next(call: Call, p: SessionParams) -> Assignment:
+    """Start the next task the strategy picks, now, and return the assignment.
+
+    Result: Assignment with `task` and `agent`, or neither and a `reason`
+    (no slot, nothing ready, paused). Errors: 1011 SessionAborted.
+    """
+    return await call.engine.schedule_next(p.session_id)
+
+
+@methods.method()
+async def parallel_stop_all(call: Call, p: SessionParams) -> list[Task]:
+    """Stop every running agent of the session.
+
+    Their tasks return to `ready` without consuming a retry and keep their
+    worktree and branch. Result: the requeued tasks.
+    """
+    return await call.engine.stop_all(p.session_id)
+
+
+@methods.method()
+async def parallel_get_scheduler_stats(call: Call, p: SessionParams) -> SchedulerStats:
+    """Counts of tasks by status, plus the session's strategy and status."""
+    return call.engine.stats(p.session_id)

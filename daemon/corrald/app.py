@@ -1,0 +1,153 @@
+"""Composition root: build the daemon from its parts and run it until told to stop."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import trio
+
+from corral import __version__
+from corrald import cgroups, systemd
+from corrald.api import Call, DaemonInfo, methods
+from corrald.config import Config, ConfigError, default_state_dir, load_config
+from corrald.engine import Engine
+from corrald.events import EventBus
+from corrald.server import AlreadyRunning, Connection, Limits, Server, bind_socket
+from corrald.server import default_socket_path
+from corrald.store import Store, StoreError
+
+log = logging.getLogger("corrald")
+
+
+class Daemon:
+    """The running daemon: store, engine, server, and their lifecycle."""
+
+    def __init__(self, config: Config, socket_path: Path, state_dir: Path) -> None:
+        self.config = config
+        self.socket_path = socket_path
+        self.state_dir = state_dir
+        self.store = Store(state_dir / "corral.db", durability=config.daemon.durability)
+        self.bus = EventBus(
+            self.store,
+            window=config.daemon.event_window,
+            queue_size=config.daemon.subscriber_queue,
+        )
+        self.engine = Engine(self.store, self.bus)
+        d = config.daemon
+        self.server: Server[Call] = Server(
+            methods,
+            self._make_call,
+            Limits(
+                max_frame_bytes=d.max_frame_bytes,
+                max_connections=d.max_connections,
+                frame_timeout_secs=d.frame_timeout_secs,
+                shutdown_grace_secs=d.shutdown_grace_secs,
+            ),
+        )
+        self.info = DaemonInfo(
+            socket_path=str(socket_path),
+            state_dir=str(state_dir),
+            cgroup=cgroups.detect(),
+            request_shutdown=self.server.request_shutdown,
+            connections=lambda: len(self.server.connections),
+        )
+
+    def _make_call(self, conn: Connection) -> Call:
+        return Call(self.engine, self.info, conn)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        sock = systemd.listen_socket()
+        if sock is None:
+            sock = bind_socket(self.socket_path)
+        else:
+            self.info.socket_path = str(sock.getsockname() or self.socket_path)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._signals)
+                interval = systemd.watchdog_interval()
+                if interval:
+                    nursery.start_soon(self._watchdog, interval)
+                await nursery.start(self._serve, sock, nursery.cancel_scope)
+                systemd.notify(f"READY=1\nSTATUS=listening on {self.info.socket_path}")
+                log.info("corrald %s listening on %s", __version__, self.info.socket_path)
+                task_status.started()
+        finally:
+            self.store.close()
+            if self.socket_path.is_socket() and self.info.socket_path == str(self.socket_path):
+                self.socket_path.unlink(missing_ok=True)
+            log.info("corrald stopped")
+
+    async def _serve(
+        self,
+        sock: socket.socket,
+        done: trio.CancelScope,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        # serve() returns once shutdown is requested and in-flight work drained;
+        # then the signal and watchdog tasks end too.
+        await self.server.serve(sock, before_drain=self.engine.shutdown, task_status=task_status)
+        done.cancel()
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("received %s, shutting down", signal.Signals(signum).name)
+                systemd.notify("STOPPING=1")
+                self.server.request_shutdown()
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            systemd.notify("WATCHDOG=1")
+            await trio.sleep(interval)
+
+    def __repr__(self) -> str:
+        return f"Daemon({self.socket_path}, {self.engine!r})"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="corrald", description="The corral daemon.")
+    parser.add_argument("--socket", type=Path, help="Unix socket path (env CORRAL_SOCKET)")
+    parser.add_argument("--config", type=Path, help="TOML config file")
+    parser.add_argument("--state-dir", type=Path, help="directory of the SQLite state file")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--version", action="version", version=f"corrald {__version__}")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config, _ = load_config(args.config)
+    except ConfigError as exc:
+        print(f"corrald: {exc}", file=sys.stderr)
+        return 2
+    level = args.log_level or config.daemon.log_level
+    logging.basicConfig(
+        level=level.upper(), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    socket_path = args.socket or config.daemon.socket or default_socket_path()
+    state_dir = args.state_dir or config.daemon.state_dir or default_state_dir()
+    try:
+        daemon = Daemon(config, Path(socket_path), Path(state_dir))
+    except StoreError as exc:
+        print(f"corrald: {exc}", file=sys.stderr)
+        return 2
+    try:
+        trio.run(daemon.run)
+    except AlreadyRunning as exc:
+        print(f"corrald: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # pragma: no cover - SIGINT is handled by the receiver
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""Numbered events, a bounded replay window, and subscribers that cannot slow us.
+
+Every event gets the next `seq`. The last `window` events stay in memory so a
+client that reconnects with `sinceSeq` gets exactly what it missed. State
+events (everything but log lines) are also written to the store, so the window
+survives a restart; seq numbers are reserved in blocks in the store's meta
+table, so they never repeat across restarts (they may skip).
+
+Publishing never blocks: each subscriber has a bounded queue, and one that
+falls behind gets a final `lagged` notice and is dropped.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from corral import errors
+from corral.models import Event
+from corrald.store import Store
+
+SEQ_BLOCK = 10_000
+UNPERSISTED = frozenset({"log"})
+
+
+class Subscription:
+    """One subscriber's filter and bounded queue."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, topics: set[str] | None, session_id: str | None, capacity: int) -> None:
+        self.id = f"sub-{next(self._ids)}"
+        self.topics = topics
+        self.session_id = session_id
+        self.send, self.receive = trio.open_memory_channel[Event](capacity)
+        self.lagged = False
+
+    def wants(self, event: Event) -> bool:
+        if self.topics is not None and not _topic_match(self.topics, event.type):
+            return False
+        return self.session_id is None or event.session_id in (None, self.session_id)
+
+    def __repr__(self) -> str:
+        stats = self.send.statistics()
+        return f"Subscription({self.id}, queued={stats.current_buffer_used}, lagged={self.lagged})"
+
+
+def _topic_match(topics: set[str], event_type: str) -> bool:
+    # "task" matches "task.status"; exact names match themselves.
+    return event_type in topics or event_type.split(".", 1)[0] in topics
+
+
+class EventBus:
+    """Publishes events to subscribers and keeps the replay window."""
+
+    def __init__(
+        self,
+        store: Store | None,
+        *,
+        window: int = 50_000,
+        queue_size: int = 10_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.window: collections.deque[Event] = collections.deque(maxlen=window)
+        self.queue_size = queue_size
+        self.clock = clock
+        self.subscribers: dict[str, Subscription] = {}
+        self.dropped = 0
+        self._seq = 0
+        self._reserved = 0
+        if store is not None:
+            self._seq = int(store.get_meta("event_seq_reserved") or 0)
+            self._reserved = self._seq
+            # Replay what survived the restart (state events only).
+            for event in store.events_after(self._seq - window, window):
+                self.window.append(event)
+
+    @property
+    def seq(self) -> int:
+        return self._seq
+
+    @property
+    def oldest(self) -> int:
+        """The oldest seq a client may resume after (sinceSeq >= oldest - 1)."""
+        return self.window[0].seq if self.window else self._seq + 1
+
+    def publish(self, type_: str, session_id: str | None, payload: dict[str, Any]) -> Event:
+        """Number, retain and fan out one event. Never blocks."""
+        self._seq += 1
+        if self.store is not None and self._seq > self._reserved:
+            self._reserved = self._seq + SEQ_BLOCK
+            self.store.set_meta("event_seq_reserved", str(self._reserved))
+        event = Event(seq=self._seq, type=type_, session_id=session_id, payload=payload,
+                      at=self.clock())
+        self.window.append(event)
+        if self.store is not None and type_ not in UNPERSISTED:
+            self.store.put_event(event)
+            if self._seq % 1000 == 0:
+                self.store.prune_events(self.window.maxlen or 50_000)
+        for sub in list(self.subscribers.values()):
+            if sub.wants(event):
+                self._offer(sub, event)
+        return event
+
+    def _offer(self, sub: Subscription, event: Event) -> None:
+        try:
+            sub.send.send_nowait(event)
+        except trio.WouldBlock:
+            sub.lagged = True
+            self.dropped += 1
+            self.unsubscribe(sub.id)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.unsubscribe(sub.id)
+
+    def subscribe(
+        self, topics: list[str] | None, session_id: str | None, since_seq: int | None
+    ) -> Subscription:
+        """Register a subscriber, pre-filled with what it missed after `since_seq`."""
+        sub = Subscription(set(topics) if topics else None, session_id, self.queue_size)
+        if since_seq is not None:
+            if since_seq > self._seq:
+                raise errors.EventsExpired(
+                    f"sinceSeq {since_seq} is ahead of the newest event {self._seq}",
+                    {"sinceSeq": since_seq, "newest": self._seq, "oldest": self.oldest},
+                )
+            if since_seq < self.oldest - 1:
+                raise errors.EventsExpired(
+                    f"sinceSeq {since_seq} is older than the window, which starts at seq"
+                    f" {self.oldest} (the last {self.window.maxlen} events are kept)",
+                    {"sinceSeq": since_seq, "oldest": self.oldest, "newest": self._seq},
+                )
+            backlog = [e for e in self.window if e.seq > since_seq and sub.wants(e)]
+            if len(backlog) > self.queue_size:
+                raise errors.EventsExpired(
+                    f"{len(backlog)} events to replay exceed the subscriber queue"
+                    f" ({self.queue_size}); resume from a later seq",
+                    {"sinceSeq": since_seq, "oldest": self.oldest, "newest": self._seq},
+                )
+            for event in backlog:
+                sub.send.send_nowait(event)
+        self.subscribers[sub.id] = sub
+        return sub
+
+    def unsubscribe(self, sub_id: str) -> bool:
+        sub = self.subscribers.pop(sub_id, None)
+        if sub is None:
+            return False
+        sub.send.close()
+        return True
+
+    def __repr__(self) -> str:
+        return f"EventBus(seq={self._seq}, window={len(self.window)}, subs={len(self.subscribers)})"
+
+
+async def pump(sub: Subscription, deliver: Callable[[Event], Any], on_lag: Callable[[], Any]) -> None:
+    """Deliver a subscription's events until it ends; tell the client if it lagged."""
+    async with sub.receive:
+        async for event in sub.receive:
+            if not await deliver(event):
+                return
+    if sub.lagged:
+        await on_lag()
+

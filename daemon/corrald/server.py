@@ -1,0 +1,308 @@
+"""The daemon's socket: connections, framing, limits and graceful shutdown.
+
+Each connection runs in the server's connection nursery and contains its own
+failures (an exception escaping a `serve_listeners` handler would kill the
+server). Requests on one connection are handled concurrently (pipelining),
+their writes serialised by a per-connection lock. Shutdown follows
+hypercorn's shape: stop accepting, give in-flight requests a bounded grace,
+then cancel what is left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import math
+import os
+import socket
+import stat
+import struct
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic
+
+import trio
+
+from corral import errors
+from corrald.framing import FrameReader, Framing, encode
+from corrald.rpc import Ctx, Dispatcher, Registry
+
+log = logging.getLogger("corrald.server")
+
+
+@dataclass
+class Limits:
+    max_frame_bytes: int = 8 * 1024 * 1024
+    max_connections: int = 512
+    frame_timeout_secs: float = 10.0
+    shutdown_grace_secs: float = 10.0
+    max_inflight_per_connection: int = 64
+
+
+def default_socket_path() -> Path:
+    """`$CORRAL_SOCKET`, else `$XDG_RUNTIME_DIR/corral/corrald.sock`."""
+    env = os.environ.get("CORRAL_SOCKET")
+    if env:
+        return Path(env)
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/corral-{os.getuid()}"
+    return Path(runtime) / "corral" / "corrald.sock"
+
+
+class AlreadyRunning(RuntimeError):
+    """A live daemon answers on the socket; we never replace it."""
+
+
+def _socket_is_live(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except OSError as exc:
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK):
+            return False
+        raise
+    finally:
+        probe.close()
+    return True
+
+
+def bind_socket(path: Path) -> socket.socket:
+    """Bind the daemon's socket: directory 0700, socket 0600, stale file replaced."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path.parent, 0o700)
+    if path.exists() or path.is_symlink():
+        mode = path.lstat().st_mode
+        if not stat.S_ISSOCK(mode):
+            raise AlreadyRunning(f"{path} exists and is not a socket; refusing to replace it")
+        if _socket_is_live(path):
+            raise AlreadyRunning(f"corrald is already running on {path}")
+        log.info("replacing stale socket %s", path)
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    old = os.umask(0o177)  # the socket is born 0600: no window where others may connect
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def peer_uid(stream: trio.SocketStream) -> tuple[int, int]:
+    """(pid, uid) of the process on the other end of a Unix socket."""
+    raw = stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, _gid = struct.unpack("3i", raw)
+    return pid, uid
+
+
+class Connection:
+    """One client connection: framing, serialised writes, per-connection state."""
+
+    _ids = 0
+
+    def __init__(self, stream: trio.SocketStream, server: Server[Any]) -> None:
+        Connection._ids += 1
+        self.id = Connection._ids
+        self.stream = stream
+        self.server = server
+        self.reader = FrameReader(server.limits.max_frame_bytes)
+        self.peer_pid = 0
+        self.closed = False
+        self.state: dict[str, Any] = {}  # per-connection state for method handlers
+        self.on_close: list[Callable[[], None]] = []
+        self._send_lock = trio.Lock()
+        self._inflight = trio.Semaphore(server.limits.max_inflight_per_connection)
+        self.background: trio.Nursery | None = None  # pushes (events); ends with the connection
+
+    @property
+    def framing(self) -> Framing:
+        return self.reader.framing
+
+    async def send(self, message: Any) -> bool:
+        """Write one message; False if the peer is gone (never raises for that)."""
+        body = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+        framing = self.framing if self.framing is not Framing.UNKNOWN else Framing.NDJSON
+        async with self._send_lock:
+            if self.closed:
+                return False
+            try:
+                await self.stream.send_all(encode(framing, body))
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                self.closed = True
+                return False
+        return True
+
+    async def notify(self, method: str, params: Any) -> bool:
+        return await self.send({"jsonrpc": "2.0", "method": method, "params": params})
+
+    async def send_error(self, exc: errors.CorralError) -> None:
+        await self.send({"jsonrpc": "2.0", "error": exc.to_wire(), "id": None})
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as requests:
+            async with trio.open_nursery() as background:
+                self.background = background
+                await self._read_loop(requests)
+                background.cancel_scope.cancel()
+        # requests finish on their own; their answers are dropped if the peer left.
+
+    async def _read_loop(self, requests: trio.Nursery) -> None:
+        limits = self.server.limits
+        while not self.closed:
+            timeout = limits.frame_timeout_secs if self.reader.pending else math.inf
+            with trio.move_on_after(timeout) as waited:
+                try:
+                    data = await self.stream.receive_some(65536)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    return
+            if waited.cancelled_caught:
+                await self.send_error(
+                    errors.FrameTimeout(data={"timeoutSecs": limits.frame_timeout_secs})
+                )
+                return
+            if not data:
+                return
+            try:
+                frames = self.reader.feed(data)
+            except errors.CorralError as exc:
+                await self.send_error(exc)
+                return
+            for frame in frames:
+                await self._inflight.acquire()
+                requests.start_soon(self._answer, frame)
+
+    async def _answer(self, frame: bytes) -> None:
+        server = self.server
+        server.inflight += 1
+        try:
+            if server.shutting_down:
+                response: Any = {
+                    "jsonrpc": "2.0",
+                    "error": errors.ShuttingDown().to_wire(),
+                    "id": _guess_id(frame),
+                }
+            else:
+                response = await server.dispatcher.dispatch_text(server.make_ctx(self), frame)
+            if response is not None:
+                await self.send(response)
+        finally:
+            self._inflight.release()
+            server.inflight -= 1
+            if server.inflight == 0:
+                server.idle.set()
+
+    async def aclose(self) -> None:
+        self.closed = True
+        for callback in self.on_close:
+            try:
+                callback()
+            except Exception:
+                log.exception("connection close callback failed")
+        with trio.move_on_after(1) as scope:
+            scope.shield = True
+            await self.stream.aclose()
+
+    def __repr__(self) -> str:
+        return f"Connection(#{self.id}, pid={self.peer_pid}, {self.framing.value})"
+
+
+def _guess_id(frame: bytes) -> Any:
+    try:
+        decoded = json.loads(frame)
+    except ValueError:
+        return None
+    return decoded.get("id") if isinstance(decoded, dict) else None
+
+
+class Server(Generic[Ctx]):
+    """Accepts connections and answers JSON-RPC on them until shut down."""
+
+    def __init__(
+        self,
+        registry: Registry[Ctx],
+        make_ctx: Callable[[Connection], Ctx],
+        limits: Limits | None = None,
+    ) -> None:
+        self.dispatcher = Dispatcher(registry)
+        self.make_ctx = make_ctx
+        self.limits = limits or Limits()
+        self.connections: set[Connection] = set()
+        self.inflight = 0
+        self.idle = trio.Event()
+        self.shutting_down = False
+        self._shutdown = trio.Event()
+
+    def request_shutdown(self) -> None:
+        self._shutdown.set()
+
+    async def serve(
+        self,
+        sock: socket.socket,
+        *,
+        before_drain: Callable[[], Awaitable[None]] | None = None,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve on a bound, listening socket until `request_shutdown()`.
+
+        `before_drain` runs after accepting stops and before in-flight requests
+        are awaited (the app stops its agents there).
+        """
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        async with trio.open_nursery() as connections:
+            accept_scope = trio.CancelScope()
+
+            async def accept(*, task_status: trio.TaskStatus[None]) -> None:
+                with accept_scope:
+                    await trio.serve_listeners(
+                        self._handle, [listener], handler_nursery=connections,
+                        task_status=task_status,
+                    )
+
+            await connections.start(accept)
+            task_status.started()
+            await self._shutdown.wait()
+            log.info("shutting down: no longer accepting connections")
+            self.shutting_down = True
+            accept_scope.cancel()
+            with trio.move_on_after(self.limits.shutdown_grace_secs) as grace:
+                if before_drain is not None:
+                    await before_drain()
+                if self.inflight:
+                    self.idle = trio.Event()
+                    await self.idle.wait()
+            if grace.cancelled_caught:
+                log.warning("shutdown grace over with %d requests in flight", self.inflight)
+            connections.cancel_scope.cancel()
+        with contextlib.suppress(OSError):
+            await listener.aclose()
+
+    async def _handle(self, stream: trio.SocketStream) -> None:
+        conn = Connection(stream, self)
+        try:
+            conn.peer_pid, uid = peer_uid(stream)
+            if uid != os.getuid():
+                await conn.send_error(errors.PermissionDenied(data={"peerUid": uid}))
+            elif self.shutting_down:
+                await conn.send_error(errors.ShuttingDown())
+            elif len(self.connections) >= self.limits.max_connections:
+                await conn.send_error(
+                    errors.TooManyConnections(data={"limit": self.limits.max_connections})
+                )
+            else:
+                self.connections.add(conn)
+                await conn.run()
+        except Exception:
+            log.exception("connection %r failed", conn)
+        finally:
+            self.connections.discard(conn)
+            await conn.aclose()
+
+    def __repr__(self) -> str:
+        return (
+            f"Server(connections={len(self.connections)}, inflight={self.inflight},"
+            f" shutting_down={self.shutting_down})"
+        )

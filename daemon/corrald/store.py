@@ -1,0 +1,257 @@
+"""Durable state in one SQLite file (WAL): sessions, tasks, attempts, allocations, events.
+
+Every mutation is committed before the RPC answer that reports it is sent.
+Rows hold the wire model as JSON plus the few columns we query by, so adding
+a field needs no migration. WAL with `synchronous=NORMAL` survives any crash
+of the daemon process (kill -9); only an OS crash or power loss may lose the
+last transactions, which `durability = "full"` closes at the cost of an fsync
+per commit.
+
+Calls are synchronous and short (tens of microseconds without fsync); they
+run on the trio thread so the order of commits is the order of mutations.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from corral.models import Agent, Event, Session, Task, WorktreeAllocation
+
+SCHEMA_VERSION = 1
+
+MIGRATIONS: list[str] = [
+    # 1: initial schema
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        ord INTEGER NOT NULL,
+        data TEXT NOT NULL
+    );
+    CREATE TABLE tasks (
+        session_id TEXT NOT NULL,
+        id TEXT NOT NULL,
+        ord INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        data TEXT NOT NULL,
+        PRIMARY KEY (session_id, id)
+    );
+    CREATE INDEX tasks_by_order ON tasks (session_id, ord);
+    CREATE TABLE attempts (
+        id TEXT PRIMARY KEY,
+        session_id TEXT NOT NULL,
+        task_id TEXT NOT NULL,
+        pid INTEGER,
+        pid_started REAL,
+        live INTEGER NOT NULL,
+        data TEXT NOT NULL
+    );
+    CREATE INDEX attempts_live ON attempts (live);
+    CREATE TABLE allocations (
+        session_id TEXT NOT NULL,
+        task_id TEXT NOT NULL,
+        worktree_path TEXT NOT NULL UNIQUE,
+        data TEXT NOT NULL,
+        PRIMARY KEY (session_id, task_id)
+    );
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY,
+        type TEXT NOT NULL,
+        session_id TEXT,
+        data TEXT NOT NULL
+    );
+    """,
+]
+
+
+class StoreError(RuntimeError):
+    """The state file cannot be used; never silently recreated."""
+
+
+def _dump(model: Any) -> str:
+    return json.dumps(model.model_dump(mode="json", by_alias=True, exclude_none=True))
+
+
+class Store:
+    """The daemon's SQLite state file."""
+
+    def __init__(self, path: Path, *, durability: str = "normal") -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        existed = path.exists() and path.stat().st_size > 0
+        try:
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            version = self.db.execute("PRAGMA user_version").fetchone()[0]
+            if existed and version == 0:
+                tables = self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+                if tables:
+                    raise StoreError(f"{path} is not a corral state file (no schema version)")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"{path} is corrupt or not a SQLite database ({exc}); move it aside to start fresh"
+            ) from exc
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{path} has schema version {version}, newer than this corrald supports"
+                f" ({SCHEMA_VERSION}); upgrade corral or use another --state-dir"
+            )
+        self._migrate(version)
+        self._ord = self._scalar("SELECT coalesce(max(ord), 0) FROM tasks")
+        self._session_ord = self._scalar("SELECT coalesce(max(ord), 0) FROM sessions")
+
+    def _scalar(self, sql: str, *args: Any) -> int:
+        return int(self.db.execute(sql, args).fetchone()[0])
+
+    def _migrate(self, version: int) -> None:
+        for number in range(version, SCHEMA_VERSION):
+            # executescript commits on its own, so the script carries its transaction.
+            self.db.executescript(
+                f"BEGIN IMMEDIATE;\n{MIGRATIONS[number]}\nPRAGMA user_version={number + 1};\nCOMMIT;"
+            )
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One atomic commit; nested use joins the outer transaction."""
+        if self.db.in_transaction:
+            yield
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- meta -----------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute(
+            "INSERT INTO meta(key, value) VALUES(?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    # --- sessions ---------------------------------------------------------------
+    def put_session(self, session: Session) -> None:
+        self._session_ord += 1
+        self.db.execute(
+            "INSERT INTO sessions(id, ord, data) VALUES(?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET data = excluded.data",
+            (session.id, self._session_ord, _dump(session)),
+        )
+
+    def delete_session(self, session_id: str) -> None:
+        with self.transaction():
+            for table in ("sessions", "tasks", "attempts", "allocations"):
+                column = "id" if table == "sessions" else "session_id"
+                self.db.execute(f"DELETE FROM {table} WHERE {column} = ?", (session_id,))
+
+    def sessions(self) -> list[Session]:
+        rows = self.db.execute("SELECT data FROM sessions ORDER BY ord")
+        return [Session.model_validate_json(r[0]) for r in rows]
+
+    # --- tasks ----------------------------------------------------------------------
+    def put_tasks(self, session_id: str, tasks: Iterable[Task]) -> None:
+        """Insert new tasks (in order) or update existing ones."""
+        rows = []
+        for task in tasks:
+            self._ord += 1
+            rows.append((session_id, task.id, self._ord, task.status.value, _dump(task)))
+        self.db.executemany(
+            "INSERT INTO tasks(session_id, id, ord, status, data) VALUES(?, ?, ?, ?, ?) "
+            "ON CONFLICT(session_id, id) DO UPDATE SET status = excluded.status, "
+            "data = excluded.data",
+            rows,
+        )
+
+    def tasks(self, session_id: str) -> list[Task]:
+        rows = self.db.execute(
+            "SELECT data FROM tasks WHERE session_id = ? ORDER BY ord", (session_id,)
+        )
+        return [Task.model_validate_json(r[0]) for r in rows]
+
+    # --- attempts (agents) ------------------------------------------------------------
+    def put_agent(self, agent: Agent, pid_started: float | None = None) -> None:
+        live = agent.ended_at is None
+        self.db.execute(
+            "INSERT INTO attempts(id, session_id, task_id, pid, pid_started, live, data) "
+            "VALUES(?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET pid = excluded.pid, "
+            "pid_started = coalesce(excluded.pid_started, attempts.pid_started), "
+            "live = excluded.live, data = excluded.data",
+            (agent.id, agent.session_id, agent.task_id, agent.process_id, pid_started,
+             int(live), _dump(agent)),
+        )
+
+    def agents(self, session_id: str | None = None, *, live_only: bool = False) -> list[Agent]:
+        sql = "SELECT data FROM attempts WHERE 1=1"
+        args: list[Any] = []
+        if session_id is not None:
+            sql += " AND session_id = ?"
+            args.append(session_id)
+        if live_only:
+            sql += " AND live = 1"
+        rows = self.db.execute(sql + " ORDER BY rowid", args)
+        return [Agent.model_validate_json(r[0]) for r in rows]
+
+    def live_agent_pids(self) -> list[tuple[Agent, float | None]]:
+        rows = self.db.execute("SELECT data, pid_started FROM attempts WHERE live = 1")
+        return [(Agent.model_validate_json(r[0]), r[1]) for r in rows]
+
+    # --- allocations --------------------------------------------------------------------
+    def put_allocation(self, alloc: WorktreeAllocation) -> None:
+        self.db.execute(
+            "INSERT INTO allocations(session_id, task_id, worktree_path, data) "
+            "VALUES(?, ?, ?, ?) ON CONFLICT(session_id, task_id) DO UPDATE SET "
+            "worktree_path = excluded.worktree_path, data = excluded.data",
+            (alloc.session_id, alloc.task_id, alloc.worktree_path, _dump(alloc)),
+        )
+
+    def delete_allocation(self, session_id: str, task_id: str) -> None:
+        self.db.execute(
+            "DELETE FROM allocations WHERE session_id = ? AND task_id = ?", (session_id, task_id)
+        )
+
+    def allocations(self, session_id: str | None = None) -> list[WorktreeAllocation]:
+        if session_id is None:
+            rows = self.db.execute("SELECT data FROM allocations ORDER BY rowid")
+        else:
+            rows = self.db.execute(
+                "SELECT data FROM allocations WHERE session_id = ? ORDER BY rowid", (session_id,)
+            )
+        return [WorktreeAllocation.model_validate_json(r[0]) for r in rows]
+
+    # --- events -------------------------------------------------------------------------
+    def put_event(self, event: Event) -> None:
+        self.db.execute(
+            "INSERT INTO events(seq, type, session_id, data) VALUES(?, ?, ?, ?)",
+            (event.seq, event.type, event.session_id, _dump(event)),
+        )
+
+    def events_after(self, seq: int, limit: int) -> list[Event]:
+        rows = self.db.execute(
+            "SELECT data FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+        )
+        return [Event.model_validate_json(r[0]) for r in rows]
+
+    def prune_events(self, keep: int) -> None:
+        self.db.execute(
+            "DELETE FROM events WHERE seq <= (SELECT max(seq) FROM events) - ?", (keep,)
+        )
+
+    def __repr__(self) -> str:
+        return f"Store({self.path})"
