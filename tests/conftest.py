@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.daemon_proc import DaemonProcess
+
 
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -57,3 +59,10 @@ def make_repo(path: Path, files: dict[str, str] | None = None) -> Path:
 @pytest.fixture
 def repo(tmp_path: Path) -> Iterator[Path]:
     yield make_repo(tmp_path / "repo")
+
+
+@pytest.fixture
+def daemon() -> Iterator[DaemonProcess]:
+    """A real corrald on a real socket, killed at the end of the test."""
+    with DaemonProcess() as d:
+        yield d
