@@ -39,8 +39,16 @@ class DaemonProcess:
         self.log_path = self.dir / "corrald.log"
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "corrald.app", "--socket", str(self.socket),
-               "--state-dir", str(self.state_dir), *self.args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "corrald.app",
+            "--socket",
+            str(self.socket),
+            "--state-dir",
+            str(self.state_dir),
+            *self.args,
+        ]
         if self.config_path is not None:
             cmd += ["--config", str(self.config_path)]
         return cmd

@@ -13,6 +13,7 @@ code. Typed methods are declared once (`_Methods`) and shared by both.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import json
@@ -72,7 +73,8 @@ def _params(kwargs: dict[str, Any]) -> dict[str, Any]:
         elif isinstance(value, list):
             value = [
                 v.model_dump(mode="json", by_alias=True, exclude_none=True)
-                if isinstance(v, BaseModel) else v
+                if isinstance(v, BaseModel)
+                else v
                 for v in value
             ]
         out[key] = value
@@ -112,6 +114,7 @@ class _Rpc(Generic[R]):
             return self
         name, adapter = self.name, self.adapter
         if isinstance(obj, AsyncClient):
+
             async def call_async(**kwargs: Any) -> R:
                 return adapter.validate_python(await obj.call(name, **kwargs))
 
@@ -148,9 +151,7 @@ class _Methods:
         "parallel_get_scheduler_stats", SchedulerStats
     )
     parallel_get_pool_stats = _Rpc[PoolStats]("parallel_get_pool_stats", PoolStats)
-    parallel_check_violations = _Rpc[list[Violation]](
-        "parallel_check_violations", list[Violation]
-    )
+    parallel_check_violations = _Rpc[list[Violation]]("parallel_check_violations", list[Violation])
     parallel_get_agent_logs = _Rpc[list[LogEntry]]("parallel_get_agent_logs", list[LogEntry])
     parallel_poll_completed = _Rpc[list[CompletedAgent]](
         "parallel_poll_completed", list[CompletedAgent]
@@ -209,8 +210,9 @@ class Client(_Methods):
             sock = self.connect()._sock
             assert sock is not None
             request_id = next(self._ids)
-            sock.send({"jsonrpc": "2.0", "method": method, "params": _params(params),
-                       "id": request_id})
+            sock.send(
+                {"jsonrpc": "2.0", "method": method, "params": _params(params), "id": request_id}
+            )
             while True:
                 message = sock.receive()
                 if message.get("id") == request_id:
@@ -387,10 +389,9 @@ class AsyncClient(_Methods):
     def _route(self, message: dict[str, Any]) -> None:
         ident = message.get("id")
         if "method" in message and ident is None:
-            try:
+            # Full queue: the daemon will drop us with `lagged` as well.
+            with contextlib.suppress(trio.WouldBlock):
                 self._push_send.send_nowait(message)
-            except trio.WouldBlock:
-                pass  # the daemon will have dropped us with `lagged` too
             return
         waiter = self._waiting.pop(ident, None) if isinstance(ident, int) else None
         if waiter is not None:
@@ -408,10 +409,13 @@ class AsyncClient(_Methods):
         request_id = next(self._ids)
         send, receive = trio.open_memory_channel[dict[str, Any]](1)
         self._waiting[request_id] = send
-        body = json.dumps(
-            {"jsonrpc": "2.0", "method": method, "params": _params(params), "id": request_id},
-            separators=(",", ":"),
-        ).encode() + b"\n"
+        body = (
+            json.dumps(
+                {"jsonrpc": "2.0", "method": method, "params": _params(params), "id": request_id},
+                separators=(",", ":"),
+            ).encode()
+            + b"\n"
+        )
         try:
             async with self._send_lock:
                 await self._stream.send_all(body)
@@ -463,8 +467,8 @@ class AsyncClient(_Methods):
         return f"AsyncClient({self.path}, connected={self._stream is not None})"
 
 
-async def _await_socket(path: Path, timeout: float = 30.0) -> None:
-    with trio.fail_after(timeout):
+async def _await_socket(path: Path) -> None:
+    with trio.fail_after(30.0):
         while True:
             try:
                 stream = await trio.open_unix_socket(str(path))

@@ -100,7 +100,9 @@ async def daemon_shutdown(call: Call, p: NoParams) -> bool:
 async def rpc_discover(call: Call, p: NoParams) -> dict[str, Any]:
     """Return the OpenRPC document describing every method, its params and result."""
     return openrpc_document(
-        methods, title="corrald", version=__version__,
+        methods,
+        title="corrald",
+        version=__version__,
         description="corral daemon: parallel AI coding agents in git worktrees",
     )
 

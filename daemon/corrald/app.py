@@ -17,8 +17,14 @@ from corrald.api import Call, DaemonInfo, methods
 from corrald.config import Config, ConfigError, default_state_dir, load_config
 from corrald.engine import Engine
 from corrald.events import EventBus
-from corrald.server import AlreadyRunning, Connection, Limits, Server, bind_socket
-from corrald.server import default_socket_path
+from corrald.server import (
+    AlreadyRunning,
+    Connection,
+    Limits,
+    Server,
+    bind_socket,
+    default_socket_path,
+)
 from corrald.store import Store, StoreError
 
 log = logging.getLogger("corrald")
@@ -129,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     level = args.log_level or config.daemon.log_level
     logging.basicConfig(
-        level=level.upper(), stream=sys.stderr,
+        level=level.upper(),
+        stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     socket_path = args.socket or config.daemon.socket or default_socket_path()

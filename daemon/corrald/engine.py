@@ -72,15 +72,11 @@ class Engine:
         """The named session, or the only one when `session_id` is omitted."""
         if session_id is None:
             if len(self.sessions) != 1:
-                raise errors.SessionRequired(
-                    data={"sessions": sorted(self.sessions)}
-                )
+                raise errors.SessionRequired(data={"sessions": sorted(self.sessions)})
             return next(iter(self.sessions.values()))
         state = self.sessions.get(session_id)
         if state is None:
-            raise errors.SessionNotFound(
-                f"no session {session_id!r}", {"sessionId": session_id}
-            )
+            raise errors.SessionNotFound(f"no session {session_id!r}", {"sessionId": session_id})
         return state
 
     # --- persistence + events -------------------------------------------------------
@@ -103,8 +99,11 @@ class Engine:
                         "status": task.status.value,
                         "attempts": task.attempts,
                         **({"error": task.error} if task.error else {}),
-                        **({"errorCategory": task.error_category.value}
-                           if task.error_category else {}),
+                        **(
+                            {"errorCategory": task.error_category.value}
+                            if task.error_category
+                            else {}
+                        ),
                     },
                 )
             self._maybe_finish(state)
@@ -115,8 +114,7 @@ class Engine:
         session = state.session
         if session.status is SessionStatus.RUNNING and state.scheduler.is_finished():
             failed = any(
-                t.status in (TaskStatus.FAILED, TaskStatus.BLOCKED)
-                for t in state.scheduler.tasks()
+                t.status in (TaskStatus.FAILED, TaskStatus.BLOCKED) for t in state.scheduler.tasks()
             )
             session.status = SessionStatus.FAILED if failed else SessionStatus.COMPLETED
             self._save_session(state)
@@ -162,8 +160,12 @@ class Engine:
         state = self.session(session_id)
         current = state.session.status
         allowed = {
-            SessionStatus.RUNNING: {SessionStatus.IDLE, SessionStatus.PAUSED,
-                                    SessionStatus.COMPLETED, SessionStatus.FAILED},
+            SessionStatus.RUNNING: {
+                SessionStatus.IDLE,
+                SessionStatus.PAUSED,
+                SessionStatus.COMPLETED,
+                SessionStatus.FAILED,
+            },
             SessionStatus.PAUSED: {SessionStatus.RUNNING},
         }
         if current is not status and current not in allowed.get(status, set()):

@@ -96,8 +96,9 @@ class EventBus:
         if self.store is not None and self._seq > self._reserved:
             self._reserved = self._seq + SEQ_BLOCK
             self.store.set_meta("event_seq_reserved", str(self._reserved))
-        event = Event(seq=self._seq, type=type_, session_id=session_id, payload=payload,
-                      at=self.clock())
+        event = Event(
+            seq=self._seq, type=type_, session_id=session_id, payload=payload, at=self.clock()
+        )
         self.window.append(event)
         if self.store is not None and type_ not in UNPERSISTED:
             self.store.put_event(event)
@@ -158,7 +159,9 @@ class EventBus:
         return f"EventBus(seq={self._seq}, window={len(self.window)}, subs={len(self.subscribers)})"
 
 
-async def pump(sub: Subscription, deliver: Callable[[Event], Any], on_lag: Callable[[], Any]) -> None:
+async def pump(
+    sub: Subscription, deliver: Callable[[Event], Any], on_lag: Callable[[], Any]
+) -> None:
     """Deliver a subscription's events until it ends; tell the client if it lagged."""
     async with sub.receive:
         async for event in sub.receive:
@@ -166,4 +169,3 @@ async def pump(sub: Subscription, deliver: Callable[[Event], Any], on_lag: Calla
                 return
     if sub.lagged:
         await on_lag()
-

@@ -30,8 +30,12 @@ import trio
 from jsonrpcserver.dispatcher import create_request
 from jsonrpcserver.exceptions import JsonRpcError
 from jsonrpcserver.request import Request
-from jsonrpcserver.response import ErrorResponse, SuccessResponse, serialize_error
-from jsonrpcserver.response import serialize_success
+from jsonrpcserver.response import (
+    ErrorResponse,
+    SuccessResponse,
+    serialize_error,
+    serialize_success,
+)
 from jsonrpcserver.sentinels import NODATA, NOID
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
@@ -114,9 +118,7 @@ class Registry(Generic[Ctx]):
                 raise TypeError(f"{method_name}: params must be a pydantic model")
             if method_name in self.methods:
                 raise ValueError(f"method {method_name} registered twice")
-            positional = tuple(
-                f.alias or n for n, f in params_model.model_fields.items()
-            )
+            positional = tuple(f.alias or n for n, f in params_model.model_fields.items())
             self.methods[method_name] = MethodSpec(
                 name=method_name,
                 handler=fn,
@@ -209,8 +211,12 @@ class Dispatcher(Generic[Ctx]):
             return self._error(request, exc)
         except JsonRpcError as exc:
             data = exc.data if exc.data is not NODATA else None
-            return self._error(request, errors.CorralError.from_wire(
-                {"code": exc.code, "message": exc.message, "data": data}))
+            return self._error(
+                request,
+                errors.CorralError.from_wire(
+                    {"code": exc.code, "message": exc.message, "data": data}
+                ),
+            )
         except ValidationError as exc:
             # A handler validating nested input (e.g. a config) reports it as params.
             return self._error(request, errors.InvalidParams(data=validation_data(exc)))

@@ -143,11 +143,10 @@ class Connection:
         await self.send({"jsonrpc": "2.0", "error": exc.to_wire(), "id": None})
 
     async def run(self) -> None:
-        async with trio.open_nursery() as requests:
-            async with trio.open_nursery() as background:
-                self.background = background
-                await self._read_loop(requests)
-                background.cancel_scope.cancel()
+        async with trio.open_nursery() as requests, trio.open_nursery() as background:
+            self.background = background
+            await self._read_loop(requests)
+            background.cancel_scope.cancel()
         # requests finish on their own; their answers are dropped if the peer left.
 
     async def _read_loop(self, requests: trio.Nursery) -> None:
@@ -255,10 +254,12 @@ class Server(Generic[Ctx]):
         async with trio.open_nursery() as connections:
             accept_scope = trio.CancelScope()
 
-            async def accept(*, task_status: trio.TaskStatus[None]) -> None:
+            async def accept(*, task_status: trio.TaskStatus[list[trio.SocketListener]]) -> None:
                 with accept_scope:
                     await trio.serve_listeners(
-                        self._handle, [listener], handler_nursery=connections,
+                        self._handle,
+                        [listener],
+                        handler_nursery=connections,
                         task_status=task_status,
                     )
 

@@ -113,8 +113,9 @@ class Store:
     def _migrate(self, version: int) -> None:
         for number in range(version, SCHEMA_VERSION):
             # executescript commits on its own, so the script carries its transaction.
+            script = MIGRATIONS[number]
             self.db.executescript(
-                f"BEGIN IMMEDIATE;\n{MIGRATIONS[number]}\nPRAGMA user_version={number + 1};\nCOMMIT;"
+                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version={number + 1};\nCOMMIT;"
             )
 
     @contextmanager
@@ -193,8 +194,15 @@ class Store:
             "VALUES(?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET pid = excluded.pid, "
             "pid_started = coalesce(excluded.pid_started, attempts.pid_started), "
             "live = excluded.live, data = excluded.data",
-            (agent.id, agent.session_id, agent.task_id, agent.process_id, pid_started,
-             int(live), _dump(agent)),
+            (
+                agent.id,
+                agent.session_id,
+                agent.task_id,
+                agent.process_id,
+                pid_started,
+                int(live),
+                _dump(agent),
+            ),
         )
 
     def agents(self, session_id: str | None = None, *, live_only: bool = False) -> list[Agent]:

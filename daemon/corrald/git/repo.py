@@ -60,9 +60,7 @@ def open_repo(path: str | os.PathLike[str]) -> pygit2.Repository:
     try:
         return pygit2.Repository(str(p))
     except pygit2.GitError as exc:
-        raise errors.RepositoryNotFound(
-            f"not a git repository: {p}", {"path": str(p)}
-        ) from exc
+        raise errors.RepositoryNotFound(f"not a git repository: {p}", {"path": str(p)}) from exc
 
 
 def discover_repo_root(path: str | os.PathLike[str]) -> str:
@@ -75,7 +73,9 @@ def discover_repo_root(path: str | os.PathLike[str]) -> str:
         raise errors.NotAGitRepository(f"not a git repository: {p}", {"path": str(p)})
     repo = pygit2.Repository(found)
     if repo.is_bare:
-        raise errors.NotAGitRepository(f"bare repositories have no work tree: {p}", {"path": str(p)})
+        raise errors.NotAGitRepository(
+            f"bare repositories have no work tree: {p}", {"path": str(p)}
+        )
     common = Path(repo.path).resolve()
     # For a linked worktree, repo.path is .git/worktrees/<name>; the main tree is above `.git`.
     if common.parent.name == "worktrees":
