@@ -21,6 +21,7 @@ from corral.models import (
     CgroupFeatures,
     DaemonStatus,
     ErrorCategory,
+    Event,
     NoParams,
     Params,
     SchedulerConfig,
@@ -31,8 +32,10 @@ from corral.models import (
     TaskId,
     TaskSpec,
     TaskStatus,
+    Wire,
 )
 from corrald.engine import Engine
+from corrald.events import pump
 from corrald.rpc import Registry, openrpc_document
 from corrald.server import Connection
 
@@ -301,3 +304,73 @@ async def parallel_stop_all(call: Call, p: SessionParams) -> list[Task]:
 async def parallel_get_scheduler_stats(call: Call, p: SessionParams) -> SchedulerStats:
     """Counts of tasks by status, plus the session's strategy and status."""
     return call.engine.stats(p.session_id)
+
+
+# --- events ------------------------------------------------------------------------
+
+
+class SubscribeParams(Params):
+    topics: list[str] | None = None
+    session_id: str | None = None
+    since_seq: int | None = Field(None, ge=0)
+
+
+class SubscribeResult(Wire):
+    subscription_id: str
+    seq: int
+    oldest: int
+
+
+class UnsubscribeParams(Params):
+    subscription_id: str
+
+
+@methods.method()
+async def events_subscribe(call: Call, p: SubscribeParams) -> SubscribeResult:
+    """Push events to this connection as `event` notifications `{seq, type, sessionId, payload}`.
+
+    Params: `topics` (event types or their prefixes: `task`, `agent`, `log`,
+    `violation`, `conflicts`, `merge`, `session`; all if omitted), `sessionId`
+    (only that session's events), `sinceSeq` (the last seq the client saw:
+    events after it are replayed first, then live ones follow).
+    Result: `{subscriptionId, seq, oldest}`: the newest seq now and the oldest
+    kept. A subscriber whose queue overflows gets a `lagged` notification and
+    is dropped; resuming with `sinceSeq` then misses nothing.
+    Errors: 6001 EventsExpired when `sinceSeq` is outside the kept window
+    (`data.oldest` says how far back it goes).
+    """
+    bus = call.engine.bus
+    if p.session_id is not None:
+        call.engine.session(p.session_id)
+    sub = bus.subscribe(p.topics, p.session_id, p.since_seq)
+    conn = call.conn
+    conn.state.setdefault("subscriptions", set()).add(sub.id)
+    conn.on_close.append(lambda: bus.unsubscribe(sub.id))
+
+    async def deliver(event: Event) -> bool:
+        return await conn.notify("event", event.to_wire())
+
+    async def lagged() -> None:
+        await conn.notify(
+            "lagged",
+            {
+                "subscriptionId": sub.id,
+                "lastSeq": bus.seq,
+                "oldest": bus.oldest,
+                "reason": "subscriber queue overflowed; resubscribe with sinceSeq",
+            },
+        )
+
+    assert conn.background is not None
+    conn.background.start_soon(pump, sub, deliver, lagged)
+    return SubscribeResult(subscription_id=sub.id, seq=bus.seq, oldest=bus.oldest)
+
+
+@methods.method()
+async def events_unsubscribe(call: Call, p: UnsubscribeParams) -> bool:
+    """Stop a subscription made on this connection. Errors: 6002 SubscriptionNotFound."""
+    mine = call.conn.state.get("subscriptions", set())
+    if p.subscription_id not in mine or not call.engine.bus.unsubscribe(p.subscription_id):
+        raise errors.SubscriptionNotFound(data={"subscriptionId": p.subscription_id})
+    mine.discard(p.subscription_id)
+    return True

@@ -113,7 +113,7 @@ class Connection:
         self.peer_pid = 0
         self.closed = False
         self.state: dict[str, Any] = {}  # per-connection state for method handlers
-        self.on_close: list[Callable[[], None]] = []
+        self.on_close: list[Callable[[], object]] = []
         self._send_lock = trio.Lock()
         self._inflight = trio.Semaphore(server.limits.max_inflight_per_connection)
         self.background: trio.Nursery | None = None  # pushes (events); ends with the connection
