@@ -1,0 +1,401 @@
+"""Supervisor tests: real processes (tests/fake_agent.py), real signals, no sleeps.
+
+Every test checks at the end that no process the fake agent created is
+alive, by pid *and* create_time (so a reused pid cannot fake a survivor).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from corral.models import AgentActivity, EndReason, ErrorCategory, ResourceLimits
+from corrald import proctree
+from corrald.agents import make_parser
+from corrald.cgroups import detect
+from corrald.supervisor import AgentRun, RunResult, RunSpec, kill_stale, run_agent, wait_until
+
+FAKE = Path(__file__).with_name("fake_agent.py")
+BASE_LIMITS: dict[str, Any] = {
+    "sample_interval_secs": 0.1,
+    "kill_grace_secs": 0.5,
+    "cpu_window_secs": 1.0,
+    "max_runtime_secs": 30,
+    "max_cpu_per_agent": 400.0,  # effectively off unless a test sets it
+    "max_memory_mb_per_agent": 1024,
+}
+
+
+class Agent:
+    """Builds a RunSpec for the fake agent and inspects the processes it made."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp = tmp_path
+        self.pidfile = tmp_path / "pids"
+        self.log_path = tmp_path / "agent.log"
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    def spec(
+        self,
+        *args: str,
+        parser: str = "plain",
+        marker: str | None = None,
+        stdin: bytes | None = None,
+        argv: list[str] | None = None,
+        **limits: Any,
+    ) -> RunSpec:
+        return RunSpec(
+            agent_id="agent-1",
+            task_id="task-1",
+            argv=argv or [sys.executable, str(FAKE), "--pidfile", str(self.pidfile), *args],
+            cwd=str(self.tmp),
+            env=dict(os.environ),
+            stdin_data=stdin,
+            limits=ResourceLimits(**{**BASE_LIMITS, **limits}),
+            log_path=self.log_path,
+            parser=make_parser(parser, completion_marker=marker),
+            completion_marker=marker,
+            log_cap_bytes=1024 * 1024,
+        )
+
+    def on_event(self, kind: str, payload: dict[str, Any]) -> None:
+        self.events.append((kind, payload))
+
+    def pids(self) -> list[tuple[int, float, str]]:
+        if not self.pidfile.exists():
+            return []
+        out = []
+        for line in self.pidfile.read_text().splitlines():
+            pid, ctime, role = line.split()
+            out.append((int(pid), float(ctime), role))
+        return out
+
+    async def wait_roles(self, *roles: str) -> None:
+        """Wait until every role named has written its pid."""
+        with trio.fail_after(10):
+            await wait_until(lambda: set(roles) <= {r for _, _, r in self.pids()})
+
+    def alive(self) -> list[tuple[int, str]]:
+        return [
+            (pid, role)
+            for pid, ctime, role in self.pids()
+            if proctree.same_process(pid, ctime) is not None
+        ]
+
+    def assert_all_dead(self, *roles: str) -> None:
+        seen = {r for _, _, r in self.pids()}
+        assert set(roles) <= seen, f"expected roles {roles}, pidfile has {seen}"
+        assert self.alive() == []
+
+
+def read_text(path: str) -> str:
+    return Path(path).read_text()
+
+
+def exists(path: str) -> bool:
+    return Path(path).exists()
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Agent:
+    return Agent(tmp_path)
+
+
+async def start(
+    nursery: trio.Nursery, spec: RunSpec, on_event: Callable[[str, dict[str, Any]], None]
+) -> AgentRun:
+    run: AgentRun = await nursery.start(_run, spec, on_event)
+    return run
+
+
+async def _run(
+    spec: RunSpec,
+    on_event: Callable[[str, dict[str, Any]], None],
+    task_status: trio.TaskStatus[AgentRun] = trio.TASK_STATUS_IGNORED,
+) -> RunResult:
+    return await run_agent(spec, on_event=on_event, task_status=task_status)
+
+
+async def test_exit_code_and_success(agent: Agent) -> None:
+    ok = await run_agent(agent.spec("--stdout", "hello"), on_event=agent.on_event)
+    assert (ok.end_reason, ok.exit_code, ok.error_category, ok.error) == (
+        EndReason.OK,
+        0,
+        None,
+        None,
+    )
+    assert ok.success and ok.pid is not None and ok.ended_at >= ok.started_at
+    assert ("log", "hello") in [(k, p.get("line")) for k, p in agent.events]
+    bad = await run_agent(agent.spec("--exit", "3", "--stderr", "boom"))
+    assert (bad.end_reason, bad.exit_code, bad.error_category) == (
+        EndReason.FAILED,
+        3,
+        ErrorCategory.CRASH,
+    )
+    assert bad.error is not None and "code 3" in bad.error and "boom" in bad.error
+    agent.assert_all_dead("agent")
+
+
+async def test_completion_marker_required(agent: Agent) -> None:
+    missing = await run_agent(agent.spec(marker="TASK_DONE_7"))
+    assert missing.end_reason is EndReason.FAILED and not missing.completion_seen
+    assert missing.error is not None and "TASK_DONE_7" in missing.error
+    seen = await run_agent(agent.spec("--print-marker", "TASK_DONE_7", marker="TASK_DONE_7"))
+    assert seen.end_reason is EndReason.OK and seen.completion_seen
+    agent.assert_all_dead("agent")
+
+
+async def test_runtime_limit_is_timeout(agent: Agent) -> None:
+    t0 = time.monotonic()
+    res = await run_agent(agent.spec("--sleep", "60", max_runtime_secs=1))
+    assert res.end_reason is EndReason.TIMEOUT
+    assert res.error_category is ErrorCategory.TIMEOUT
+    assert [v.kind for v in res.violations] == ["timeout"]
+    assert 1.0 <= time.monotonic() - t0 < 5
+    agent.assert_all_dead("agent")
+
+
+async def test_memory_limit_on_grandchild(agent: Agent) -> None:
+    res = await run_agent(
+        agent.spec("--grandchild-mem", "300", "--sleep", "60", max_memory_mb_per_agent=150)
+    )
+    assert res.end_reason is EndReason.LIMIT_MEMORY
+    assert res.error_category is ErrorCategory.LIMIT_MEMORY
+    (v,) = res.violations
+    assert v.kind == "limit_memory" and v.value > 150 and v.limit == 150
+    agent.assert_all_dead("agent", "hog")
+
+
+async def test_cpu_limit(agent: Agent) -> None:
+    t0 = time.monotonic()
+    res = await run_agent(agent.spec("--spin-cpu", "60", max_cpu_per_agent=50.0))
+    assert res.end_reason is EndReason.LIMIT_CPU
+    assert res.violations[0].kind == "limit_cpu" and res.violations[0].value > 50
+    # The window (1 s) has to fill before the CPU limit may act.
+    assert 1.0 <= time.monotonic() - t0 < 5
+    agent.assert_all_dead("agent")
+
+
+async def test_sigterm_ignored_then_sigkill_after_grace(agent: Agent) -> None:
+    async with trio.open_nursery() as nursery:
+        run = await start(nursery, agent.spec("--ignore-sigterm", "--sleep", "60"), agent.on_event)
+        await agent.wait_roles("agent")
+        t0 = time.monotonic()
+        run.cancel(EndReason.CANCELLED, "stop_all")
+        res = await run.wait()
+    assert time.monotonic() - t0 >= 0.5  # the grace was given
+    assert res.end_reason is EndReason.CANCELLED
+    assert res.error_category is ErrorCategory.CANCELLED
+    assert res.exit_code == -signal.SIGKILL
+    notes = [e.line for e in run.ring if e.stream == "daemon"]
+    assert any("SIGTERM" in n for n in notes) and any("SIGKILL" in n for n in notes)
+    agent.assert_all_dead("agent")
+
+
+async def test_grandchild_ignoring_sigterm_dies_after_parent_exits(agent: Agent) -> None:
+    res = await run_agent(agent.spec("--grandchild-ignore-sigterm"))
+    assert res.end_reason is EndReason.OK
+    agent.assert_all_dead("agent", "grandchild")
+
+
+@pytest.mark.parametrize("use_cgroup", [True, False], ids=["cgroup", "no-cgroup"])
+async def test_setsid_escape_is_killed(agent: Agent, use_cgroup: bool) -> None:
+    # The escapee leaves the process group at once and its parent exits
+    # right away, so neither killpg nor the tree walk can see it: the cgroup
+    # or, without one, the run's environment marker finds it.
+    spec = agent.spec("--setsid-escape")
+    spec.use_cgroup = use_cgroup
+    res = await run_agent(spec)
+    assert (res.cgroup is not None) == (use_cgroup and detect().available)
+    assert res.end_reason is EndReason.OK
+    agent.assert_all_dead("agent", "escaped")
+
+
+async def test_setsid_escape_seen_by_sampler_is_killed(agent: Agent) -> None:
+    res = await run_agent(agent.spec("--setsid-escape", "--sleep", "60", max_runtime_secs=1))
+    assert res.end_reason is EndReason.TIMEOUT
+    agent.assert_all_dead("agent", "escaped")
+
+
+async def test_flood_100mb_ring_bounded_log_capped(agent: Agent) -> None:
+    t0 = time.monotonic()
+    async with trio.open_nursery() as nursery:
+        run = await start(
+            nursery, agent.spec("--long-line", "1000000", "--flood-mb", "100"), agent.on_event
+        )
+        res = await run.wait()
+    elapsed = time.monotonic() - t0
+    assert res.end_reason is EndReason.OK, res.error
+    assert run.stats.bytes_out >= 100 * 1024 * 1024
+    assert len(run.ring) == 2000
+    assert run.stats.lines >= 100 * 1024
+    assert res.log_truncated
+    size = agent.log_path.stat().st_size
+    assert 1024 * 1024 - 2048 < size <= 1024 * 1024 + 200
+    assert "log truncated" in agent.log_path.read_text()[-200:]
+    long_lines = [p["line"] for k, p in agent.events if k == "log" and p["line"].startswith("yyy")]
+    assert len(long_lines) == 1 and len(long_lines[0]) < 64 * 1024 + 100
+    assert "truncated" in long_lines[0]
+    assert elapsed < 30
+    agent.assert_all_dead("agent")
+
+
+async def test_stream_json_tokens_cost_activity(agent: Agent) -> None:
+    res = await run_agent(
+        agent.spec(
+            "--stream-json", "--tokens", "100", "--cost", "0.5", parser="claude-stream-json"
+        ),
+        on_event=agent.on_event,
+    )
+    assert res.end_reason is EndReason.OK
+    assert (res.tokens, res.cost) == (100, 0.5)
+    activities = [p["activity"] for k, p in agent.events if k == "activity"]
+    assert activities[:3] == [
+        AgentActivity.READING.value,
+        AgentActivity.IMPLEMENTING.value,
+        AgentActivity.TESTING.value,
+    ]
+    # The session id holds "429" several times: not a rate limit.
+    assert not res.rate_limited and res.rate_limit_reset is None
+
+
+async def test_rate_limit_reported(agent: Agent) -> None:
+    reset = time.time() + 3600
+    res = await run_agent(
+        agent.spec("--exit", "1", "--rate-limit-resets-at", str(int(reset))),
+        on_event=agent.on_event,
+    )
+    assert res.end_reason is EndReason.RATE_LIMIT
+    assert res.error_category is ErrorCategory.RATE_LIMIT
+    assert res.rate_limited and res.rate_limit_reset == int(reset)
+    assert any(k == "rate_limit" for k, _ in agent.events)
+
+
+async def test_prompt_via_stdin(agent: Agent) -> None:
+    async with trio.open_nursery() as nursery:
+        run = await start(
+            nursery, agent.spec("--echo-stdin", stdin=b"line one\nline two\n"), agent.on_event
+        )
+        res = await run.wait()
+    assert res.end_reason is EndReason.OK
+    assert [e.line for e in run.ring if e.stream == "stdout"] == [
+        "stdin: line one",
+        "stdin: line two",
+    ]
+
+
+async def test_missing_executable_is_a_result(agent: Agent) -> None:
+    res = await run_agent(agent.spec(argv=["corral-no-such-agent-binary", "-p", "x"]))
+    assert res.end_reason is EndReason.FAILED
+    assert res.error_category is ErrorCategory.MISSING_EXECUTABLE
+    assert res.pid is None and res.error is not None and "corral-no-such-agent" in res.error
+    # Through nursery.start the handle is still delivered.
+    async with trio.open_nursery() as nursery:
+        run = await start(nursery, agent.spec(argv=["/nonexistent/agent"]), agent.on_event)
+        assert (await run.wait()).error_category is ErrorCategory.MISSING_EXECUTABLE
+
+
+async def test_external_cancel_kills_tree_and_reraises(agent: Agent) -> None:
+    reached_end = False
+    box: list[AgentRun] = []
+
+    async def cancel_when_ready(scope: trio.CancelScope) -> None:
+        await agent.wait_roles("agent", "grandchild", "escaped")
+        scope.cancel()
+
+    with trio.CancelScope() as outer:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cancel_when_ready, outer)
+            box.append(
+                await start(
+                    nursery,
+                    agent.spec(
+                        "--ignore-sigterm",
+                        "--grandchild-ignore-sigterm",
+                        "--setsid-escape",
+                        "--sleep",
+                        "60",
+                    ),
+                    agent.on_event,
+                )
+            )
+            await box[0].wait()
+            reached_end = True
+    assert outer.cancelled_caught and not reached_end
+    assert box[0].result is not None and box[0].result.end_reason is EndReason.CANCELLED
+    agent.assert_all_dead("agent", "grandchild", "escaped")
+
+
+async def test_direct_call_reraises_cancelled(agent: Agent) -> None:
+    reached_end = False
+
+    async def cancel_when_ready(scope: trio.CancelScope) -> None:
+        await agent.wait_roles("agent", "grandchild")
+        scope.cancel()
+
+    with trio.CancelScope() as outer:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(cancel_when_ready, outer)
+            await run_agent(agent.spec("--grandchild-ignore-sigterm", "--sleep", "60"))
+            reached_end = True
+    assert outer.cancelled_caught and not reached_end
+    agent.assert_all_dead("agent", "grandchild")
+
+
+async def test_cgroup_used_when_available(agent: Agent) -> None:
+    features = detect()
+    async with trio.open_nursery() as nursery:
+        run = await start(nursery, agent.spec("--sleep", "60"), agent.on_event)
+        await agent.wait_roles("agent")
+        cgroup_line = read_text(f"/proc/{run.pid}/cgroup")
+        run.cancel(EndReason.CANCELLED)
+        res = await run.wait()
+    agent.assert_all_dead("agent")
+    if not features.available:
+        pytest.skip(f"cgroup v2 not available here: {features.reason}")
+    assert res.cgroup is not None and Path(res.cgroup).name in cgroup_line
+    assert not exists(res.cgroup)  # removed after the run
+
+
+def test_kill_stale(agent: Agent) -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(FAKE),
+            "--pidfile",
+            str(agent.pidfile),
+            "--sleep",
+            "60",
+            "--grandchild-ignore-sigterm",
+            "--ignore-sigterm",
+        ],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while {r for _, _, r in agent.pids()} != {"agent", "grandchild"}:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)  # sync test: no trio clock to wait on
+        ((pid, ctime),) = [(p, c) for p, c, r in agent.pids() if r == "agent"]
+        assert not kill_stale(pid, ctime + 100)  # a different process with this pid
+        assert agent.alive()
+        assert kill_stale(pid, ctime)
+        proc.wait(timeout=5)
+        deadline = time.monotonic() + 5
+        while agent.alive():
+            assert time.monotonic() < deadline, agent.alive()
+            time.sleep(0.01)
+        assert not kill_stale(pid, ctime)
+    finally:
+        proc.kill()
+        proc.wait()
