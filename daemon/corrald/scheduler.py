@@ -269,13 +269,14 @@ class Scheduler:
             self._register(task)
             self._deps[sid] = deps[sid]
             self._unmet[sid] = unmet[sid]
-            for dep in deps[sid]:
-                self._dependents[dep].append(sid)
+            added.append(task)
+        for task in added:  # wired after registering: a dependency may come later
+            for dep in self._deps[task.id]:
+                self._dependents[dep].append(task.id)
             if task.status is TaskStatus.READY:
                 self._push_ready(task)
             if task.status is not TaskStatus.BLOCKED:
-                self._note(sid, +1)
-            added.append(task)
+                self._note(task.id, +1)
         return added
 
     # --- choosing and starting -----------------------------------------------
