@@ -34,8 +34,9 @@ from corral.models import (
     TaskStatus,
     Wire,
 )
-from corrald.engine import Engine
+from corrald.engine import Engine, SessionState
 from corrald.events import pump
+from corrald.pool import AgentPool
 from corrald.rpc import Registry, openrpc_document
 from corrald.server import Connection
 
@@ -54,9 +55,10 @@ class DaemonInfo:
 
 @dataclass
 class Call:
-    """What every handler gets: the engine, the daemon facts, the calling connection."""
+    """What every handler gets: engine, pool, daemon facts, the calling connection."""
 
     engine: Engine
+    pool: AgentPool
     daemon: DaemonInfo
     conn: Connection
 
@@ -277,7 +279,21 @@ async def parallel_cancel_task(call: Call, p: TaskRef) -> list[Task]:
 
     Errors: 1003, 1008 when the task already ended.
     """
-    return await call.engine.cancel(p.session_id, p.task_id)
+    state = call.engine.session(p.session_id)
+    task = state.scheduler.get(p.task_id)
+    if call.pool.stop(state, p.task_id, cancel=True):
+        await call.pool.wait_stopped(state, p.task_id)
+        return [state.scheduler.get(p.task_id), *_blocked_by(state, p.task_id)]
+    if task.status.terminal:
+        raise errors.InvalidStateTransition(
+            f"task {p.task_id} already ended ({task.status.value})",
+            {"taskId": p.task_id, "from": task.status.value, "to": "cancelled"},
+        )
+    return call.engine.cancel_task(state.id, p.task_id)
+
+
+def _blocked_by(state: SessionState, task_id: str) -> list[Task]:
+    return [t for t in state.scheduler.tasks(TaskStatus.BLOCKED) if t.blocked_by == task_id]
 
 
 @methods.method()
@@ -287,7 +303,9 @@ async def parallel_schedule_next(call: Call, p: SessionParams) -> Assignment:
     Result: Assignment with `task` and `agent`, or neither and a `reason`
     (no slot, nothing ready, paused). Errors: 1011 SessionAborted.
     """
-    return await call.engine.schedule_next(p.session_id)
+    state = call.engine.session(p.session_id)
+    task, agent, reason = await call.pool.schedule_next(state)
+    return Assignment(task=task, agent=agent, reason=reason or None)
 
 
 @methods.method()
@@ -297,7 +315,11 @@ async def parallel_stop_all(call: Call, p: SessionParams) -> list[Task]:
     Their tasks return to `ready` without consuming a retry and keep their
     worktree and branch. Result: the requeued tasks.
     """
-    return await call.engine.stop_all(p.session_id)
+    state = call.engine.session(p.session_id)
+    stopping = [r.task_id for r in call.pool.running.values() if r.state is state]
+    call.pool.stop(state, cancel=False)
+    await call.pool.wait_stopped(state)
+    return [state.scheduler.get(task_id) for task_id in stopping]
 
 
 @methods.method()

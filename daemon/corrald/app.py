@@ -17,6 +17,7 @@ from corrald.api import Call, DaemonInfo, methods
 from corrald.config import Config, ConfigError, default_state_dir, load_config
 from corrald.engine import Engine
 from corrald.events import EventBus
+from corrald.pool import AgentPool
 from corrald.server import (
     AlreadyRunning,
     Connection,
@@ -44,6 +45,14 @@ class Daemon:
             queue_size=config.daemon.subscriber_queue,
         )
         self.engine = Engine(self.store, self.bus)
+        self.pool = AgentPool(
+            self.engine,
+            logs_dir=state_dir / "logs",
+            worktree_base=config.daemon.worktree_base,
+            custom_types=config.agents,
+            log_cap_bytes=config.daemon.log_cap_bytes,
+        )
+        self.pool.recover()
         d = config.daemon
         self.server: Server[Call] = Server(
             methods,
@@ -64,7 +73,7 @@ class Daemon:
         )
 
     def _make_call(self, conn: Connection) -> Call:
-        return Call(self.engine, self.info, conn)
+        return Call(self.engine, self.pool, self.info, conn)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         sock = systemd.listen_socket()
@@ -78,6 +87,7 @@ class Daemon:
                 interval = systemd.watchdog_interval()
                 if interval:
                     nursery.start_soon(self._watchdog, interval)
+                await nursery.start(self.pool.run)
                 await nursery.start(self._serve, sock, nursery.cancel_scope)
                 systemd.notify(f"READY=1\nSTATUS=listening on {self.info.socket_path}")
                 log.info("corrald %s listening on %s", __version__, self.info.socket_path)
@@ -97,7 +107,7 @@ class Daemon:
     ) -> None:
         # serve() returns once shutdown is requested and in-flight work drained;
         # then the signal and watchdog tasks end too.
-        await self.server.serve(sock, before_drain=self.engine.shutdown, task_status=task_status)
+        await self.server.serve(sock, before_drain=self.pool.shutdown, task_status=task_status)
         done.cancel()
 
     async def _signals(self) -> None:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from corral.models import SchedulerConfig
+from corrald.agents import AgentTypeConfig
 
 
 class ConfigError(RuntimeError):
@@ -40,19 +41,10 @@ class DaemonSection(_Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
-class AgentTypeSection(_Strict):
-    """An `[agents.NAME]` table: a user-defined agent type."""
-
-    argv: list[str] = Field(min_length=1)
-    prompt_via: Literal["argv", "stdin"] = "argv"
-    parser: str = "plain"
-    env: dict[str, str] = Field(default_factory=dict)
-
-
 class Config(_Strict):
     daemon: DaemonSection = Field(default_factory=DaemonSection)
     defaults: SchedulerConfig = Field(default_factory=SchedulerConfig)
-    agents: dict[str, AgentTypeSection] = Field(default_factory=dict)
+    agents: dict[str, AgentTypeConfig] = Field(default_factory=dict)
 
 
 def default_config_path() -> Path:

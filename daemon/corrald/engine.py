@@ -15,7 +15,6 @@ from typing import Any
 
 from corral import errors
 from corral.models import (
-    Assignment,
     ErrorCategory,
     SchedulerConfig,
     SchedulerStats,
@@ -219,43 +218,6 @@ class Engine:
         changed = state.scheduler.cancel(task_id, self.clock())
         self.commit_tasks(state, changed)
         return changed
-
-    # --- running (manual until the agent pool drives it) ---------------------------
-    async def schedule_next(self, session_id: str | None) -> Assignment:
-        """Start the task the strategy picks now (an agent when a pool is attached)."""
-        state = self.session(session_id)
-        if state.scheduler.aborted:
-            raise errors.SessionAborted(data={"sessionId": state.id})
-        now = self.clock()
-        changed = state.scheduler.promote_due(now)
-        task = state.scheduler.next_task(now)
-        if task is None:
-            self.commit_tasks(state, changed)
-            return Assignment(reason=self._why_nothing(state))
-        started = state.scheduler.start(task.id, now)
-        self.commit_tasks(state, [*changed, started])
-        return Assignment(task=started)
-
-    def _why_nothing(self, state: SessionState) -> str:
-        counts = state.scheduler.counts()
-        if counts.get(TaskStatus.READY, 0) == 0:
-            return "no task is ready"
-        return "no free slot (maxParallel reached)"
-
-    async def stop_all(self, session_id: str | None) -> list[Task]:
-        state = self.session(session_id)
-        changed = state.scheduler.stop_all()
-        self.commit_tasks(state, changed)
-        return changed
-
-    async def cancel(self, session_id: str | None, task_id: str) -> list[Task]:
-        return self.cancel_task(session_id, task_id)
-
-    async def shutdown(self) -> None:
-        """Daemon shutdown: stop running agents; their tasks go back to ready."""
-        for state in self.sessions.values():
-            if state.running_agents:
-                await self.stop_all(state.id)
 
     def stats(self, session_id: str | None) -> SchedulerStats:
         state = self.session(session_id)
