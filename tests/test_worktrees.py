@@ -10,10 +10,10 @@ from pathlib import Path
 import pygit2
 import pytest
 import trio
-from corral import errors
-from corrald.git import worktrees as wt
 from pygit2.enums import ConfigLevel
 
+from corral import errors
+from corrald.git import worktrees as wt
 from tests.conftest import git, make_repo
 
 

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import pygit2
-from corral import errors
-from corral.models import CleanupReport
 from pygit2.enums import BranchType, FileStatus
 
+from corral import errors
+from corral.models import CleanupReport
 from corrald.git.repo import discover_repo_root, in_thread, map_git_errors, open_repo, write_lock
 
 log = logging.getLogger(__name__)
