@@ -236,8 +236,13 @@ def _copy_included(source_root: Path, target_root: Path) -> list[str]:
                 if parent != target and target not in parent.parents:
                     log.warning("%s: refusing %s: destination leaves the worktree", include, rel)
                     continue
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(real, dest)
+                try:
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(real, dest)
+                except OSError as exc:
+                    # A missing convenience file must not fail the allocation.
+                    log.warning("%s: could not copy %s: %s", include, rel, exc)
+                    continue
                 copied.append(str(rel))
     return copied
 
@@ -397,8 +402,8 @@ def _cleanup_sync(repo_path: str, base_dir: Path, live_paths: set[str]) -> Clean
                 continue
             try:
                 dirty = _dirty(entry)
-            except pygit2.GitError:
-                dirty = ["?"]
+            except (pygit2.GitError, errors.CorralError):
+                dirty = ["?"]  # unreadable: treat as dirty, never delete it
             if dirty:
                 report.kept_dirty.append(str(entry))
                 continue
