@@ -17,13 +17,18 @@ from pydantic import Field
 
 from corral import __version__, errors
 from corral.models import (
+    Agent,
     Assignment,
     CgroupFeatures,
+    CleanupReport,
+    CompletedAgent,
     DaemonStatus,
     ErrorCategory,
     Event,
+    LogEntry,
     NoParams,
     Params,
+    PoolStats,
     SchedulerConfig,
     SchedulerStats,
     Session,
@@ -32,10 +37,13 @@ from corral.models import (
     TaskId,
     TaskSpec,
     TaskStatus,
+    Violation,
     Wire,
+    WorktreeAllocation,
 )
 from corrald.engine import Engine, SessionState
 from corrald.events import pump
+from corrald.git import worktrees
 from corrald.pool import AgentPool
 from corrald.rpc import Registry, openrpc_document
 from corrald.server import Connection
@@ -396,3 +404,177 @@ async def events_unsubscribe(call: Call, p: UnsubscribeParams) -> bool:
         raise errors.SubscriptionNotFound(data={"subscriptionId": p.subscription_id})
     mine.discard(p.subscription_id)
     return True
+
+
+# --- agents ------------------------------------------------------------------------
+
+
+class AgentRef(Params):
+    agent_id: str
+
+
+class LogsParams(AgentRef):
+    offset: int = Field(0, ge=0)
+    limit: int = Field(500, ge=1, le=100_000)
+
+
+class ListAgentsParams(Params):
+    session_id: str | None = None
+    live: bool = False
+
+
+def _agent(call: Call, agent_id: str) -> Agent:
+    running = call.pool.running.get(agent_id)
+    if running is not None:
+        return running.agent
+    for agent in call.engine.store.agents():
+        if agent.id == agent_id:
+            return agent
+    raise errors.AgentNotFound(f"no agent {agent_id!r}", {"agentId": agent_id})
+
+
+@methods.method()
+async def parallel_list_agents(call: Call, p: ListAgentsParams) -> list[Agent]:
+    """List a session's agents (every attempt), with live CPU/memory for running ones.
+
+    `live: true` lists only running agents.
+    """
+    state = call.engine.session(p.session_id)
+    live = {r.agent.id: r.agent for r in call.pool.running.values() if r.state is state}
+    if p.live:
+        return list(live.values())
+    return [live.get(a.id, a) for a in call.engine.store.agents(state.id)]
+
+
+@methods.method()
+async def parallel_get_pool_stats(call: Call, p: SessionParams) -> PoolStats:
+    """Running agents, their summed CPU and memory, against the session's limits."""
+    return call.pool.pool_stats(call.engine.session(p.session_id))
+
+
+@methods.method()
+async def parallel_check_violations(call: Call, p: SessionParams) -> list[Violation]:
+    """Limit violations seen (newest last): kind, measured value, limit and the action taken.
+
+    Kinds: timeout, limit_memory, limit_cpu (per agent), total_memory (session).
+    """
+    state = call.engine.session(p.session_id)
+    mine = {a.id for a in call.engine.store.agents(state.id)} | set(state.running_agents)
+    return [v for v in call.pool.violations if v.agent_id in mine]
+
+
+@methods.method()
+async def parallel_get_agent_logs(call: Call, p: LogsParams) -> list[LogEntry]:
+    """An agent's output lines from `offset` (line number), at most `limit`.
+
+    Lines come from the in-memory ring while it holds them, else from the
+    agent's log file (capped in size). Errors: 2001 AgentNotFound.
+    """
+    return call.pool.logs(_agent(call, p.agent_id), p.offset, p.limit)
+
+
+@methods.method()
+async def parallel_poll_completed(call: Call, p: NoParams) -> list[CompletedAgent]:
+    """Agents that finished since this connection last asked (all kept ones at first)."""
+    cursor = int(call.conn.state.get("completed_cursor", 0))
+    done, call.conn.state["completed_cursor"] = call.pool.poll_completed(cursor)
+    return done
+
+
+# --- worktrees -----------------------------------------------------------------------
+
+
+class AllocateParams(Params):
+    session_id: str | None = None
+    agent_id: str
+    task_id: TaskId
+    branch: str | None = None
+
+
+class DeallocateParams(Params):
+    session_id: str | None = None
+    worktree_path: str
+    force: bool = False
+
+
+class DeallocateByAgentParams(Params):
+    session_id: str | None = None
+    agent_id: str
+    force: bool = False
+
+
+@methods.method()
+async def worktree_allocate(call: Call, p: AllocateParams) -> WorktreeAllocation:
+    """Create (or reuse) the worktree and branch for a task of the session.
+
+    The worktree is `<base>/<taskId>` outside the repository, on branch
+    `branch` or the session's branch template (default `corral/<taskId>`),
+    created from `baseBranch` (default: the repository's HEAD branch); files
+    listed in `.worktreeinclude` are copied in. Reuses an existing one: work is
+    never thrown away. Errors: 3003 BranchCheckedOut, 3004 InvalidBranchName,
+    3007 RepositoryEmpty, 3008 BaseBranchNotFound.
+    """
+    state = call.engine.session(p.session_id)
+    return await call.pool.allocate(state, p.agent_id, p.task_id, p.branch)
+
+
+async def _deallocate(call: Call, state: SessionState, path: str, force: bool) -> bool:
+    repo = state.session.repo_path
+    base = call.pool.base_dir(repo)
+    resolved = str(worktrees.validate_inside(base, path))
+    await worktrees.deallocate(repo, base, path, force)
+    with call.engine.store.transaction():
+        for alloc in call.engine.store.allocations(state.id):
+            if alloc.worktree_path == resolved:
+                call.engine.store.delete_allocation(state.id, alloc.task_id)
+                call.engine.bus.publish("worktree.released", state.id, alloc.to_wire())
+    return True
+
+
+@methods.method()
+async def worktree_deallocate(call: Call, p: DeallocateParams) -> bool:
+    """Remove a worktree (its branch is kept).
+
+    A worktree with modified, staged or untracked (not ignored) files is
+    refused unless `force`. Errors: 3001 WorktreeDirty (`data.files`),
+    3002 PathOutsideBase, 3006 WorktreeNotFound.
+    """
+    state = call.engine.session(p.session_id)
+    return await _deallocate(call, state, p.worktree_path, p.force)
+
+
+@methods.method()
+async def worktree_deallocate_by_agent(call: Call, p: DeallocateByAgentParams) -> bool:
+    """Remove the worktree allocated to an agent; same rules as worktree_deallocate."""
+    state = call.engine.session(p.session_id)
+    for alloc in call.engine.store.allocations(state.id):
+        if alloc.agent_id == p.agent_id:
+            return await _deallocate(call, state, alloc.worktree_path, p.force)
+    raise errors.WorktreeNotFound(f"agent {p.agent_id} has no worktree", {"agentId": p.agent_id})
+
+
+@methods.method()
+async def worktree_get_allocations(call: Call, p: SessionParams) -> list[WorktreeAllocation]:
+    """The session's worktree allocations (persisted; they survive restarts)."""
+    return call.engine.store.allocations(call.engine.session(p.session_id).id)
+
+
+@methods.method()
+async def worktree_cleanup_orphaned(call: Call, p: SessionParams) -> CleanupReport:
+    """Remove clean orphan worktrees, prune stale git metadata, report dirty ones.
+
+    Orphans are directories under the base directory with no allocation in
+    any session on this repository. Dirty orphans are listed in `keptDirty`
+    and left untouched. Result: `{removed, pruned, keptDirty}`.
+    """
+    state = call.engine.session(p.session_id)
+    repo = state.session.repo_path
+    live = {
+        a.worktree_path
+        for s in call.engine.sessions.values()
+        if s.session.repo_path == repo
+        for a in call.engine.store.allocations(s.id)
+    }
+    report = await worktrees.cleanup_orphans(repo, call.pool.base_dir(repo), live)
+    call.engine.bus.publish("worktree.cleanup", state.id, report.to_wire())
+    return report
