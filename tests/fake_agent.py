@@ -50,6 +50,7 @@ def fork_grandchild(
         if mem_mb:
             hog = bytearray(b"\x01") * (mem_mb * 1024 * 1024)  # touched pages: real RSS
             assert hog
+            record(pidfile, f"{role}-full")
         sleep_forever()
     finally:
         os._exit(0)

@@ -196,7 +196,8 @@ _RATE_LIMIT_RES = [
     re.compile(r"\brate[ _-]?limit(?:ed|s|_error|_exceeded)?\b", re.I),
     re.compile(r"\bRateLimitError\b"),
     re.compile(r"\btoo many requests\b", re.I),
-    re.compile(r"\busage limit (?:reached|exceeded)\b", re.I),
+    re.compile(r"\busage limit (?:reached|exceeded)\b|\bhit your (?:usage )?limit\b", re.I),
+    re.compile(r"\bretry[- ]after:?\s*\d", re.I),
     re.compile(r"\bquota (?:exceeded|exhausted)\b|\bRESOURCE_EXHAUSTED\b", re.I),
     # 429 only as an HTTP status: after HTTP/status/code/error, or before the
     # reason phrase. "abc429def" or a uuid never matches.
@@ -255,19 +256,26 @@ _TEST_RUNNER_RE = re.compile(
     r"|\b(?:cargo|go|npm|pnpm|yarn|bun|make|mvn|gradle|dotnet|mix|deno)\s+(?:run\s+)?test"
 )
 _TEST_WORD_RE = re.compile(r"\btests?\b|\btest_\w+|\w+_test\b")
-_COMMIT_RE = re.compile(r"\bgit\s+(?:-\S+\s+)*commit\b")
+_COMMIT_RE = re.compile(r"\bgit\b[^|;&\n]*?\bcommit\b")
 _READ_CMD_RE = re.compile(
-    r"^\s*(?:cat|less|head|tail|grep|rg|find|ls|sed -n|git (?:log|diff|show))\b"
+    r"^\s*(?:cat|less|head|tail|grep|rg|find|fd|ls|tree|wc|sed -n|git (?:log|diff|show|status))\b"
 )
+_SHELL_WRAP_RE = re.compile(r"^\s*(?:/\S*/)?(?:ba|z)?sh\s+-\w*c\s+(['\"]?)(.*)\1\s*$", re.S)
+_SEGMENT_RE = re.compile(r"&&|\|\||[;|\n]")
 
 
 def activity_for_command(command: str) -> AgentActivity:
     """Activity of a shell command an agent runs."""
+    wrapped = _SHELL_WRAP_RE.match(command)
+    if wrapped:
+        command = wrapped.group(2)
     if _COMMIT_RE.search(command):
         return AgentActivity.COMMITTING
     if _TEST_RUNNER_RE.search(command):
         return AgentActivity.TESTING
-    if _READ_CMD_RE.search(command):
+    segments = [seg for seg in _SEGMENT_RE.split(command) if seg.strip()]
+    work = [seg for seg in segments if not seg.strip().startswith("cd ")]
+    if work and all(_READ_CMD_RE.search(seg) for seg in work):
         return AgentActivity.READING
     if _TEST_WORD_RE.search(command):
         return AgentActivity.TESTING

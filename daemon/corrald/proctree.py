@@ -20,24 +20,50 @@ import logging
 import os
 import signal
 import time
-from pathlib import Path
+from typing import NamedTuple
 
 import psutil
 
 log = logging.getLogger(__name__)
 
-_PROC = Path("/proc")
 #: create_time values from psutil are derived from boot time + clock ticks;
 #: two readings of the same process agree far better than this.
 _CTIME_TOLERANCE = 0.01
 
 
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
 def _proc_children_supported() -> bool:
     me = os.getpid()
-    return (_PROC / str(me) / "task" / str(me) / "children").exists()
+    return os.path.exists(f"/proc/{me}/task/{me}/children")
 
 
 _HAS_PROC_CHILDREN = _proc_children_supported()
+
+
+class _Stat(NamedTuple):
+    """The fields of /proc/<pid>/stat we need (one read per process per sample)."""
+
+    state: bytes
+    cpu_ticks: int  # utime + stime
+    start_ticks: int  # start time in clock ticks since boot: identity with the pid
+    rss_pages: int
+
+
+def _stat(pid: int) -> _Stat | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    # comm (field 2) may hold spaces and parens: split after the last ')'.
+    fields = data[data.rfind(b")") + 2 :].split()
+    try:
+        return _Stat(fields[0], int(fields[11]) + int(fields[12]), int(fields[19]), int(fields[21]))
+    except (IndexError, ValueError):
+        return None
 
 
 def _direct_children(pid: int) -> list[int]:
@@ -49,12 +75,13 @@ def _direct_children(pid: int) -> list[int]:
             return []
     out: list[int] = []
     try:
-        tids = os.listdir(_PROC / str(pid) / "task")
+        tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return out
     for tid in tids:
         try:
-            data = (_PROC / str(pid) / "task" / tid / "children").read_bytes()
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as fh:
+                data = fh.read()
         except OSError:
             continue
         out.extend(int(p) for p in data.split())
@@ -132,77 +159,82 @@ class TreeSampler:
 
     `sample()` returns the tree's CPU use (percent of one core, averaged over a
     sliding window) and its summed RSS. CPU is accumulated per process, so a
-    child that exits does not make the total go backwards.
+    child that exits does not make the total go backwards. Sampling reads
+    /proc directly (one ``stat`` per process): with dozens of agents sampled
+    twice a second, psutil's per-call overhead was the daemon's main idle cost.
+    Members are identified by (pid, start ticks); once the root has exited and
+    its pid might be reused, the tree is no longer walked from it.
     """
 
     def __init__(self, root_pid: int, *, window_secs: float = 10.0) -> None:
         self.root_pid = root_pid
         self.window_secs = window_secs
-        self._tracked: dict[int, psutil.Process] = {}
-        self._cpu_seen: dict[tuple[int, float], float] = {}
-        self._cpu_total = 0.0
-        self._history: collections.deque[tuple[float, float]] = collections.deque()
+        self._tracked: dict[tuple[int, int], psutil.Process] = {}
+        self._cpu_seen: dict[tuple[int, int], int] = {}
+        self._cpu_ticks = 0
+        self._history: collections.deque[tuple[float, int]] = collections.deque()
         self.cpu_percent = 0.0
         self.rss_mb = 0.0
         self.samples = 0
+        root = _stat(root_pid)
+        self._root_start = root.start_ticks if root else None
         self._root_ctime: float | None = None
-        self.refresh()
+        with contextlib.suppress(psutil.Error):
+            self._root_ctime = psutil.Process(root_pid).create_time()
+        self._walk()
 
     @property
     def root_create_time(self) -> float | None:
-        """Start time of the root process (for `kill_stale` after a restart)."""
+        """psutil start time of the root process (stored for `kill_stale` after a restart)."""
         return self._root_ctime
+
+    def _walk(self) -> list[tuple[tuple[int, int], _Stat]]:
+        """The live tree as ((pid, start), stat); new members become tracked."""
+        root = _stat(self.root_pid)
+        if root is None or root.start_ticks != self._root_start:
+            return []  # root gone (its pid may belong to someone else now)
+        out = [((self.root_pid, root.start_ticks), root)]
+        queue = collections.deque([self.root_pid])
+        visited = {self.root_pid}
+        while queue:
+            for child in _direct_children(queue.popleft()):
+                if child in visited:
+                    continue
+                visited.add(child)
+                st = _stat(child)
+                if st is not None:
+                    out.append(((child, st.start_ticks), st))
+                    queue.append(child)
+        for key, _ in out:
+            if key not in self._tracked:
+                try:
+                    self._tracked[key] = psutil.Process(key[0])
+                except psutil.Error:
+                    continue
+        return out
 
     def refresh(self) -> list[psutil.Process]:
         """Walk the live tree, add new members to the tracked set, return the tree."""
-        current: list[psutil.Process] = []
-        for pid in _descendant_pids(self.root_pid):
-            known = self._tracked.get(pid)
-            if known is not None:
-                try:
-                    if known.is_running():
-                        current.append(known)
-                        continue
-                except psutil.Error:
-                    pass
-            try:
-                proc = psutil.Process(pid)
-                ctime = proc.create_time()
-            except psutil.Error:
-                continue
-            if pid == self.root_pid and self._root_ctime is None:
-                self._root_ctime = ctime
-            # A reused pid replaces the stale entry in the dict, but the dead
-            # one was already dead, so nothing is lost by forgetting it.
-            self._tracked[pid] = proc
-            current.append(proc)
-        return current
+        return [self._tracked[key] for key, _ in self._walk() if key in self._tracked]
 
     def sample(self) -> tuple[float, float]:
         """Return (cpu % of one core over the window, RSS MB summed over the tree)."""
         now = time.monotonic()
-        rss = 0
-        for proc in self.refresh():
-            try:
-                with proc.oneshot():
-                    times = proc.cpu_times()
-                    mem = proc.memory_info().rss
-                    ctime = proc.create_time()
-            except psutil.Error:
-                continue
-            rss += mem
-            key = (proc.pid, ctime)
-            used = times.user + times.system
-            prev = self._cpu_seen.get(key, 0.0)
-            if used > prev:
-                self._cpu_total += used - prev
-                self._cpu_seen[key] = used
-        self._history.append((now, self._cpu_total))
+        rss_pages = 0
+        for key, st in self._walk():
+            if st.state != b"Z":
+                rss_pages += st.rss_pages
+            prev = self._cpu_seen.get(key, 0)
+            if st.cpu_ticks > prev:
+                self._cpu_ticks += st.cpu_ticks - prev
+                self._cpu_seen[key] = st.cpu_ticks
+        self._history.append((now, self._cpu_ticks))
         while len(self._history) > 2 and now - self._history[1][0] >= self.window_secs:
             self._history.popleft()
         t0, c0 = self._history[0]
-        self.cpu_percent = 100.0 * (self._cpu_total - c0) / (now - t0) if now > t0 else 0.0
-        self.rss_mb = rss / (1024 * 1024)
+        used = (self._cpu_ticks - c0) / _CLK_TCK
+        self.cpu_percent = 100.0 * used / (now - t0) if now > t0 else 0.0
+        self.rss_mb = rss_pages * _PAGE / (1024 * 1024)
         self.samples += 1
         return self.cpu_percent, self.rss_mb
 
@@ -227,8 +259,7 @@ class TreeSampler:
         Returns how many processes were signalled individually (the group
         signal is not counted).
         """
-        with contextlib.suppress(psutil.Error):
-            self.refresh()
+        self._walk()
         killpg(self.root_pid, sig)
         count = 0
         for proc in self.alive():
@@ -253,11 +284,12 @@ def find_marked(name: str, value: str) -> list[psutil.Process]:
     needle = f"{name}={value}".encode()
     me = os.getpid()
     found: list[psutil.Process] = []
-    for entry in os.listdir(_PROC):
+    for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == me:
             continue
         try:
-            env = (_PROC / entry / "environ").read_bytes()
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                env = fh.read()
         except OSError:
             continue
         if needle in env.split(b"\0"):
