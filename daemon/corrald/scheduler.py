@@ -60,8 +60,28 @@ NON_RETRYABLE = frozenset({ErrorCategory.MISSING_EXECUTABLE})
 # using bitsets (n bits per task would cost n**2 / 8 bytes).
 _BITSET_LIMIT = 20_000
 
-_ReadyEntry = tuple[int, int, int, int, str]  # key0, key1, seq, version, id
-_WaitEntry = tuple[float, int, int, str]  # retry_at, seq, version, id
+
+class _Node:
+    """A task's place in the graph: everything derived, in one object for locality."""
+
+    __slots__ = ("dependents", "deps", "ndeps", "seq", "task", "unmet", "ver")
+
+    def __init__(self, task: Task, seq: int) -> None:
+        self.task = task
+        self.seq = seq  # insertion order
+        self.deps: tuple[_Node, ...] = ()
+        self.dependents: list[_Node] = []
+        self.unmet = 0  # dependencies not yet completed/skipped
+        self.ndeps = 0  # non-terminal transitive dependents (dependency_first)
+        self.ver = 0  # version of its newest heap entry; older entries are stale
+
+    def __repr__(self) -> str:
+        return f"_Node({self.task.id}, {self.task.status.value})"
+
+
+# Heap entries end in the unique seq before the node, so nodes are never compared.
+_ReadyEntry = tuple[int, int, int, int, _Node]  # key0, key1, seq, version, node
+_WaitEntry = tuple[float, int, int, _Node]  # retry_at, seq, version, node
 
 
 class Scheduler:
@@ -77,44 +97,40 @@ class Scheduler:
         """Restore from persisted tasks (their order is the insertion order).
 
         Derived indexes are recomputed; a ``pending`` task whose dependencies
-        are all satisfied becomes ``ready``. ``in_progress`` tasks stay so: the
-        caller decides (e.g. `requeue` after a daemon restart).
+        are all satisfied becomes ``ready`` (and a ``ready`` one whose are not,
+        ``pending``). ``in_progress`` tasks stay so: the caller decides (e.g.
+        `requeue` after a daemon restart). Unknown dependency ids are ignored.
         """
         self.config = config
         self.aborted = False
-        self._tasks: dict[str, Task] = {}
-        self._seq: dict[str, int] = {}
-        self._deps: dict[str, tuple[str, ...]] = {}
-        self._dependents: dict[str, list[str]] = {}
-        self._unmet: dict[str, int] = {}  # dependencies not yet completed/skipped
-        self._ndeps: dict[str, int] = {}  # non-terminal transitive dependents
-        self._ver: dict[str, int] = {}  # heap entry version; older entries are stale
+        self._nodes: dict[str, _Node] = {}
         self._count: dict[TaskStatus, int] = dict.fromkeys(TaskStatus, 0)
-        self._running: dict[str, None] = {}  # in_progress ids, an ordered set
+        self._running: dict[str, _Node] = {}  # in_progress, an ordered set
         self._heap: list[_ReadyEntry] = []
         self._heap_strategy: Strategy = config.strategy
         self._wait: list[_WaitEntry] = []
-        self._backlog: list[tuple[str, int]] = []  # deferred dependent-count walks
+        self._backlog: list[tuple[_Node, int]] = []  # deferred dependent-count walks
         self._counts_stale = False
 
-        restored = list(tasks)
-        for task in restored:
-            if task.id in self._tasks:
+        restored: list[_Node] = []
+        for task in tasks:
+            if task.id in self._nodes:
                 raise errors.DuplicateTaskId(
                     f"duplicate task id {task.id!r} in restored tasks", data={"ids": [task.id]}
                 )
-            self._register(task)
-        for task in restored:
-            known = tuple(d for d in dict.fromkeys(task.dependencies) if d in self._tasks)
-            self._deps[task.id] = known
-            for dep in known:
-                self._dependents[dep].append(task.id)
-            self._unmet[task.id] = sum(1 for d in known if self._tasks[d].status not in SATISFIED)
-        for task in restored:
-            if task.status is TaskStatus.PENDING and self._unmet[task.id] == 0:
-                self._set_status(task, TaskStatus.READY)
-            elif task.status is TaskStatus.READY and self._unmet[task.id] > 0:
-                self._set_status(task, TaskStatus.PENDING)
+            restored.append(self._register(task))
+        nodes = self._nodes
+        for node in restored:
+            node.deps = tuple(nodes[d] for d in dict.fromkeys(node.task.dependencies) if d in nodes)
+            for dep in node.deps:
+                dep.dependents.append(node)
+            node.unmet = sum(1 for d in node.deps if d.task.status not in SATISFIED)
+        for node in restored:
+            status = node.task.status
+            if status is TaskStatus.PENDING and node.unmet == 0:
+                self._set_status(node, TaskStatus.READY)
+            elif status is TaskStatus.READY and node.unmet > 0:
+                self._set_status(node, TaskStatus.PENDING)
         self._counts_stale = bool(restored)
         self._rebuild_heap()
 
@@ -122,18 +138,13 @@ class Scheduler:
 
     def get(self, task_id: str) -> Task:
         """The task with this id; `errors.TaskNotFound` if there is none."""
-        try:
-            return self._tasks[task_id]
-        except KeyError:
-            raise errors.TaskNotFound(
-                f"task {task_id!r} not found", data={"taskId": task_id}
-            ) from None
+        return self._node(task_id).task
 
     def tasks(self, status: TaskStatus | None = None) -> list[Task]:
         """All tasks (or those in one status) in insertion order."""
         if status is None:
-            return list(self._tasks.values())
-        return [t for t in self._tasks.values() if t.status is status]
+            return [n.task for n in self._nodes.values()]
+        return [n.task for n in self._nodes.values() if n.task.status is status]
 
     def counts(self) -> dict[TaskStatus, int]:
         """Number of tasks per status (every status present), kept incrementally."""
@@ -141,7 +152,7 @@ class Scheduler:
 
     def in_progress(self) -> list[Task]:
         """Running tasks in insertion order."""
-        return sorted((self._tasks[i] for i in self._running), key=self._seq_of)
+        return [n.task for n in sorted(self._running.values(), key=_seq)]
 
     def dependents_count(self, task_id: str) -> int:
         """Distinct non-terminal tasks that transitively depend on this one.
@@ -149,11 +160,11 @@ class Scheduler:
         This is the ``dependency_first`` key. Only meaningful for a
         non-terminal task; 0 for a terminal one.
         """
-        task = self.get(task_id)
-        if task.status in TERMINAL_TASK_STATUSES:
+        node = self._node(task_id)
+        if node.task.status in TERMINAL_TASK_STATUSES:
             return 0
         self._settle_counts()
-        return self._ndeps[task_id]
+        return node.ndeps
 
     def slots(self) -> int:
         """How many more tasks may start now (0 when aborted)."""
@@ -169,12 +180,12 @@ class Scheduler:
         if self.aborted:
             return not self._running
         terminal = sum(self._count[s] for s in TERMINAL_TASK_STATUSES)
-        return terminal == len(self._tasks)
+        return terminal == len(self._nodes)
 
     def next_wakeup(self) -> float | None:
         """Earliest ``retry_at`` of a task in ``retry_wait``/``rate_limited``."""
         wait = self._wait
-        while wait and not self._wait_valid(wait[0]):
+        while wait and not _wait_valid(wait[0]):
             heapq.heappop(wait)
         return wait[0][0] if wait else None
 
@@ -182,7 +193,7 @@ class Scheduler:
         busy = ", ".join(f"{s.value}={n}" for s, n in self._count.items() if n)
         return (
             f"<Scheduler strategy={self.config.strategy.value}"
-            f" max_parallel={self.config.max_parallel} tasks={len(self._tasks)}"
+            f" max_parallel={self.config.max_parallel} tasks={len(self._nodes)}"
             f" ({busy or 'empty'}){' aborted' if self.aborted else ''}>"
         )
 
@@ -200,10 +211,11 @@ class Scheduler:
         accepted for symmetry; adding does not depend on time.
         """
         del now
+        nodes = self._nodes
         batch: dict[str, TaskSpec] = {}
         dups: list[str] = []
         for spec in specs:
-            if (spec.id in self._tasks or spec.id in batch) and spec.id not in dups:
+            if (spec.id in nodes or spec.id in batch) and spec.id not in dups:
                 dups.append(spec.id)
             batch.setdefault(spec.id, spec)
         if dups:
@@ -213,7 +225,7 @@ class Scheduler:
         deps = {s.id: tuple(dict.fromkeys(s.dependencies)) for s in specs}
         missing: dict[str, list[str]] = {}
         for sid, sdeps in deps.items():
-            unknown = [d for d in sdeps if d not in self._tasks and d not in batch]
+            unknown = [d for d in sdeps if d not in nodes and d not in batch]
             if unknown:
                 missing[sid] = unknown
         if missing:
@@ -234,12 +246,12 @@ class Scheduler:
                 if dep in status:
                     dst, dcause = status[dep], blocked_by.get(dep)
                 else:
-                    dtask = self._tasks[dep]
+                    dtask = nodes[dep].task
                     dst, dcause = dtask.status, dtask.blocked_by
-                if dst in _BLOCKING and cause is None:
-                    cause = (dcause or dep) if dst is TaskStatus.BLOCKED else dep
                 if dst not in SATISFIED:
                     n_unmet += 1
+                    if cause is None and dst in _BLOCKING:
+                        cause = (dcause or dep) if dst is TaskStatus.BLOCKED else dep
             unmet[sid] = n_unmet
             if cause is not None:
                 status[sid] = TaskStatus.BLOCKED
@@ -247,7 +259,7 @@ class Scheduler:
             else:
                 status[sid] = TaskStatus.READY if n_unmet == 0 else TaskStatus.PENDING
 
-        added: list[Task] = []
+        added: list[_Node] = []
         for spec in specs:
             sid = spec.id
             task = Task(
@@ -264,20 +276,21 @@ class Scheduler:
                 cause = blocked_by[sid]
                 task.blocked_by = cause
                 task.error_category = ErrorCategory.DEPENDENCY
-                how = self._tasks[cause].status  # a root cause is never a new task
+                how = nodes[cause].task.status  # a root cause is never a new task
                 task.error = f"dependency {cause} {_ended(how)}"
-            self._register(task)
-            self._deps[sid] = deps[sid]
-            self._unmet[sid] = unmet[sid]
-            added.append(task)
-        for task in added:  # wired after registering: a dependency may come later
-            for dep in self._deps[task.id]:
-                self._dependents[dep].append(task.id)
-            if task.status is TaskStatus.READY:
-                self._push_ready(task)
-            if task.status is not TaskStatus.BLOCKED:
-                self._note(task.id, +1)
-        return added
+            node = self._register(task)
+            node.unmet = unmet[sid]
+            added.append(node)
+        for node in added:  # wired after registering: a dependency may come later
+            node.deps = tuple(nodes[d] for d in deps[node.task.id])
+            for dnode in node.deps:
+                dnode.dependents.append(node)
+            st = node.task.status
+            if st is TaskStatus.READY:
+                self._push_ready(node)
+            if st is not TaskStatus.BLOCKED:
+                self._note(node, +1)
+        return [n.task for n in added]
 
     # --- choosing and starting -----------------------------------------------
 
@@ -288,10 +301,13 @@ class Scheduler:
         or one under ``sequential``) or nothing is ready. Due retries are
         promoted first. Does not start the task: call `start`.
         """
-        self.promote_due(now)
+        wait = self._wait
+        if wait and wait[0][0] <= now:
+            self.promote_due(now)
         if self.aborted or len(self._running) >= self._limit():
             return None
-        return self._peek()
+        node = self._peek()
+        return node.task if node is not None else None
 
     def start(self, task_id: str, now: float, agent_id: str | None = None) -> Task:
         """``ready`` -> ``in_progress``: one more attempt, assigned to ``agent_id``.
@@ -300,33 +316,35 @@ class Scheduler:
         never beyond the slot limit (`errors.NoCapacity`) nor in an aborted
         session (`errors.SessionAborted`).
         """
-        task = self._expect(task_id, TaskStatus.IN_PROGRESS, TaskStatus.READY)
+        node = self._expect(task_id, TaskStatus.IN_PROGRESS, TaskStatus.READY)
         if self.aborted:
             raise errors.SessionAborted(data={"taskId": task_id})
         if len(self._running) >= self._limit():
             raise errors.NoCapacity(
                 data={"taskId": task_id, "inProgress": len(self._running), "limit": self._limit()}
             )
+        task = node.task
         task.attempts += 1
         task.started_at = now
         task.assigned_agent = agent_id
         task.retry_at = None
-        self._set_status(task, TaskStatus.IN_PROGRESS)
+        self._set_status(node, TaskStatus.IN_PROGRESS)
         return task
 
     # --- results -------------------------------------------------------------
 
     def complete(self, task_id: str, now: float, actual_tokens: int | None = None) -> list[Task]:
         """``in_progress`` -> ``completed``; returns it and the dependents now ready."""
-        task = self._expect(task_id, TaskStatus.COMPLETED, TaskStatus.IN_PROGRESS)
+        node = self._expect(task_id, TaskStatus.COMPLETED, TaskStatus.IN_PROGRESS)
+        task = node.task
         task.completed_at = now
         if actual_tokens is not None:
             task.actual_tokens = actual_tokens
         task.error = None
         task.error_category = None
         task.blocked_by = None
-        self._set_status(task, TaskStatus.COMPLETED)
-        return [task, *self._satisfied(task)]
+        self._set_status(node, TaskStatus.COMPLETED)
+        return [task, *self._satisfied(node)]
 
     def fail(
         self,
@@ -343,27 +361,28 @@ class Scheduler:
         proceed as if it had completed. abort: fail for good and set
         ``aborted``. Failing for good blocks every transitive dependent.
         """
-        task = self._expect(task_id, TaskStatus.FAILED, TaskStatus.IN_PROGRESS)
+        node = self._expect(task_id, TaskStatus.FAILED, TaskStatus.IN_PROGRESS)
+        task = node.task
         task.error = error
         task.error_category = category
         strategy = self.config.error_strategy
         if strategy is ErrorStrategy.SKIP:
             task.completed_at = now
-            self._set_status(task, TaskStatus.SKIPPED)
-            return [task, *self._satisfied(task)]
+            self._set_status(node, TaskStatus.SKIPPED)
+            return [task, *self._satisfied(node)]
         if (
             strategy is ErrorStrategy.RETRY
             and category not in NON_RETRYABLE
             and task.attempts <= self.config.max_retries
         ):
             task.retry_at = now + self.config.backoff.delay(task.attempts)
-            self._set_status(task, TaskStatus.RETRY_WAIT)
+            self._set_status(node, TaskStatus.RETRY_WAIT)
             return [task]
         if strategy is ErrorStrategy.ABORT:
             self.aborted = True
         task.completed_at = now
-        self._set_status(task, TaskStatus.FAILED)
-        return [task, *self._block_dependents(task)]
+        self._set_status(node, TaskStatus.FAILED)
+        return [task, *self._block_dependents(node)]
 
     def rate_limited(self, task_id: str, now: float, reset_at: float | None) -> list[Task]:
         """Park a rate-limited attempt until ``reset_at`` without consuming a retry.
@@ -371,7 +390,8 @@ class Scheduler:
         Without a reset time the backoff for the current attempt count is
         used. The configured ``fallbackAgent`` becomes the task's agent type.
         """
-        task = self._expect(task_id, TaskStatus.RATE_LIMITED, TaskStatus.IN_PROGRESS)
+        node = self._expect(task_id, TaskStatus.RATE_LIMITED, TaskStatus.IN_PROGRESS)
+        task = node.task
         task.attempts = max(0, task.attempts - 1)
         if reset_at is None:
             task.retry_at = now + self.config.backoff.delay(max(task.attempts, 1))
@@ -381,7 +401,7 @@ class Scheduler:
         task.error_category = ErrorCategory.RATE_LIMIT
         if self.config.fallback_agent:
             task.agent_type = self.config.fallback_agent
-        self._set_status(task, TaskStatus.RATE_LIMITED)
+        self._set_status(node, TaskStatus.RATE_LIMITED)
         return [task]
 
     def requeue(self, task_id: str) -> Task:
@@ -390,12 +410,12 @@ class Scheduler:
         Branch and worktree are kept so the next attempt continues the work.
         For `stop_all`, a total-memory breach and a daemon restart.
         """
-        task = self._expect(task_id, TaskStatus.READY, TaskStatus.IN_PROGRESS)
+        node = self._expect(task_id, TaskStatus.READY, TaskStatus.IN_PROGRESS)
+        task = node.task
         task.attempts = max(0, task.attempts - 1)
         task.assigned_agent = None
         task.started_at = None
-        new = TaskStatus.READY if self._unmet[task_id] == 0 else TaskStatus.PENDING
-        self._set_status(task, new)
+        self._set_status(node, TaskStatus.READY if node.unmet == 0 else TaskStatus.PENDING)
         return task
 
     def stop_all(self) -> list[Task]:
@@ -407,15 +427,16 @@ class Scheduler:
 
         A running task's agent is the caller's to stop.
         """
-        task = self.get(task_id)
+        node = self._node(task_id)
+        task = node.task
         if task.status in TERMINAL_TASK_STATUSES:
-            raise self._bad_transition(task, TaskStatus.CANCELLED)
+            raise _bad_transition(task, TaskStatus.CANCELLED)
         task.error_category = ErrorCategory.CANCELLED
         task.error = "cancelled"
         task.completed_at = now
         task.retry_at = None
-        self._set_status(task, TaskStatus.CANCELLED)
-        return [task, *self._block_dependents(task)]
+        self._set_status(node, TaskStatus.CANCELLED)
+        return [task, *self._block_dependents(node)]
 
     def retry(self, task_id: str) -> list[Task]:
         """Manual retry of a ``failed``, ``cancelled`` or ``blocked`` task.
@@ -426,31 +447,31 @@ class Scheduler:
         nothing it depends on is failed, blocked or cancelled. Does not clear
         ``aborted``. Returns every changed task.
         """
-        task = self.get(task_id)
+        node = self._node(task_id)
+        task = node.task
         if task.status not in _BLOCKING:
-            raise self._bad_transition(task, TaskStatus.READY)
-        bad = [d for d in self._deps[task_id] if self._tasks[d].status in _BLOCKING]
+            raise _bad_transition(task, TaskStatus.READY)
+        bad = [d.task for d in node.deps if d.task.status in _BLOCKING]
         if bad:
             raise errors.InvalidStateTransition(
-                f"task {task_id} cannot be retried: dependency {bad[0]}"
-                f" is {self._tasks[bad[0]].status.value}",
+                f"task {task_id} cannot be retried: dependency {bad[0].id}"
+                f" is {bad[0].status.value}",
                 data={
                     "taskId": task_id,
                     "from": task.status.value,
                     "to": "ready",
-                    "blockedBy": bad,
+                    "blockedBy": [b.id for b in bad],
                 },
             )
         task.attempts = 0
-        self._revive(task)
+        self._revive(node)
         changed = [task]
         # Blocked descendants whose every dependency is now alive come back, in
         # dependency order so a diamond sees its other parent revived first.
-        for dep_id in self._blocked_descendants_in_order(task_id):
-            dtask = self._tasks[dep_id]
-            if all(self._tasks[d].status not in _BLOCKING for d in self._deps[dep_id]):
-                self._revive(dtask)
-                changed.append(dtask)
+        for dnode in _blocked_descendants_in_order(node):
+            if all(d.task.status not in _BLOCKING for d in dnode.deps):
+                self._revive(dnode)
+                changed.append(dnode.task)
         return changed
 
     def promote_due(self, now: float) -> list[Task]:
@@ -459,39 +480,41 @@ class Scheduler:
         wait = self._wait
         while wait and wait[0][0] <= now:
             entry = heapq.heappop(wait)
-            if not self._wait_valid(entry):
+            if not _wait_valid(entry):
                 continue
-            task = self._tasks[entry[3]]
-            task.retry_at = None
-            ready = self._unmet[task.id] == 0
-            self._set_status(task, TaskStatus.READY if ready else TaskStatus.PENDING)
-            promoted.append(task)
+            node = entry[3]
+            node.task.retry_at = None
+            self._set_status(node, TaskStatus.READY if node.unmet == 0 else TaskStatus.PENDING)
+            promoted.append(node.task)
         return promoted
 
     # --- internals: state changes --------------------------------------------
 
+    def _node(self, task_id: str) -> _Node:
+        try:
+            return self._nodes[task_id]
+        except KeyError:
+            raise errors.TaskNotFound(
+                f"task {task_id!r} not found", data={"taskId": task_id}
+            ) from None
+
     def _limit(self) -> int:
         return 1 if self.config.strategy is Strategy.SEQUENTIAL else self.config.max_parallel
 
-    def _seq_of(self, task: Task) -> int:
-        return self._seq[task.id]
-
-    def _register(self, task: Task) -> None:
+    def _register(self, task: Task) -> _Node:
         """Index a task under its current status (dependencies are wired by the caller)."""
-        tid = task.id
-        self._tasks[tid] = task
-        self._seq[tid] = len(self._seq)
-        self._dependents[tid] = []
-        self._ndeps[tid] = 0
-        self._ver[tid] = 0
+        node = _Node(task, len(self._nodes))
+        self._nodes[task.id] = node
         self._count[task.status] += 1
         if task.status is TaskStatus.IN_PROGRESS:
-            self._running[tid] = None
+            self._running[task.id] = node
         elif task.status in WAITING:
-            self._push_wait(task)
+            self._push_wait(node)
+        return node
 
-    def _set_status(self, task: Task, new: TaskStatus) -> None:
+    def _set_status(self, node: _Node, new: TaskStatus) -> None:
         """The one place a status changes, so every index follows it."""
+        task = node.task
         old = task.status
         if old is new:
             return
@@ -501,110 +524,72 @@ class Scheduler:
         if old is TaskStatus.IN_PROGRESS:
             del self._running[task.id]
         elif new is TaskStatus.IN_PROGRESS:
-            self._running[task.id] = None
+            self._running[task.id] = node
         if new is TaskStatus.READY:
-            self._push_ready(task)
+            self._push_ready(node)
         elif new in WAITING:
-            self._push_wait(task)
+            self._push_wait(node)
         was_terminal = old in TERMINAL_TASK_STATUSES
         if new in TERMINAL_TASK_STATUSES:
             if not was_terminal:
-                self._note(task.id, -1)
+                self._note(node, -1)
         elif was_terminal:
             # Coming back to life: its count restarts from its revived
             # dependents, which an incremental event cannot express.
             self._counts_stale = True
             self._backlog.clear()
 
-    def _expect(self, task_id: str, to: TaskStatus, *allowed: TaskStatus) -> Task:
-        task = self.get(task_id)
-        if task.status not in allowed:
-            raise self._bad_transition(task, to)
-        return task
+    def _expect(self, task_id: str, to: TaskStatus, *allowed: TaskStatus) -> _Node:
+        node = self._node(task_id)
+        if node.task.status not in allowed:
+            raise _bad_transition(node.task, to)
+        return node
 
-    @staticmethod
-    def _bad_transition(task: Task, to: TaskStatus) -> errors.InvalidStateTransition:
-        return errors.InvalidStateTransition(
-            f"task {task.id} cannot go from {task.status.value} to {to.value}",
-            data={"taskId": task.id, "from": task.status.value, "to": to.value},
-        )
-
-    def _satisfied(self, task: Task) -> list[Task]:
-        """``task`` completed or was skipped: dependents with nothing left to wait for are ready."""
+    def _satisfied(self, node: _Node) -> list[Task]:
+        """``node`` completed or was skipped: dependents with nothing left to wait for are ready."""
         ready: list[Task] = []
-        for dep_id in self._dependents[task.id]:
-            self._unmet[dep_id] -= 1
-            dtask = self._tasks[dep_id]
-            if self._unmet[dep_id] == 0 and dtask.status is TaskStatus.PENDING:
-                self._set_status(dtask, TaskStatus.READY)
-                ready.append(dtask)
+        for dnode in node.dependents:
+            dnode.unmet -= 1
+            if dnode.unmet == 0 and dnode.task.status is TaskStatus.PENDING:
+                self._set_status(dnode, TaskStatus.READY)
+                ready.append(dnode.task)
         return ready
 
-    def _block_dependents(self, root: Task) -> list[Task]:
+    def _block_dependents(self, root: _Node) -> list[Task]:
         """Block every non-terminal transitive dependent of ``root``, nearest first."""
         blocked: list[Task] = []
-        queue = deque(self._dependents[root.id])
+        rid = root.task.id
+        error = f"dependency {rid} {_ended(root.task.status)}"
+        queue = deque(root.dependents)
         while queue:
-            dtask = self._tasks[queue.popleft()]
+            dnode = queue.popleft()
+            dtask = dnode.task
             if dtask.status in TERMINAL_TASK_STATUSES:
                 continue  # its own dependents were dealt with when it ended
-            dtask.blocked_by = root.id
+            dtask.blocked_by = rid
             dtask.error_category = ErrorCategory.DEPENDENCY
-            dtask.error = f"dependency {root.id} {_ended(root.status)}"
+            dtask.error = error
             dtask.retry_at = None
-            self._set_status(dtask, TaskStatus.BLOCKED)
+            self._set_status(dnode, TaskStatus.BLOCKED)
             blocked.append(dtask)
-            queue.extend(self._dependents[dtask.id])
+            queue.extend(dnode.dependents)
         return blocked
 
-    def _revive(self, task: Task) -> None:
+    def _revive(self, node: _Node) -> None:
+        task = node.task
         task.error = None
         task.error_category = None
         task.blocked_by = None
         task.completed_at = None
         task.retry_at = None
-        ready = self._unmet[task.id] == 0
-        self._set_status(task, TaskStatus.READY if ready else TaskStatus.PENDING)
-
-    def _blocked_descendants_in_order(self, root: str) -> list[str]:
-        """Blocked tasks reachable from ``root`` through blocked tasks, topologically."""
-        reach: set[str] = set()
-        stack = [root]
-        while stack:
-            for d in self._dependents[stack.pop()]:
-                if d not in reach and self._tasks[d].status is TaskStatus.BLOCKED:
-                    reach.add(d)
-                    stack.append(d)
-        indeg = {x: sum(1 for d in self._deps[x] if d in reach) for x in reach}
-        ready = sorted((x for x, n in indeg.items() if n == 0), key=self._seq.__getitem__)
-        out: list[str] = []
-        while ready:
-            x = ready.pop(0)
-            out.append(x)
-            for d in self._dependents[x]:
-                if d in indeg:
-                    indeg[d] -= 1
-                    if indeg[d] == 0:
-                        ready.append(d)
-        return out
+        self._set_status(node, TaskStatus.READY if node.unmet == 0 else TaskStatus.PENDING)
 
     # --- internals: heaps ----------------------------------------------------
 
-    def _key(self, task: Task, strategy: Strategy) -> tuple[int, int]:
-        if strategy is Strategy.PRIORITY:
-            return (task.priority, 0)
-        if strategy is Strategy.COST_FIRST:
-            return (-(task.estimated_tokens or 0), task.priority)
-        if strategy is Strategy.DEPENDENCY_FIRST:
-            return (-self._ndeps[task.id], task.priority)
-        return (0, 0)  # fifo, sequential: insertion order alone
-
-    def _push_ready(self, task: Task) -> None:
-        tid = task.id
-        ver = self._ver[tid] + 1
-        self._ver[tid] = ver
-        k0, k1 = self._key(task, self._heap_strategy)
-        heapq.heappush(self._heap, (k0, k1, self._seq[tid], ver, tid))
+    def _push_ready(self, node: _Node) -> None:
+        node.ver += 1
+        k0, k1 = _key(node, self._heap_strategy)
+        heapq.heappush(self._heap, (k0, k1, node.seq, node.ver, node))
         if len(self._heap) > 2 * self._count[TaskStatus.READY] + 1024:
             self._rebuild_heap()
 
@@ -612,95 +597,62 @@ class Scheduler:
         """Fresh heap for the current strategy, with only live entries."""
         strategy = self._heap_strategy = self.config.strategy
         heap: list[_ReadyEntry] = []
-        for tid, task in self._tasks.items():
-            if task.status is TaskStatus.READY:
-                ver = self._ver[tid] + 1
-                self._ver[tid] = ver
-                k0, k1 = self._key(task, strategy)
-                heap.append((k0, k1, self._seq[tid], ver, tid))
+        for node in self._nodes.values():
+            if node.task.status is TaskStatus.READY:
+                node.ver += 1
+                k0, k1 = _key(node, strategy)
+                heap.append((k0, k1, node.seq, node.ver, node))
         heapq.heapify(heap)
         self._heap = heap
 
-    def _peek(self) -> Task | None:
+    def _peek(self) -> _Node | None:
         strategy = self.config.strategy
         if strategy is Strategy.DEPENDENCY_FIRST:
             self._settle_counts()
         if strategy is not self._heap_strategy:
             self._rebuild_heap()
-        heap, tasks, ver = self._heap, self._tasks, self._ver
+        heap = self._heap
         while heap:
             entry = heap[0]
-            task = tasks[entry[4]]
-            if task.status is TaskStatus.READY and ver[task.id] == entry[3]:
-                return task
+            node = entry[4]
+            if node.task.status is TaskStatus.READY and node.ver == entry[3]:
+                return node
             heapq.heappop(heap)
         return None
 
-    def _push_wait(self, task: Task) -> None:
-        tid = task.id
-        ver = self._ver[tid] + 1
-        self._ver[tid] = ver
-        at = task.retry_at if task.retry_at is not None else 0.0
-        heapq.heappush(self._wait, (at, self._seq[tid], ver, tid))
-
-    def _wait_valid(self, entry: _WaitEntry) -> bool:
-        task = self._tasks[entry[3]]
-        return task.status in WAITING and self._ver[task.id] == entry[2]
+    def _push_wait(self, node: _Node) -> None:
+        node.ver += 1
+        at = node.task.retry_at
+        heapq.heappush(self._wait, (0.0 if at is None else at, node.seq, node.ver, node))
 
     # --- internals: dependent counts for dependency_first ----------------------
 
-    def _note(self, task_id: str, delta: int) -> None:
-        """Record that ``task_id`` joined (+1) or left (-1) the non-terminal set."""
+    def _note(self, node: _Node, delta: int) -> None:
+        """Record that ``node`` joined (+1) or left (-1) the non-terminal set."""
         if self._counts_stale:
             return
-        self._backlog.append((task_id, delta))
-        if len(self._backlog) > 4096 + len(self._tasks) // 4:
+        self._backlog.append((node, delta))
+        if len(self._backlog) > 4096 + len(self._nodes) // 4:
             self._counts_stale = True  # cheaper to recount than to replay
             self._backlog.clear()
 
     def _settle_counts(self) -> None:
-        """Bring ``_ndeps`` up to date and re-key the ready tasks whose count moved."""
-        if self._counts_stale or len(self._backlog) > max(64, len(self._tasks) // 8):
+        """Bring ``ndeps`` up to date and re-key the ready tasks whose count moved."""
+        if self._counts_stale or len(self._backlog) > max(64, len(self._nodes) // 8):
             self._recount_all()
             if self._heap_strategy is Strategy.DEPENDENCY_FIRST:
                 self._rebuild_heap()
             return
         if not self._backlog:
             return
-        changed: set[str] = set()
-        for tid, delta in self._backlog:
-            self._walk_ancestors(tid, delta, changed)
+        changed: set[_Node] = set()
+        for node, delta in self._backlog:
+            _walk_ancestors(node, delta, changed)
         self._backlog.clear()
         if self._heap_strategy is Strategy.DEPENDENCY_FIRST:
-            for tid in sorted(changed, key=self._seq.__getitem__):
-                task = self._tasks[tid]
-                if task.status is TaskStatus.READY:
-                    self._push_ready(task)
-
-    def _walk_ancestors(self, tid: str, delta: int, changed: set[str] | None) -> None:
-        """Add ``delta`` to every non-terminal ancestor of ``tid``.
-
-        Stops at completed/skipped tasks: they only ever have completed or
-        skipped ancestors (a task starts only once its dependencies are), so
-        nothing above them is counted. Failed, blocked and cancelled tasks are
-        walked through, because a non-terminal task can sit above them.
-        """
-        tasks, deps, ndeps = self._tasks, self._deps, self._ndeps
-        stack = list(deps[tid])
-        seen = set(stack)
-        while stack:
-            aid = stack.pop()
-            status = tasks[aid].status
-            if status in SATISFIED:
-                continue
-            if status not in TERMINAL_TASK_STATUSES:
-                ndeps[aid] += delta
-                if changed is not None:
-                    changed.add(aid)
-            for d in deps[aid]:
-                if d not in seen:
-                    seen.add(d)
-                    stack.append(d)
+            for cnode in sorted(changed, key=_seq):
+                if cnode.task.status is TaskStatus.READY:
+                    self._push_ready(cnode)
 
     def _recount_all(self) -> None:
         """Recompute every non-terminal task's count from scratch.
@@ -712,34 +664,112 @@ class Scheduler:
         """
         self._backlog.clear()
         self._counts_stale = False
-        live = [tid for tid, t in self._tasks.items() if t.status not in TERMINAL_TASK_STATUSES]
-        for tid in self._tasks:
-            self._ndeps[tid] = 0
+        live: list[_Node] = []
+        for node in self._nodes.values():
+            node.ndeps = 0
+            if node.task.status not in TERMINAL_TASK_STATUSES:
+                live.append(node)
         live_set = set(live)
-        indeg = {x: sum(1 for d in self._deps[x] if d in live_set) for x in live}
-        queue = deque(x for x in live if indeg[x] == 0)
-        order: list[str] = []
+        indegree = {n: sum(1 for d in n.deps if d in live_set) for n in live}
+        queue = deque(n for n in live if indegree[n] == 0)
+        order: list[_Node] = []
         while queue:
-            x = queue.popleft()
-            order.append(x)
-            for c in self._dependents[x]:
-                if c in indeg:
-                    indeg[c] -= 1
-                    if indeg[c] == 0:
+            n = queue.popleft()
+            order.append(n)
+            for c in n.dependents:
+                if c in indegree:
+                    indegree[c] -= 1
+                    if indegree[c] == 0:
                         queue.append(c)
         if len(live) > _BITSET_LIMIT:
-            for x in order:
-                self._walk_ancestors(x, +1, None)
+            for n in order:
+                _walk_ancestors(n, +1, None)
             return
-        bit = {x: 1 << i for i, x in enumerate(live)}
-        desc: dict[str, int] = {}
-        for x in reversed(order):
+        bit = {n: 1 << i for i, n in enumerate(live)}
+        desc: dict[_Node, int] = {}
+        for n in reversed(order):
             acc = 0
-            for c in self._dependents[x]:
+            for c in n.dependents:
                 if c in bit:
                     acc |= desc[c] | bit[c]
-            desc[x] = acc
-            self._ndeps[x] = acc.bit_count()
+            desc[n] = acc
+            n.ndeps = acc.bit_count()
+
+
+def _seq(node: _Node) -> int:
+    return node.seq
+
+
+def _key(node: _Node, strategy: Strategy) -> tuple[int, int]:
+    """The strategy's order before insertion order (the heap adds ``seq``)."""
+    task = node.task
+    if strategy is Strategy.PRIORITY:
+        return (task.priority, 0)
+    if strategy is Strategy.COST_FIRST:
+        return (-(task.estimated_tokens or 0), task.priority)
+    if strategy is Strategy.DEPENDENCY_FIRST:
+        return (-node.ndeps, task.priority)
+    return (0, 0)  # fifo, sequential: insertion order alone
+
+
+def _wait_valid(entry: _WaitEntry) -> bool:
+    node = entry[3]
+    return node.task.status in WAITING and node.ver == entry[2]
+
+
+def _bad_transition(task: Task, to: TaskStatus) -> errors.InvalidStateTransition:
+    return errors.InvalidStateTransition(
+        f"task {task.id} cannot go from {task.status.value} to {to.value}",
+        data={"taskId": task.id, "from": task.status.value, "to": to.value},
+    )
+
+
+def _walk_ancestors(node: _Node, delta: int, changed: set[_Node] | None) -> None:
+    """Add ``delta`` to every non-terminal ancestor of ``node``.
+
+    Stops at completed/skipped tasks: they only ever have completed or skipped
+    ancestors (a task starts only once its dependencies are), so nothing above
+    them is counted. Failed, blocked and cancelled tasks are walked through,
+    because a non-terminal task can sit above them.
+    """
+    stack = list(node.deps)
+    seen = set(stack)
+    while stack:
+        anc = stack.pop()
+        status = anc.task.status
+        if status in SATISFIED:
+            continue
+        if status not in TERMINAL_TASK_STATUSES:
+            anc.ndeps += delta
+            if changed is not None:
+                changed.add(anc)
+        for d in anc.deps:
+            if d not in seen:
+                seen.add(d)
+                stack.append(d)
+
+
+def _blocked_descendants_in_order(root: _Node) -> list[_Node]:
+    """Blocked tasks reachable from ``root`` through blocked tasks, topologically."""
+    reach: set[_Node] = set()
+    stack = [root]
+    while stack:
+        for d in stack.pop().dependents:
+            if d not in reach and d.task.status is TaskStatus.BLOCKED:
+                reach.add(d)
+                stack.append(d)
+    indegree = {n: sum(1 for d in n.deps if d in reach) for n in reach}
+    queue = deque(sorted((n for n, k in indegree.items() if k == 0), key=_seq))
+    out: list[_Node] = []
+    while queue:
+        n = queue.popleft()
+        out.append(n)
+        for d in n.dependents:
+            if d in indegree:
+                indegree[d] -= 1
+                if indegree[d] == 0:
+                    queue.append(d)
+    return out
 
 
 def _ended(status: TaskStatus) -> str:
