@@ -8,22 +8,34 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import pygit2
 import pytest
+from pygit2.enums import ConfigLevel
 
 from tests.daemon_proc import DaemonProcess
 
 
 @pytest.fixture(autouse=True)
-def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def isolated_env(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[None]:
     """No test sees the developer's git config or XDG directories."""
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(home / "gitconfig"))
     monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    (home / "gitconfig").write_text(
-        "[user]\n\tname = corral test\n\temail = test@corral.invalid\n"
-        "[init]\n\tdefaultBranch = main\n"
-    )
+    gitconfig = "[user]\n\tname = corral test\n\temail = test@corral.invalid\n"
+    gitconfig += "[init]\n\tdefaultBranch = main\n"
+    (home / "gitconfig").write_text(gitconfig)
+    (home / ".gitconfig").write_text(gitconfig)  # what libgit2 in a daemon subprocess reads
+    # libgit2 fixed its config search path when pygit2 was imported (from the real
+    # HOME); point it at the test's home so in-process pygit2 is isolated too.
+    empty = home / "empty"
+    empty.mkdir()
+    levels = {ConfigLevel.SYSTEM: empty, ConfigLevel.XDG: empty, ConfigLevel.GLOBAL: home}
+    saved = {level: pygit2.settings.search_path[level] for level in levels}
+    for level, path in levels.items():
+        pygit2.settings.search_path[level] = str(path)
     for var in ("XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CONFIG_HOME"):
         monkeypatch.setenv(var, str(home / var.lower()))
     runtime = Path(tempfile.mkdtemp(prefix="cr", dir="/tmp"))
@@ -33,6 +45,9 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     monkeypatch.delenv("LISTEN_FDS", raising=False)
     monkeypatch.delenv("LISTEN_PID", raising=False)
+    yield
+    for level, value in saved.items():
+        pygit2.settings.search_path[level] = value
 
 
 def git(cwd: Path, *args: str) -> str:

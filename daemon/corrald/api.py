@@ -568,13 +568,6 @@ async def worktree_cleanup_orphaned(call: Call, p: SessionParams) -> CleanupRepo
     and left untouched. Result: `{removed, pruned, keptDirty}`.
     """
     state = call.engine.session(p.session_id)
-    repo = state.session.repo_path
-    live = {
-        a.worktree_path
-        for s in call.engine.sessions.values()
-        if s.session.repo_path == repo
-        for a in call.engine.store.allocations(s.id)
-    }
-    report = await worktrees.cleanup_orphans(repo, call.pool.base_dir(repo), live)
+    report = await call.pool.cleanup_orphans(state.session.repo_path)
     call.engine.bus.publish("worktree.cleanup", state.id, report.to_wire())
     return report

@@ -32,6 +32,7 @@ from corral.models import (
     Agent,
     AgentActivity,
     AgentLifecycle,
+    CleanupReport,
     CompletedAgent,
     EndReason,
     ErrorCategory,
@@ -98,6 +99,7 @@ class AgentPool:
         self._nursery: trio.Nursery | None = None
         self._wakeups: dict[str, trio.Event] = {}
         self._runners: set[str] = set()
+        self._repo_locks: dict[str, trio.Lock] = {}
         self._stats = {"completed": 0, "failed": 0}
         engine.on_change.append(self.wake)
 
@@ -526,22 +528,42 @@ class AgentPool:
         config = session.config
         branch = branch or worktrees.render_branch(config.branch_template, task_id)
         base = config.base_branch or await worktrees.head_branch(session.repo_path)
-        info = await worktrees.allocate(
-            session.repo_path, self.base_dir(session.repo_path), task_id, branch, base
-        )
-        alloc = WorktreeAllocation(
-            session_id=session.id,
-            agent_id=agent_id,
-            task_id=task_id,
-            worktree_path=info.path,
-            branch=info.branch,
-            base_branch=info.base_branch,
-            created_at=time.time(),
-        )
-        with self.engine.store.transaction():
-            self.engine.store.put_allocation(alloc)
-            self.engine.bus.publish("worktree.allocated", session.id, alloc.to_wire())
+        # Held until the allocation is recorded, so a concurrent orphan cleanup
+        # never sees a fresh worktree that is not yet in the store.
+        async with self._coordination(session.repo_path):
+            info = await worktrees.allocate(
+                session.repo_path, self.base_dir(session.repo_path), task_id, branch, base
+            )
+            alloc = WorktreeAllocation(
+                session_id=session.id,
+                agent_id=agent_id,
+                task_id=task_id,
+                worktree_path=info.path,
+                branch=info.branch,
+                base_branch=info.base_branch,
+                created_at=time.time(),
+            )
+            with self.engine.store.transaction():
+                self.engine.store.put_allocation(alloc)
+                self.engine.bus.publish("worktree.allocated", session.id, alloc.to_wire())
         return alloc
+
+    def _coordination(self, repo_path: str) -> trio.Lock:
+        lock = self._repo_locks.get(repo_path)
+        if lock is None:
+            lock = self._repo_locks[repo_path] = trio.Lock()
+        return lock
+
+    async def cleanup_orphans(self, repo_path: str) -> CleanupReport:
+        """Clean orphans of `repo_path`: worktrees no session on it has allocated."""
+        async with self._coordination(repo_path):
+            live = {
+                a.worktree_path
+                for s in self.engine.sessions.values()
+                if s.session.repo_path == repo_path
+                for a in self.engine.store.allocations(s.id)
+            }
+            return await worktrees.cleanup_orphans(repo_path, self.base_dir(repo_path), live)
 
     # --- queries ------------------------------------------------------------------------
     def log_path(self, session_id: str, agent_id: str) -> Path:
