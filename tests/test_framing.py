@@ -143,10 +143,6 @@ def test_detection_is_decided_once_per_connection() -> None:
     assert framing(reader) is Framing.NDJSON
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: before detection whitespace is buffered without any cap (framing.py feed)",
-)
 def test_whitespace_before_detection_is_capped() -> None:
     # Blank bytes before the first frame are buffered while the framing is
     # UNKNOWN, with no size check and `pending` False (so no frame timeout

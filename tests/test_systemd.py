@@ -200,10 +200,6 @@ def test_socket_activation_answers_a_client(activated: Activated) -> None:
 
 
 @needs_activate
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: app.Daemon.run unlinks the socket path on exit even when systemd passed it",
-)
 def test_socket_passed_by_systemd_is_left_in_place(activated: Activated) -> None:
     # The path belongs to corrald.socket: if corrald removes it on a clean stop,
     # socket activation is dead (clients get ENOENT) until the socket unit restarts.

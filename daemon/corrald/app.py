@@ -77,6 +77,7 @@ class Daemon:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         sock = systemd.listen_socket()
+        owns_socket = sock is None  # a socket systemd passed belongs to corrald.socket
         if sock is None:
             sock = bind_socket(self.socket_path)
         else:
@@ -94,7 +95,7 @@ class Daemon:
                 task_status.started()
         finally:
             self.store.close()
-            if self.socket_path.is_socket() and self.info.socket_path == str(self.socket_path):
+            if owns_socket:
                 self.socket_path.unlink(missing_ok=True)
             log.info("corrald stopped")
 

@@ -44,6 +44,10 @@ class FrameReader:
         if self.framing is Framing.UNKNOWN:
             head = bytes(self._buf.lstrip()[: len(_HEADER)])
             if not head:
+                if len(self._buf) > self.max_frame:  # only blanks so far: bound them too
+                    raise errors.FrameTooLarge(
+                        data={"limit": self.max_frame, "size": len(self._buf)}
+                    )
                 return []
             if _HEADER.startswith(head.lower()) and len(head) < len(_HEADER):
                 return []  # could still become a header; wait for more bytes
