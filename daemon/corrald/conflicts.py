@@ -55,6 +55,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from pydantic import Field
+
 from corral.models import (
     ConflictSummary,
     ConflictType,
@@ -62,7 +64,6 @@ from corral.models import (
     ResolutionStrategy,
     Wire,
 )
-from pydantic import Field
 
 #: Files that are regenerated rather than merged by hand (basename match).
 GENERATED_FILES = frozenset(

@@ -34,6 +34,16 @@ from functools import partial
 from typing import Any
 
 import pygit2
+from pydantic import Field
+from pygit2.enums import (
+    CheckoutStrategy,
+    DeltaStatus,
+    DiffFind,
+    FileStatus,
+    MergeFlag,
+    ObjectType,
+)
+
 from corral import errors
 from corral.models import (
     ConflictResolutionResult,
@@ -41,13 +51,9 @@ from corral.models import (
     ResolutionStrategy,
     Wire,
 )
-from pydantic import Field
-from pygit2.enums import CheckoutStrategy, DeltaStatus, DiffFind, FileStatus, ObjectType
-
 from corrald.conflicts import (
     ConflictFacts,
     ConflictMatrix,
-    MatrixCell,
     build_conflict,
     matrix_cell,
 )
@@ -101,6 +107,7 @@ class _Engine:
         self._changes: dict[tuple[pygit2.Oid, pygit2.Oid], tuple[Changes, frozenset[str]]] = {}
         self._renames: dict[tuple[pygit2.Oid, pygit2.Oid], dict[str, str]] = {}
         self._bases: dict[frozenset[pygit2.Oid], pygit2.Oid | None] = {}
+        self._linear: dict[tuple[pygit2.Oid, pygit2.Oid], bool] = {}
         self.merges = 0
 
     def __repr__(self) -> str:
@@ -128,6 +135,36 @@ class _Engine:
         if key not in self._bases:
             self._bases[key] = self.repo.merge_base(a, b)
         return self._bases[key]
+
+    def _single_base(self, tip: pygit2.Oid, base: pygit2.Oid) -> bool:
+        """True when `tip` reaches `base` without merges: then `base` is the only merge base."""
+        key = (tip, base)
+        if key not in self._linear:
+            walker = self.repo.walk(tip)
+            walker.hide(base)
+            self._linear[key] = all(len(c.parent_ids) < 2 for c in walker)
+        return self._linear[key]
+
+    def _merge(
+        self, c1: pygit2.Commit, c2: pygit2.Commit, base: pygit2.Oid | None, full: bool
+    ) -> pygit2.Index:
+        self.merges += 1
+        if (
+            not full
+            and base is not None
+            and (self._single_base(c1.id, base) or self._single_base(c2.id, base))
+        ):
+            # The cached base spares libgit2 a merge-base walk per pair; no REUC
+            # (resolve-undo) data is needed for an index nobody writes out.
+            return self.repo.merge_trees(
+                self._tree(base),
+                c1.tree,
+                c2.tree,
+                flags=MergeFlag.FIND_RENAMES | MergeFlag.SKIP_REUC,
+            )
+        # A merge to commit, or a criss-cross history that needs libgit2's
+        # recursive virtual merge base.
+        return self.repo.merge_commits(c1, c2)
 
     def changes(self, base: pygit2.Tree, tree: pygit2.Tree) -> tuple[Changes, frozenset[str]]:
         """Paths changed from `base` to `tree` (new entry or None if deleted), and their dirs."""
@@ -160,8 +197,15 @@ class _Engine:
             self._renames[key] = hit
         return hit
 
-    def analyse(self, c1: pygit2.Commit, c2: pygit2.Commit, label1: str, label2: str) -> _Analysis:
-        """Merge c2 into c1 in memory and describe every conflicting or overlapping path."""
+    def analyse(
+        self, c1: pygit2.Commit, c2: pygit2.Commit, label1: str, label2: str, full: bool = False
+    ) -> _Analysis:
+        """Merge c2 into c1 in memory and describe every conflicting or overlapping path.
+
+        With `full` the merge is libgit2's own `merge_commits` (the index is
+        committed); otherwise, when one side reaches the merge base without
+        merges (so it is the only base), `merge_trees` on the cached base.
+        """
         if c1.id == c2.id:
             return _Analysis([])
         base_id = self.merge_base(c1.id, c2.id)
@@ -172,8 +216,7 @@ class _Engine:
         ch2, dirs2 = self.changes(base_tree, c2.tree)
         if not (ch1.keys() & ch2.keys() or ch1.keys() & dirs2 or ch2.keys() & dirs1):
             return _Analysis([])
-        self.merges += 1
-        index = self.repo.merge_commits(c1, c2)
+        index = self._merge(c1, c2, base_id, full)
         groups: dict[str, Triple] = {}
         conflicts = index.conflicts
         if conflicts is not None:
@@ -347,10 +390,8 @@ async def matrix(repo_path: str, branches: list[str]) -> ConflictMatrix:
     def work() -> ConflictMatrix:
         with map_git_errors("conflict matrix"):
             engine = _Engine(open_repo(repo_path))
-            cells: list[MatrixCell] = []
-            for i, b1 in enumerate(branches):
-                for b2 in branches[i + 1 :]:
-                    cells.append(matrix_cell(b1, b2, engine.pair(b1, b2)))
+            pairs = [(b1, b2) for i, b1 in enumerate(branches) for b2 in branches[i + 1 :]]
+            cells = [matrix_cell(b1, b2, engine.pair(b1, b2)) for b1, b2 in pairs]
             return ConflictMatrix(branches=list(branches), cells=cells)
 
     return await in_thread(work)
@@ -421,7 +462,7 @@ def _resolve_sync(
     b1, b2, path = conflict.branch1, conflict.branch2, conflict.file_path
     engine.commit(base_branch)  # must exist: it is where the resolution is meant to land
     c1, c2 = engine.commit(b1), engine.commit(b2)
-    analysis = engine.analyse(c1, c2, b1, b2)
+    analysis = engine.analyse(c1, c2, b1, b2, full=True)
     index = analysis.index if analysis.index is not None else repo.merge_commits(c1, c2)
     linked = analysis.links.get(path, set())
     own = {path, *linked}
@@ -647,7 +688,7 @@ def _plan(repo_path: str, target: str, branch: str, onto: pygit2.Oid | None) -> 
     if repo.descendant_of(other.id, tip.id):
         item = MergeItem(branch=branch, status=MergeStatus.FAST_FORWARD, commit=str(other.id))
         return _Plan(item, tip.id, other.id)
-    analysis = engine.analyse(tip, other, target, branch)
+    analysis = engine.analyse(tip, other, target, branch, full=True)
     index = analysis.index if analysis.index is not None else repo.merge_commits(tip, other)
     if index.conflicts is not None:
         files = analysis.conflicted or sorted(analysis.groups)
