@@ -115,10 +115,8 @@ def main() -> int:
             states[cell.state.value] = states.get(cell.state.value, 0) + 1
         ratio = corral_s / git_s
         print(f"pairs by state: {dict(sorted(states.items()))}")
-        print(
-            f"corral matrix:  {corral_s * 1000:8.1f} ms  ({corral_s / len(pairs) * 1000:.2f} ms/pair)"
-        )
-        print(f"git merge-tree: {git_s * 1000:8.1f} ms  ({git_s / len(pairs) * 1000:.2f} ms/pair)")
+        for label, secs in (("corral matrix: ", corral_s), ("git merge-tree:", git_s)):
+            print(f"{label} {secs * 1000:8.1f} ms  ({secs / len(pairs) * 1000:.2f} ms/pair)")
         print(f"ratio corral/git: {ratio:.3f}  (target <= {TARGET_RATIO})")
         agree = ours == git_conflicts
         print(f"conflicting pairs agree with git: {agree} ({len(ours)} vs {len(git_conflicts)})")
