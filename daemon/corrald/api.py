@@ -7,6 +7,7 @@ snake_case); positional params map onto the fields in order.
 
 from __future__ import annotations
 
+import heapq
 import os
 import time
 from collections.abc import Callable
@@ -22,13 +23,17 @@ from corral.models import (
     CgroupFeatures,
     CleanupReport,
     CompletedAgent,
+    ConflictResolutionResult,
+    ConflictSummary,
     DaemonStatus,
     ErrorCategory,
     Event,
     LogEntry,
+    MergeConflict,
     NoParams,
     Params,
     PoolStats,
+    ResolutionStrategy,
     SchedulerConfig,
     SchedulerStats,
     Session,
@@ -41,9 +46,12 @@ from corral.models import (
     Wire,
     WorktreeAllocation,
 )
+from corrald import conflicts as conflict_rules
+from corrald.conflicts import ConflictMatrix
 from corrald.engine import Engine, SessionState
 from corrald.events import pump
-from corrald.git import worktrees
+from corrald.git import merge, worktrees
+from corrald.git.merge import MergeReport
 from corrald.pool import AgentPool
 from corrald.rpc import Registry, openrpc_document
 from corrald.server import Connection
@@ -570,4 +578,189 @@ async def worktree_cleanup_orphaned(call: Call, p: SessionParams) -> CleanupRepo
     state = call.engine.session(p.session_id)
     report = await call.pool.cleanup_orphans(state.session.repo_path)
     call.engine.bus.publish("worktree.cleanup", state.id, report.to_wire())
+    return report
+
+
+# --- conflicts and merging -----------------------------------------------------------
+
+
+class BranchRef(Params):
+    branch: str = Field(min_length=1)
+    agent_id: str | None = None
+
+
+class DetectParams(Params):
+    session_id: str | None = None
+    branches: list[BranchRef | tuple[str, str | None]] | None = None
+    target: str | None = None
+
+
+class PairParams(Params):
+    session_id: str | None = None
+    branch1: str = Field(min_length=1)
+    branch2: str = Field(min_length=1)
+
+
+class SummaryParams(Params):
+    conflicts: list[MergeConflict]
+
+
+class MatrixParams(Params):
+    session_id: str | None = None
+    branches: list[str] | None = None
+
+
+class ResolveParams(Params):
+    session_id: str | None = None
+    conflict: MergeConflict
+    strategy: ResolutionStrategy
+    base_branch: str | None = None
+    priority_branch: str | None = None
+
+
+class MergeParams(Params):
+    session_id: str | None = None
+    target_branch: str | None = None
+    dry_run: bool = False
+
+
+def _task_branches(state: SessionState, statuses: tuple[TaskStatus, ...]) -> list[Task]:
+    return [t for t in state.scheduler.tasks() if t.branch and t.status in statuses]
+
+
+_WITH_WORK = (
+    TaskStatus.COMPLETED,
+    TaskStatus.IN_PROGRESS,
+    TaskStatus.READY,
+    TaskStatus.RETRY_WAIT,
+    TaskStatus.RATE_LIMITED,
+)
+
+
+async def _target(state: SessionState, explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    return state.session.config.base_branch or await worktrees.head_branch(state.session.repo_path)
+
+
+@methods.method()
+async def conflicts_detect(call: Call, p: DetectParams) -> list[MergeConflict]:
+    """Find conflicts between branches with real three-way merges in memory.
+
+    Params: `branches` as `[{branch, agentId?}]` (the older `[[branch,
+    agentId]]` pairs are accepted too; default: the session's task branches),
+    `target` (each branch is also merged against it). Every pair is checked.
+    Result: MergeConflicts; files changed on both sides that still merge
+    cleanly come back with `autoResolvable: true` and `auto_merge`.
+    Errors: 4001 BranchNotFound.
+    """
+    state = call.engine.session(p.session_id)
+    if p.branches is None:
+        pairs = [(t.branch or "", t.assigned_agent) for t in _task_branches(state, _WITH_WORK)]
+    else:
+        pairs = [
+            (b.branch, b.agent_id) if isinstance(b, BranchRef) else (b[0], b[1]) for b in p.branches
+        ]
+    found = await merge.detect(state.session.repo_path, pairs, p.target)
+    call.engine.bus.publish(
+        "conflicts.detected",
+        state.id,
+        {
+            "branches": [b for b, _ in pairs],
+            "target": p.target,
+            "conflicts": sum(1 for c in found if not c.auto_resolvable),
+            "overlaps": sum(1 for c in found if c.auto_resolvable),
+        },
+    )
+    return found
+
+
+@methods.method()
+async def conflicts_can_merge_safely(call: Call, p: PairParams) -> bool:
+    """True when merging `branch1` and `branch2` has no conflicts (overlaps are fine)."""
+    state = call.engine.session(p.session_id)
+    return await merge.can_merge_safely(state.session.repo_path, p.branch1, p.branch2)
+
+
+@methods.method()
+async def conflicts_get_summary(call: Call, p: SummaryParams) -> ConflictSummary:
+    """Totals of a list of conflicts: by type, by branch pair, auto-resolvable or not."""
+    return conflict_rules.summarize(p.conflicts)
+
+
+@methods.method()
+async def conflicts_matrix(call: Call, p: MatrixParams) -> ConflictMatrix:
+    """For each pair of branches: clean, overlap or conflict, with the file count.
+
+    Default branches: the session's task branches. This is what a dashboard draws.
+    """
+    state = call.engine.session(p.session_id)
+    branches = p.branches
+    if branches is None:
+        branches = [t.branch or "" for t in _task_branches(state, _WITH_WORK)]
+    return await merge.matrix(state.session.repo_path, branches)
+
+
+@methods.method()
+async def conflicts_resolve(call: Call, p: ResolveParams) -> ConflictResolutionResult:
+    """Resolve one conflict with a strategy and return a real result.
+
+    use_first / use_last / use_priority: a commit on a resolution branch
+    (`corral/resolve/<b1>--<b2>`) merging both branches, the file taken from
+    that side. auto_merge: succeeds only when the file's three-way merge is
+    clean. manual: the file with conflict markers in `content`, no commit.
+    Errors: 4005 ResolutionFailed, 4001 BranchNotFound.
+    """
+    state = call.engine.session(p.session_id)
+    base = await _target(state, p.base_branch)
+    result = await merge.resolve(
+        state.session.repo_path, p.conflict, p.strategy, base, p.priority_branch
+    )
+    call.engine.bus.publish("conflicts.resolved", state.id, result.to_wire())
+    return result
+
+
+def merge_order(tasks: list[Task]) -> list[Task]:
+    """Completed tasks in dependency order, ties by priority then insertion."""
+    chosen = {t.id: (i, t) for i, t in enumerate(tasks)}
+    waiting = {t.id: sum(1 for d in t.dependencies if d in chosen) for t in tasks}
+    dependents: dict[str, list[str]] = {}
+    for t in tasks:
+        for d in t.dependencies:
+            if d in chosen:
+                dependents.setdefault(d, []).append(t.id)
+    ready = [(t.priority, i, t.id) for i, t in enumerate(tasks) if waiting[t.id] == 0]
+    heapq.heapify(ready)
+    order: list[Task] = []
+    while ready:
+        _, _, task_id = heapq.heappop(ready)
+        order.append(chosen[task_id][1])
+        for child in dependents.get(task_id, []):
+            waiting[child] -= 1
+            if waiting[child] == 0:
+                index, task = chosen[child]
+                heapq.heappush(ready, (task.priority, index, child))
+    return order
+
+
+@methods.method()
+async def merge_completed_branches(call: Call, p: MergeParams) -> MergeReport:
+    """Merge the branches of completed tasks into the target, one at a time.
+
+    Order: dependency order, then priority, then insertion. Each merge is made
+    in memory (fast-forward when possible) and the target ref moves only if it
+    still points where it did; a conflicting branch is reported with its files
+    and skipped, never half-merged. A clean checked-out target work tree is
+    updated; a dirty one refuses the whole queue. `dryRun` moves nothing.
+    Result: `{totalBranches, merged, failed, skipped, results}`.
+    Errors: 4004 TargetDirty (`data.files`), 4001 BranchNotFound.
+    """
+    state = call.engine.session(p.session_id)
+    target = await _target(state, p.target_branch)
+    ordered = merge_order(_task_branches(state, (TaskStatus.COMPLETED,)))
+    report = await merge.merge_queue(
+        state.session.repo_path, [t.branch or "" for t in ordered], target, p.dry_run
+    )
+    if not p.dry_run:
+        call.engine.bus.publish("merge.completed", state.id, report.to_wire())
     return report
