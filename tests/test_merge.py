@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from corral import errors
+from corral.models import MergeStatus
 from corrald.git import merge
-from corrald.git.merge import MergeStatus
 from tests.conftest import git, make_repo
 
 FILES = {"shared.txt": "".join(f"line {i}\n" for i in range(10)), "README.md": "hello\n"}

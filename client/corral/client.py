@@ -33,12 +33,14 @@ from corral.models import (
     Assignment,
     CleanupReport,
     CompletedAgent,
+    ConflictMatrix,
     ConflictResolutionResult,
     ConflictSummary,
     DaemonStatus,
     Event,
     LogEntry,
     MergeConflict,
+    MergeReport,
     PoolStats,
     SchedulerStats,
     Session,
@@ -167,11 +169,11 @@ class _Methods:
     conflicts_detect = _Rpc[list[MergeConflict]]("conflicts_detect", list[MergeConflict])
     conflicts_can_merge_safely = _Rpc[bool]("conflicts_can_merge_safely", bool)
     conflicts_get_summary = _Rpc[ConflictSummary]("conflicts_get_summary", ConflictSummary)
-    conflicts_matrix = _Rpc[list[dict[str, Any]]]("conflicts_matrix", list[dict[str, Any]])
+    conflicts_matrix = _Rpc[ConflictMatrix]("conflicts_matrix", ConflictMatrix)
     conflicts_resolve = _Rpc[ConflictResolutionResult](
         "conflicts_resolve", ConflictResolutionResult
     )
-    merge_completed_branches = _Rpc[dict[str, Any]]("merge_completed_branches", dict[str, Any])
+    merge_completed_branches = _Rpc[MergeReport]("merge_completed_branches", MergeReport)
     events_unsubscribe = _Rpc[bool]("events_unsubscribe", bool)
 
 

@@ -371,6 +371,68 @@ class ConflictResolutionResult(Wire):
     content: str | None = None
 
 
+class MatrixState(StrEnum):
+    """How one pair of branches merges."""
+
+    CLEAN = "clean"
+    OVERLAP = "overlap"
+    CONFLICT = "conflict"
+
+
+class MatrixCell(Wire):
+    """One unordered pair of the conflict matrix.
+
+    `files` counts the conflicting paths when the state is `conflict`, the
+    overlapping paths when it is `overlap`, and is 0 when clean.
+    """
+
+    branch1: str
+    branch2: str
+    state: MatrixState
+    files: int = 0
+    paths: list[str] = Field(default_factory=list)
+
+
+class ConflictMatrix(Wire):
+    """Every unordered pair of a set of branches, in input order."""
+
+    branches: list[str]
+    cells: list[MatrixCell]
+
+
+class MergeStatus(StrEnum):
+    MERGED = "merged"
+    FAST_FORWARD = "fast_forward"
+    CONFLICT = "conflict"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class MergeItem(Wire):
+    """What happened to one branch of the queue."""
+
+    branch: str
+    status: MergeStatus
+    commit: str | None = None
+    files: list[str] | None = None
+    error: str | None = None
+    error_code: int | None = None
+
+
+class MergeReport(Wire):
+    """Result of `merge_queue` (`merge_completed_branches`)."""
+
+    target: str
+    dry_run: bool = False
+    total_branches: int
+    merged: int = 0
+    failed: int = 0
+    skipped: int = 0
+    target_commit: str | None = None
+    worktree_updated: bool = False
+    results: list[MergeItem] = Field(default_factory=list)
+
+
 class CompletedAgent(Wire):
     agent_id: str
     task_id: str

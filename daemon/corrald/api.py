@@ -23,6 +23,7 @@ from corral.models import (
     CgroupFeatures,
     CleanupReport,
     CompletedAgent,
+    ConflictMatrix,
     ConflictResolutionResult,
     ConflictSummary,
     DaemonStatus,
@@ -30,6 +31,7 @@ from corral.models import (
     Event,
     LogEntry,
     MergeConflict,
+    MergeReport,
     NoParams,
     Params,
     PoolStats,
@@ -47,11 +49,9 @@ from corral.models import (
     WorktreeAllocation,
 )
 from corrald import conflicts as conflict_rules
-from corrald.conflicts import ConflictMatrix
 from corrald.engine import Engine, SessionState
 from corrald.events import pump
 from corrald.git import merge, worktrees
-from corrald.git.merge import MergeReport
 from corrald.pool import AgentPool
 from corrald.rpc import Registry, openrpc_document
 from corrald.server import Connection

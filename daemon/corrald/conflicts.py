@@ -53,16 +53,14 @@ import posixpath
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import StrEnum
-
-from pydantic import Field
 
 from corral.models import (
     ConflictSummary,
     ConflictType,
+    MatrixCell,
+    MatrixState,
     MergeConflict,
     ResolutionStrategy,
-    Wire,
 )
 
 #: Files that are regenerated rather than merged by hand (basename match).
@@ -207,35 +205,6 @@ def summarize(conflicts: Iterable[MergeConflict]) -> ConflictSummary:
         by_type=by_type,
         by_branch_pair=dict(sorted(pairs.items())),
     )
-
-
-class MatrixState(StrEnum):
-    """How one pair of branches merges."""
-
-    CLEAN = "clean"
-    OVERLAP = "overlap"
-    CONFLICT = "conflict"
-
-
-class MatrixCell(Wire):
-    """One unordered pair of the conflict matrix.
-
-    `files` counts the conflicting paths when the state is `conflict`, the
-    overlapping paths when it is `overlap`, and is 0 when clean.
-    """
-
-    branch1: str
-    branch2: str
-    state: MatrixState
-    files: int = 0
-    paths: list[str] = Field(default_factory=list)
-
-
-class ConflictMatrix(Wire):
-    """Every unordered pair of a set of branches, in input order."""
-
-    branches: list[str]
-    cells: list[MatrixCell]
 
 
 def matrix_cell(branch1: str, branch2: str, conflicts: Iterable[MergeConflict]) -> MatrixCell:

@@ -29,12 +29,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from enum import StrEnum
 from functools import partial
 from typing import Any
 
 import pygit2
-from pydantic import Field
 from pygit2.enums import (
     CheckoutStrategy,
     DeltaStatus,
@@ -46,14 +44,16 @@ from pygit2.enums import (
 
 from corral import errors
 from corral.models import (
+    ConflictMatrix,
     ConflictResolutionResult,
     MergeConflict,
+    MergeItem,
+    MergeReport,
+    MergeStatus,
     ResolutionStrategy,
-    Wire,
 )
 from corrald.conflicts import (
     ConflictFacts,
-    ConflictMatrix,
     build_conflict,
     matrix_cell,
 )
@@ -599,39 +599,6 @@ async def resolve(
 
 
 # --- the merge queue ---------------------------------------------------------------
-
-
-class MergeStatus(StrEnum):
-    MERGED = "merged"
-    FAST_FORWARD = "fast_forward"
-    CONFLICT = "conflict"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-
-
-class MergeItem(Wire):
-    """What happened to one branch of the queue."""
-
-    branch: str
-    status: MergeStatus
-    commit: str | None = None
-    files: list[str] | None = None
-    error: str | None = None
-    error_code: int | None = None
-
-
-class MergeReport(Wire):
-    """Result of `merge_queue` (`merge_completed_branches`)."""
-
-    target: str
-    dry_run: bool = False
-    total_branches: int
-    merged: int = 0
-    failed: int = 0
-    skipped: int = 0
-    target_commit: str | None = None
-    worktree_updated: bool = False
-    results: list[MergeItem] = Field(default_factory=list)
 
 
 @dataclass
