@@ -21,6 +21,7 @@ import contextlib
 import errno
 import functools
 import os
+import time
 from pathlib import Path
 
 from corral.models import CgroupFeatures
@@ -207,6 +208,30 @@ class AgentCgroup:
 
     def __repr__(self) -> str:
         return f"<AgentCgroup {self.path} limits={self.limits}>"
+
+
+def remove_stale(min_age_secs: float = 60.0) -> list[str]:
+    """rmdir empty agent cgroups left by a previous daemon; return their paths.
+
+    Call at daemon start, after `kill_stale` for the old agents. Populated
+    cgroups are left alone (rmdir refuses them anyway), and so are young
+    ones: another daemon sharing the base may have just created one and not
+    yet moved its agent in.
+    """
+    features = detect()
+    if not features.available or features.path is None:
+        return []
+    removed: list[str] = []
+    for child in Path(features.path).iterdir():
+        try:
+            young = time.time() - child.stat().st_mtime < min_age_secs
+        except OSError:
+            continue
+        if child.is_dir() and not young and not AgentCgroup(child, features).populated():
+            with contextlib.suppress(OSError):
+                child.rmdir()
+                removed.append(str(child))
+    return removed
 
 
 def cgroup_of(pid: int) -> Path | None:

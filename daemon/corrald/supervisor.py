@@ -638,7 +638,12 @@ async def run_agent(
             stderr=subprocess.PIPE,
             start_new_session=True,
         )
-    except (OSError, ValueError, IndexError) as exc:
+    except BaseException as exc:
+        if run.cgroup is not None:
+            run.cgroup.remove()
+        if not isinstance(exc, OSError | ValueError | IndexError):
+            run._finish(run._result(None, reason=EndReason.CANCELLED))
+            raise
         category, message = _spawn_error(exc, spec)
         run.note(message)
         if run.cgroup is not None:
