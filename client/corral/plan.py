@@ -1,0 +1,182 @@
+"""Plan files for `corral run`: a list of tasks, and optional scheduler settings.
+
+Accepted shapes:
+
+- TOML with `[[tasks]]` tables, or JSON `{"tasks": [...]}`; each task has
+  `id`, `title`, `description`, `priority`, `dependencies` (also spelled
+  `deps` or `after`), `agent` (or `agentType`) and `estimatedTokens`.
+  An optional top-level `[config]` table (`"config"` object) is merged into
+  the session's SchedulerConfig.
+- A Ralph-style `prd.json`: `{"userStories": [{"id", "title", "description",
+  "priority", "dependencies"}]}`. Stories already marked `"passes": true` are
+  done and left out; `acceptanceCriteria` are appended to the description.
+
+Everything is validated here, before the daemon sees it, so a bad plan is a
+usage error (exit 2) that names the file and the offending task.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from corral.models import SchedulerConfig, TaskSpec, check_task_id
+
+
+class PlanError(ValueError):
+    """The plan file cannot be used; the message names the file and the problem."""
+
+
+@dataclass
+class Plan:
+    """Tasks (TaskSpec wire dicts, in file order) and SchedulerConfig overrides."""
+
+    path: Path
+    tasks: list[dict[str, Any]]
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"Plan({self.path}, tasks={len(self.tasks)}, config={sorted(self.config)})"
+
+
+_DEP_KEYS = ("dependencies", "deps", "after", "dependsOn", "depends_on")
+_AGENT_KEYS = ("agent", "agentType", "agent_type")
+
+
+def slugify(title: str) -> str:
+    """A valid task id made from a title: lowercase words joined by '-'."""
+    slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")[:64].rstrip("-.")
+    return slug or "task"
+
+
+def _task(raw: Any, where: str, *, story: bool = False) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise PlanError(f"{where}: a task must be a table/object, not {type(raw).__name__}")
+    item = dict(raw)
+    title = item.pop("title", None)
+    tid = item.pop("id", None)
+    if tid is None and isinstance(title, str):
+        tid = slugify(title)
+    if not isinstance(tid, str | int) or isinstance(tid, bool):
+        raise PlanError(f"{where}: missing task id")
+    tid = str(tid)
+    where = f"{where} ({tid})"
+    spec: dict[str, Any] = {"id": tid, "title": title if title is not None else tid}
+    description = item.pop("description", "")
+    if story:
+        criteria = item.pop("acceptanceCriteria", None)
+        if isinstance(criteria, list) and criteria:
+            description = f"{description}\n\nAcceptance criteria:\n" + "\n".join(
+                f"- {c}" for c in criteria
+            )
+        for ignored in ("passes", "notes"):
+            item.pop(ignored, None)
+    spec["description"] = description
+    if "priority" in item:
+        spec["priority"] = item.pop("priority")
+    deps: list[Any] = []
+    for key in _DEP_KEYS:
+        value = item.pop(key, None)
+        if value is None:
+            continue
+        deps += [value] if isinstance(value, str) else list(value)
+    spec["dependencies"] = [str(d) for d in deps]
+    for key in _AGENT_KEYS:
+        value = item.pop(key, None)
+        if value is not None:
+            spec["agentType"] = value
+    for key in ("estimatedTokens", "estimated_tokens"):
+        if key in item:
+            spec["estimatedTokens"] = item.pop(key)
+    if item:
+        raise PlanError(f"{where}: unknown key(s) {', '.join(sorted(item))}")
+    try:
+        check_task_id(tid)
+        return TaskSpec.model_validate(spec).model_dump(
+            mode="json", by_alias=True, exclude_none=True
+        )
+    except (ValidationError, ValueError) as exc:
+        raise PlanError(f"{where}: {_first_error(exc)}") from None
+
+
+def _first_error(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        err = exc.errors(include_url=False)[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        return f"{loc}: {err['msg']}" if loc else str(err["msg"])
+    return str(exc)
+
+
+def parse_plan(data: Any, path: Path) -> Plan:
+    """Build a Plan from already-decoded TOML/JSON `data` (see the module doc)."""
+    name = str(path)
+    if isinstance(data, list):
+        data = {"tasks": data}
+    if not isinstance(data, dict):
+        raise PlanError(f"{name}: expected a table with `tasks` (or `userStories`)")
+    if "userStories" in data:
+        stories = data["userStories"]
+        if not isinstance(stories, list):
+            raise PlanError(f"{name}: `userStories` must be a list")
+        pending = [s for s in stories if not (isinstance(s, dict) and s.get("passes") is True)]
+        done = {str(s.get("id")) for s in stories if isinstance(s, dict) and s not in pending}
+        tasks = [_task(s, f"{name}: userStories[{i}]", story=True) for i, s in enumerate(pending)]
+        for t in tasks:  # a story that already passes is not a dependency any more
+            t["dependencies"] = [d for d in t["dependencies"] if d not in done]
+        config: Any = {}
+    else:
+        raw_tasks = data.get("tasks")
+        if not isinstance(raw_tasks, list):
+            raise PlanError(f'{name}: no `tasks` list ([[tasks]] in TOML, "tasks" in JSON)')
+        extra = sorted(set(data) - {"tasks", "config"})
+        if extra:
+            raise PlanError(f"{name}: unknown top-level key(s) {', '.join(extra)}")
+        tasks = [_task(t, f"{name}: tasks[{i}]") for i, t in enumerate(raw_tasks)]
+        config = data.get("config", {})
+    if not tasks:
+        raise PlanError(f"{name}: the plan has no tasks")
+    if not isinstance(config, dict):
+        raise PlanError(f"{name}: `config` must be a table")
+    try:
+        SchedulerConfig.model_validate(config)
+    except ValidationError as exc:
+        raise PlanError(f"{name}: config.{_first_error(exc)}") from None
+    seen: set[str] = set()
+    for t in tasks:
+        if t["id"] in seen:
+            raise PlanError(f"{name}: duplicate task id {t['id']!r}")
+        seen.add(t["id"])
+    for t in tasks:
+        missing = [d for d in t["dependencies"] if d not in seen]
+        if missing:
+            raise PlanError(
+                f"{name}: task {t['id']!r} depends on unknown task(s) {', '.join(missing)}"
+            )
+    return Plan(path, tasks, config)
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read a `.toml` or `.json` plan file; raises PlanError with a clear message."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise PlanError(f"cannot read plan {path}: {exc.strerror or exc}") from None
+    try:
+        if path.suffix.lower() == ".toml":
+            data: Any = tomllib.loads(text)
+        elif path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            raise PlanError(f"{path}: a plan must be a .toml or .json file")
+    except tomllib.TOMLDecodeError as exc:
+        raise PlanError(f"{path} is not valid TOML: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise PlanError(f"{path} is not valid JSON: {exc}") from None
+    return parse_plan(data, path)
