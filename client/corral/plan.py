@@ -9,7 +9,8 @@ Accepted shapes:
   the session's SchedulerConfig.
 - A Ralph-style `prd.json`: `{"userStories": [{"id", "title", "description",
   "priority", "dependencies"}]}`. Stories already marked `"passes": true` are
-  done and left out; `acceptanceCriteria` are appended to the description.
+  done and left out; `acceptanceCriteria` are appended to the description;
+  a top-level `"config"` object is honoured as in the JSON plan.
 
 Everything is validated here, before the daemon sees it, so a bad plan is a
 usage error (exit 2) that names the file and the offending task.
@@ -129,7 +130,7 @@ def parse_plan(data: Any, path: Path) -> Plan:
         tasks = [_task(s, f"{name}: userStories[{i}]", story=True) for i, s in enumerate(pending)]
         for t in tasks:  # a story that already passes is not a dependency any more
             t["dependencies"] = [d for d in t["dependencies"] if d not in done]
-        config: Any = {}
+        config: Any = data.get("config", {})  # our extension; Ralph's other keys are ignored
     else:
         raw_tasks = data.get("tasks")
         if not isinstance(raw_tasks, list):
