@@ -467,6 +467,8 @@ class DaemonStatus(Wire):
     uptime_secs: float
     connections: int
     sessions: int
+    subscribers: int = 0
+    event_seq: int = 0
     socket_path: str
     state_dir: str
     cgroup: CgroupFeatures

@@ -99,6 +99,8 @@ async def daemon_status(call: Call, p: NoParams) -> DaemonStatus:
         uptime_secs=round(time.monotonic() - info.started_at, 3),
         connections=info.connections(),
         sessions=len(call.engine.sessions),
+        subscribers=len(call.engine.bus.subscribers),
+        event_seq=call.engine.bus.seq,
         socket_path=info.socket_path,
         state_dir=info.state_dir,
         cgroup=info.cgroup,
@@ -385,8 +387,10 @@ async def events_subscribe(call: Call, p: SubscribeParams) -> SubscribeResult:
     conn.state.setdefault("subscriptions", set()).add(sub.id)
     conn.on_close.append(lambda: bus.unsubscribe(sub.id))
 
-    async def deliver(event: Event) -> bool:
-        return await conn.notify("event", event.to_wire())
+    async def deliver(events: list[Event]) -> bool:
+        return await conn.send_many(
+            [{"jsonrpc": "2.0", "method": "event", "params": e.to_wire()} for e in events]
+        )
 
     async def lagged() -> None:
         await conn.notify(

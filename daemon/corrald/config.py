@@ -35,7 +35,7 @@ class DaemonSection(_Strict):
     frame_timeout_secs: float = Field(10.0, gt=0)
     shutdown_grace_secs: float = Field(10.0, ge=0)
     event_window: int = Field(50_000, ge=100)
-    subscriber_queue: int = Field(10_000, ge=10)
+    subscriber_queue: int = Field(100_000, ge=10)
     log_cap_bytes: int = Field(10 * 1024 * 1024, ge=0)
     durability: Literal["normal", "full"] = "normal"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -55,6 +55,8 @@ log = logging.getLogger("corrald.pool")
 
 COMPLETED_KEPT = 10_000
 FINISHED_RUNS_KEPT = 200
+#: Longest log line carried by an event; bounds the replay window's memory.
+EVENT_LINE_CAP = 2000
 
 
 @dataclass
@@ -448,6 +450,9 @@ class AgentPool:
         agent, sid = running.agent, running.state.id
         bus = self.engine.bus
         if kind == "log":
+            line = payload["line"]
+            if len(line) > EVENT_LINE_CAP:  # the full line stays in the ring and log file
+                payload = {**payload, "line": line[:EVENT_LINE_CAP], "truncated": True}
             bus.publish("log", sid, {**payload, "taskId": running.task_id})
         elif kind == "activity":
             agent.status = AgentActivity(payload["activity"])

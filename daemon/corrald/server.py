@@ -124,13 +124,20 @@ class Connection:
 
     async def send(self, message: Any) -> bool:
         """Write one message; False if the peer is gone (never raises for that)."""
-        body = json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+        return await self.send_many([message])
+
+    async def send_many(self, messages: list[Any]) -> bool:
+        """Write several messages with one system call (event bursts)."""
         framing = self.framing if self.framing is not Framing.UNKNOWN else Framing.NDJSON
+        data = b"".join(
+            encode(framing, json.dumps(m, separators=(",", ":"), ensure_ascii=False).encode())
+            for m in messages
+        )
         async with self._send_lock:
             if self.closed:
                 return False
             try:
-                await self.stream.send_all(encode(framing, body))
+                await self.stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 self.closed = True
                 return False
