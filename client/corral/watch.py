@@ -541,6 +541,9 @@ def summarize(c: Client, session_id: str, wall_secs: float | None = None) -> dic
                     2,
                 ),
                 "tokens": sum(a.tokens for a in by_task.get(t.id, [])),
+                "dependencies": t.dependencies,
+                "startedAt": t.started_at,
+                "completedAt": t.completed_at,
                 **({"error": t.error} if t.error else {}),
                 **({"errorCategory": t.error_category.value} if t.error_category else {}),
             }

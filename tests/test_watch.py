@@ -1,0 +1,109 @@
+"""`corral watch` in a real terminal (a pty): the agents' rows appear, Ctrl-C quits."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import pty
+import re
+import select
+import struct
+import sys
+import termios
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from corral.cli import main
+from tests.daemon_proc import DaemonProcess
+from tests.test_pool import agent_config, wait_for
+
+ANSI = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|\][^\x07]*\x07|[()][A-Z0-9]|[=>])")
+
+
+@pytest.fixture
+def running(tmp_path: Path, repo: Path) -> Iterator[DaemonProcess]:
+    """A daemon with two agents that sleep (they are stopped with the daemon)."""
+    behaviour = tmp_path / "behaviour.json"
+    behaviour.write_text(json.dumps({"*": ["--stream-json", "--tokens", "40", "--sleep", "60"]}))
+    with DaemonProcess(config=agent_config(behaviour, "fake")) as d:
+        with d.client() as c:
+            c.init_parallel_scheduler(repo_path=str(repo), config={"agentType": "fake"})
+            c.parallel_add_tasks(
+                tasks=[{"id": "alpha-task", "title": "a"}, {"id": "beta-task", "title": "b"}]
+            )
+            c.session_start()
+            wait_for(lambda: len(c.parallel_list_agents(live=True)) == 2, 20, "two agents")
+        yield d
+        # Stop the agents first: on SIGTERM with agents running, corrald restarts the
+        # requeued tasks and waits its whole shutdown grace (reported; not ours to fix).
+        with d.client() as c:
+            c.session_pause()
+            c.parallel_stop_all()
+        assert d.stop() == 0
+
+
+def read_until(fd: int, wanted: list[str], timeout: float) -> str:
+    """Read the terminal until every string in `wanted` shows (ANSI stripped)."""
+    raw = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            raw += chunk
+            screen = ANSI.sub("", raw.decode(errors="replace"))
+            if all(w in screen for w in wanted):
+                return screen
+    raise AssertionError(f"never saw {wanted}; screen:\n{ANSI.sub('', raw.decode('replace'))}")
+
+
+def test_watch_in_a_pty_shows_both_agents_and_quits_on_ctrl_c(running: DaemonProcess) -> None:
+    pid, fd = pty.fork()
+    if pid == 0:  # child: a real terminal of 120x40
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "COLUMNS", "LINES")}
+        env["TERM"] = "xterm-256color"
+        argv = [sys.executable, "-m", "corral.cli", "watch", "--socket", str(running.socket)]
+        os.execve(sys.executable, argv, env)
+    try:
+        screen = read_until(fd, ["alpha-task", "beta-task", "running agents"], 20)
+        assert "memory" in screen and "CPU" in screen and "in_progress 2" in screen
+        os.write(fd, b"\x03")  # Ctrl-C, through the terminal's line discipline
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            with_data, _, _ = select.select([fd], [], [], 0.1)
+            if with_data:
+                with contextlib.suppress(OSError):
+                    os.read(fd, 65536)
+        else:
+            raise AssertionError("corral watch did not exit on Ctrl-C")
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        os.close(fd)
+        try:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
+def test_watch_once_draws_one_frame(
+    running: DaemonProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["watch", "--once", "--socket", str(running.socket)]) == 0
+    out = capsys.readouterr().out
+    assert "alpha-task" in out and "beta-task" in out and "running agents (fake)" in out
+    assert "conflict" in out
