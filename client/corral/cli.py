@@ -680,7 +680,12 @@ def cmd_merge(args: argparse.Namespace, out: Out) -> int:
         f" ({report.failed} failed, {report.skipped} skipped)",
         ["branch", "status", "commit", "files / error"],
         [
-            [r.branch, r.status.value, (r.commit or "")[:10], r.error or ", ".join(r.files or [])]
+            [
+                r.branch,
+                r.status.value,
+                (r.commit or "")[:10],
+                ", ".join(r.files or []) or r.error or "",
+            ]
             for r in report.results
         ],
     )
