@@ -52,7 +52,6 @@ class Daemon:
             custom_types=config.agents,
             log_cap_bytes=config.daemon.log_cap_bytes,
         )
-        self.pool.recover()
         d = config.daemon
         self.server: Server[Call] = Server(
             methods,

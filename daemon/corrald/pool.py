@@ -20,6 +20,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,10 +47,12 @@ from corral.models import (
     WorktreeAllocation,
 )
 from corrald import agents as agent_types
+from corrald import cgroups
 from corrald.agents import AgentTypeConfig
 from corrald.engine import Engine, SessionState
+from corrald.executor import Executor, LocalExecutor, RunHandle
 from corrald.git import worktrees
-from corrald.supervisor import AgentRun, RunResult, RunSpec, kill_stale, run_agent
+from corrald.supervisor import RunResult, RunSpec
 
 log = logging.getLogger("corrald.pool")
 
@@ -66,7 +69,7 @@ class Running:
     agent: Agent
     state: SessionState
     task_id: str
-    run: AgentRun | None = None
+    run: RunHandle | None = None
     requeue: bool = False  # stop without consuming a retry (stop_all, total memory, shutdown)
     cancel_task: bool = False
     started_mono: float = field(default_factory=time.monotonic)
@@ -84,6 +87,7 @@ class AgentPool:
         custom_types: dict[str, AgentTypeConfig] | None = None,
         log_cap_bytes: int = 10 * 1024 * 1024,
         base_env: dict[str, str] | None = None,
+        executor_factory: Callable[[trio.Nursery], Executor] = LocalExecutor,
     ) -> None:
         self.engine = engine
         self.logs_dir = logs_dir
@@ -92,13 +96,15 @@ class AgentPool:
         self.log_cap_bytes = log_cap_bytes
         self.base_env = dict(os.environ if base_env is None else base_env)
         self.running: dict[str, Running] = {}
-        self.finished: collections.OrderedDict[str, AgentRun] = collections.OrderedDict()
+        self.finished: collections.OrderedDict[str, RunHandle] = collections.OrderedDict()
         self.completed: collections.deque[tuple[int, CompletedAgent]] = collections.deque(
             maxlen=COMPLETED_KEPT
         )
         self._completed_seq = 0
         self.violations: collections.deque[Violation] = collections.deque(maxlen=1000)
         self._nursery: trio.Nursery | None = None
+        self.executor_factory = executor_factory
+        self.executor: Executor = _NotStarted()
         self._wakeups: dict[str, trio.Event] = {}
         self._runners: set[str] = set()
         self._repo_locks: dict[str, trio.Lock] = {}
@@ -107,9 +113,11 @@ class AgentPool:
 
     # --- lifecycle ------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Own the agent nursery until cancelled; resume sessions that were running."""
+        """Own the agent nursery until cancelled; recover, then resume running sessions."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            self.executor = self.executor_factory(nursery)
+            self.recover()
             nursery.start_soon(self._watch_totals)
             for state in self.engine.sessions.values():
                 self.wake(state)
@@ -129,7 +137,7 @@ class AgentPool:
             found.append(agent.id)
             killed = False
             if agent.process_id and pid_started:
-                killed = kill_stale(agent.process_id, pid_started)
+                killed = self.executor.reattach(agent.process_id, pid_started)
             agent.lifecycle = AgentLifecycle.KILLED if killed else AgentLifecycle.EXITED
             agent.end_reason = EndReason.LOST
             agent.ended_at = time.time()
@@ -144,6 +152,7 @@ class AgentPool:
                     if task.status is TaskStatus.IN_PROGRESS:
                         self.engine.commit_tasks(state, [state.scheduler.requeue(task.id)])
             log.info("recovered agent %s (pid %s, killed=%s)", agent.id, agent.process_id, killed)
+        cgroups.remove_stale()  # empty per-agent cgroups of crashed daemons
         return found
 
     async def shutdown(self) -> None:
@@ -328,8 +337,7 @@ class AgentPool:
         def on_event(kind_: str, payload: dict[str, Any]) -> None:
             self._on_agent_event(running, kind_, payload)
 
-        assert self._nursery is not None
-        run: AgentRun = await self._nursery.start(_run_to_end, spec, on_event)
+        run = await self.executor.submit(spec, on_event)
         running.run = run
         if running.requeue or running.cancel_task:
             run.cancel(EndReason.CANCELLED, "stopped before it started")
@@ -574,7 +582,7 @@ class AgentPool:
     def log_path(self, session_id: str, agent_id: str) -> Path:
         return self.logs_dir / session_id / f"{agent_id}.log"
 
-    def agent_run(self, agent_id: str) -> AgentRun | None:
+    def agent_run(self, agent_id: str) -> RunHandle | None:
         running = self.running.get(agent_id)
         if running is not None and running.run is not None:
             return running.run
@@ -583,8 +591,9 @@ class AgentPool:
     def logs(self, agent: Agent, offset: int, limit: int) -> list[LogEntry]:
         """Log lines from `offset`: the ring while kept, else the log file."""
         run = self.agent_run(agent.id)
-        if run is not None and run.ring and run.ring[0].offset <= offset:
-            return [e for e in run.ring if e.offset >= offset][:limit]
+        ring = run.tail() if run is not None else []
+        if ring and ring[0].offset <= offset:
+            return [e for e in ring if e.offset >= offset][:limit]
         path = self.log_path(agent.session_id, agent.id)
         out: list[LogEntry] = []
         if path.exists():
@@ -643,8 +652,16 @@ class AgentPool:
         return f"AgentPool(running={len(self.running)}, runners={len(self._runners)})"
 
 
-async def _run_to_end(
-    spec: RunSpec, on_event: Any, *, task_status: trio.TaskStatus[AgentRun]
-) -> None:
-    """Run one agent in the pool's nursery; the handle goes back through `started`."""
-    await run_agent(spec, on_event=on_event, task_status=task_status)
+class _NotStarted:
+    """The executor before `AgentPool.run` has created the real one."""
+
+    name = "none"
+
+    async def submit(self, spec: RunSpec, on_event: Any) -> RunHandle:
+        raise RuntimeError("the agent pool is not running")
+
+    def reattach(self, pid: int, create_time: float) -> bool:
+        raise RuntimeError("the agent pool is not running")
+
+    def capacity(self) -> dict[str, Any]:
+        return {"executor": self.name}
