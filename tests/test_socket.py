@@ -12,7 +12,8 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import trio
 from corral import errors
 from corral.client import AsyncClient, Client
 from tests.daemon_proc import DaemonProcess
+from tests.test_rpc_bad_input import Raw
 
 
 @pytest.fixture
@@ -281,3 +283,92 @@ def test_daemon_shutdown_answers_then_exits(daemon: DaemonProcess) -> None:
     assert daemon.proc is not None
     assert daemon.proc.wait(30) == 0
     assert not daemon.socket.exists()
+
+
+PLAN_AGENT = Path(__file__).with_name("plan_agent.py")
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Poll a condition the daemon offers no event for, under a deadline."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def agent_daemon(tmp_path: Path, behaviour: list[str], extra: str = "") -> DaemonProcess:
+    """A daemon whose agent type `fake` runs tests/fake_agent.py with `behaviour`."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"*": behaviour}))
+    argv = json.dumps([sys.executable, str(PLAN_AGENT), str(plan)])
+    return DaemonProcess(config=f"{extra}[agents.fake]\nargv = {argv}\n")
+
+
+def start_one_agent(c: Client, repo: Path, config: dict[str, Any]) -> str:
+    """A running session with one task whose agent printed `armed`; returns the agent id."""
+    c.init_parallel_scheduler(repo_path=str(repo), session_id="s", config=config)
+    c.parallel_add_task(id="t1", title="never finishes")
+    c.session_start()
+    wait_for(lambda: any(a.lifecycle.value == "running" for a in c.parallel_list_agents()))
+    [agent] = c.parallel_list_agents()
+    # "armed" comes after the fake agent set up its signal handling.
+    wait_for(lambda: any(e.line == "armed" for e in c.parallel_get_agent_logs(agent_id=agent.id)))
+    return agent.id
+
+
+def test_in_flight_request_finishes_during_graceful_shutdown(tmp_path: Path, repo: Path) -> None:
+    # A slow request: parallel_stop_all waits for an agent that ignores SIGTERM
+    # (its termination ladder takes killGraceSecs). SIGTERM reaches the daemon
+    # while that request is in flight: it must still get its answer, then exit 0.
+    behaviour = ["--ignore-sigterm", "--stdout", "armed", "--sleep", "60"]
+    with agent_daemon(tmp_path, behaviour) as d, d.client(timeout=20) as c:
+        config = {"agentType": "fake", "resourceLimits": {"killGraceSecs": 1.0}}
+        agent_id = start_one_agent(c, repo, config)
+        c.session_pause()  # the stopped task must not be restarted at once
+        with Raw(d.socket) as slow:
+            slow.request(
+                {"jsonrpc": "2.0", "method": "parallel_stop_all",
+                 "params": {"sessionId": "s"}, "id": "stop"}
+            )  # fmt: skip
+            # In flight: the agent got its SIGTERM and ignores it for killGraceSecs.
+            wait_for(
+                lambda: any(
+                    "SIGTERM" in e.line for e in c.parallel_get_agent_logs(agent_id=agent_id)
+                )
+            )
+            assert d.proc is not None
+            started = time.monotonic()
+            d.proc.send_signal(signal.SIGTERM)
+            answer = slow.receive()
+            assert answer["id"] == "stop"
+            assert "error" not in answer, answer
+            assert [(t["id"], t["status"]) for t in answer["result"]] == [("t1", "ready")]
+            slow.assert_closed_by_peer()
+        assert d.proc.wait(30) == 0, d.log()
+        assert time.monotonic() - started < 8, d.log()  # the agent's grace, not the daemon's
+        assert not d.socket.exists()
+
+
+def test_sigterm_with_a_running_agent_exits_promptly(tmp_path: Path, repo: Path) -> None:
+    # systemctl stop with one agent running: the agent gets SIGTERM and dies at
+    # once and its task goes back to ready. The running session must not start
+    # a new agent for it while the daemon stops. It once did (a race, about one
+    # run in four): pool.shutdown() never cancelled that one, so the daemon sat
+    # out the whole shutdown grace (20 s here) with a fresh agent working.
+    # Three rounds to give the race a chance.
+    for round_ in range(3):
+        with agent_daemon(
+            tmp_path / str(round_),
+            ["--stdout", "armed", "--sleep", "60"],
+            "[daemon]\nshutdown_grace_secs = 20\n",
+        ) as d:
+            with d.client(timeout=20) as c:
+                start_one_agent(c, repo, {"agentType": "fake"})
+            assert d.proc is not None
+            d.proc.send_signal(signal.SIGTERM)
+            try:
+                assert d.proc.wait(6) == 0
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"corrald still running 6 s after SIGTERM:\n{d.log()}")
+            assert d.log().count("SIGTERM sent") == 1, d.log()  # no agent started meanwhile
