@@ -180,10 +180,6 @@ async def test_async_client_raises_the_specific_class(daemon: DaemonProcess) -> 
         assert status.pid == daemon.pid
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: UnknownError.to_wire() sends -32099, not the code it was built from",
-)
 def test_unknown_error_re_serialises_with_its_own_code() -> None:
     # A relay (or a CLI printing `--json` errors) that passes an error on must
     # not turn a newer daemon's 7777 into -32099.

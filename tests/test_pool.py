@@ -314,3 +314,59 @@ def test_worktree_allocations_survive_restart_and_are_not_orphans(
         assert c.worktree_get_allocations() == []
         assert git(repo, "branch", "--list", "corral/keep")  # the branch is kept
     assert not os.path.exists(alloc.worktree_path)
+
+
+def test_config_defaults_apply_under_what_the_client_sends(repo: Path) -> None:
+    config = (
+        "[defaults]\nmax_parallel = 7\nmax_retries = 4\n"
+        "[defaults.resource_limits]\nmax_agents = 2\n"
+    )
+    with DaemonProcess(config=config) as d, d.client() as c:
+        session = c.init_parallel_scheduler(
+            repo_path=str(repo), config={"maxRetries": 1, "resourceLimits": {"maxTotalCpu": 50}}
+        )
+    assert session.config.max_parallel == 7  # from [defaults]
+    assert session.config.max_retries == 1  # the client's value wins
+    assert session.config.resource_limits.max_agents == 2  # nested defaults kept
+    assert session.config.resource_limits.max_total_cpu == 50
+
+
+def test_sigterm_stops_agents_without_starting_new_ones(
+    plan: Path, repo: Path, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "pids"
+    plan.write_text(
+        json.dumps({"*": ["--sleep", "60", "--ignore-sigterm", "--pidfile", str(pidfile)]})
+    )
+    state = tmp_path / "state"
+    config = agent_config(plan, "fake")
+    limits = {"killGraceSecs": 0.5}
+    with DaemonProcess(state, config=config) as d:
+        with d.client() as c:
+            c.init_parallel_scheduler(
+                repo_path=str(repo),
+                session_id="s",
+                config={"agentType": "fake", "resourceLimits": limits},
+            )
+            c.parallel_add_tasks(tasks=[{"id": "a", "title": "a"}, {"id": "b", "title": "b"}])
+            c.session_start()
+            first = wait_for(
+                lambda: (
+                    c.parallel_list_agents(live=True)
+                    if pidfile.exists() and len(pidfile.read_text().splitlines()) == 2
+                    else None
+                )
+            )
+        assert d.stop() == 0
+    assert_all_dead(pidfile)
+    restarted = time.time()
+    with DaemonProcess(state, config=config) as d, d.client() as c:
+        c.session_pause(session_id="s")  # (the restarted daemon resumes the session)
+        before = [a for a in c.parallel_list_agents(session_id="s") if a.started_at < restarted]
+        tasks = c.parallel_list_tasks(session_id="s")
+        one = c.parallel_get_agent(agent_id=first[0].id)
+        c.parallel_stop_all(session_id="s")
+    assert {a.id for a in before} == {a.id for a in first}  # nothing new started while stopping
+    assert {a.end_reason.value for a in before if a.end_reason} == {"cancelled"}
+    assert all(t.attempts <= 1 for t in tasks)  # the stopped attempts did not count
+    assert one.task_id in {"a", "b"} and one.end_reason is not None

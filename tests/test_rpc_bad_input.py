@@ -366,10 +366,6 @@ def test_clients_that_leave_mid_request_affect_nobody(capped: DaemonProcess) -> 
     assert "Traceback" not in capped.log(), capped.log()[-3000:]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: events_subscribe after the peer's EOF hits a closed background nursery",
-)
 def test_subscribe_then_half_close_is_answered(capped: DaemonProcess) -> None:
     # `printf '{..events_subscribe..}' | nc -U sock` style: the request, then
     # EOF on our side while still reading. The read loop ends, the connection's
@@ -445,10 +441,6 @@ async def test_internal_error_is_short_and_leaks_nothing(
     assert "hunter2" in caplog.text and "Traceback" in caplog.text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: rpc.Dispatcher.dispatch_text lets RecursionError from json.loads escape",
-)
 def test_deeply_nested_json_is_a_parse_error(capped: DaemonProcess) -> None:
     # 20,000 levels fit in the frame cap; Python's json gives up with a
     # RecursionError, which is not caught as a parse error: the connection is
@@ -465,9 +457,6 @@ def test_deeply_nested_json_is_a_parse_error(capped: DaemonProcess) -> None:
         assert raw.receive()["id"] == "after"
 
 
-@pytest.mark.xfail(
-    strict=True, reason="bug: answers are serialised with allow_nan=True (NaN/Infinity ids)"
-)
 def test_answers_are_strict_json_even_for_odd_ids(capped: DaemonProcess) -> None:
     # Python's json accepts NaN and turns 1e400 into inf; echoing such an id
     # makes the daemon write `Infinity`, which is not JSON: a strict client

@@ -63,7 +63,7 @@ def test_agents_branches_conflict_matrix_and_merge_queue(tmp_path: Path) -> None
     assert order == ["corral/base", "corral/left", "corral/right", "corral/solo"]
     status = {r["branch"]: r["status"] for r in report["results"]}
     assert status["corral/right"] == "conflict"
-    assert report["merged"] == 3 and report["failed"] == 1
+    assert report["merged"] == 3 and report["skipped"] == 1 and report["failed"] == 0
     assert (repo / "shared.txt").read_text() == "LEFT\n"  # the clean main work tree followed
     assert (repo / "solo.txt").read_text() == "solo"
     assert git(repo, "status", "--porcelain") == ""

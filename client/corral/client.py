@@ -159,6 +159,7 @@ class _Methods:
         "parallel_poll_completed", list[CompletedAgent]
     )
     parallel_list_agents = _Rpc[list[Agent]]("parallel_list_agents", list[Agent])
+    parallel_get_agent = _Rpc[Agent]("parallel_get_agent", Agent)
     worktree_allocate = _Rpc[WorktreeAllocation]("worktree_allocate", WorktreeAllocation)
     worktree_deallocate = _Rpc[bool]("worktree_deallocate", bool)
     worktree_deallocate_by_agent = _Rpc[bool]("worktree_deallocate_by_agent", bool)

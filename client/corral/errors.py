@@ -56,6 +56,12 @@ class UnknownError(CorralError):
     default_message = "Unknown error"
     code_seen: int | None = None
 
+    def to_wire(self) -> dict[str, Any]:
+        wire = super().to_wire()
+        if self.code_seen is not None:
+            wire["code"] = self.code_seen  # relay a newer daemon's code unchanged
+        return wire
+
 
 # --- JSON-RPC 2.0 spec -------------------------------------------------------
 class ParseError(CorralError):

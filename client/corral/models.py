@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -30,6 +30,7 @@ def check_task_id(value: str) -> str:
 
 
 TaskId = Annotated[str, AfterValidator(check_task_id)]
+M = TypeVar("M", bound=BaseModel)
 
 
 class Wire(BaseModel):
@@ -198,6 +199,18 @@ class SchedulerConfig(Wire):
 
 
 # --- domain -----------------------------------------------------------------
+
+
+def overlay(base: M, given: M) -> M:
+    """`base` with the fields `given` set explicitly, nested models merged the same way."""
+    update: dict[str, Any] = {}
+    for name in given.model_fields_set:
+        value = getattr(given, name)
+        current = getattr(base, name)
+        if isinstance(value, BaseModel) and isinstance(current, type(value)):
+            value = overlay(current, value)
+        update[name] = value
+    return base.model_copy(update=update)
 
 
 class Session(Wire):

@@ -47,6 +47,7 @@ from corral.models import (
     Violation,
     Wire,
     WorktreeAllocation,
+    overlay,
 )
 from corrald import conflicts as conflict_rules
 from corrald.engine import Engine, SessionState
@@ -65,6 +66,7 @@ class DaemonInfo:
     state_dir: str
     cgroup: CgroupFeatures
     request_shutdown: Callable[[], None]
+    defaults: SchedulerConfig = field(default_factory=SchedulerConfig)
     started_at: float = field(default_factory=time.monotonic)
     connections: Callable[[], int] = lambda: 0
 
@@ -134,7 +136,7 @@ async def rpc_discover(call: Call, p: NoParams) -> dict[str, Any]:
 
 
 class InitParams(Params):
-    config: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    config: SchedulerConfig | None = None
     repo_path: str
     session_id: TaskId | None = None
 
@@ -147,13 +149,16 @@ class SessionParams(Params):
 async def init_parallel_scheduler(call: Call, p: InitParams) -> Session:
     """Create a session (one scheduler run on one repository).
 
-    Params: `config` (SchedulerConfig, defaults apply), `repoPath` (a git work
+    Params: `config` (SchedulerConfig; fields not given come from the daemon
+    config's `[defaults]`, then the built-in defaults), `repoPath` (a git work
     tree), `sessionId` (optional; generated if omitted). Calling it again with
     an existing `sessionId` replaces that session's config and keeps its tasks,
     unless agents are running: then it fails with 1002 SessionBusy.
     Errors: 1010 NotAGitRepository, 1002 SessionBusy, 1007 for a bad id.
     """
-    return call.engine.init_session(p.config, p.repo_path, p.session_id)
+    defaults = call.daemon.defaults
+    config = defaults if p.config is None else overlay(defaults, p.config)
+    return call.engine.init_session(config, p.repo_path, p.session_id)
 
 
 @methods.method()
@@ -328,12 +333,16 @@ async def parallel_schedule_next(call: Call, p: SessionParams) -> Assignment:
 
 @methods.method()
 async def parallel_stop_all(call: Call, p: SessionParams) -> list[Task]:
-    """Stop every running agent of the session.
+    """Stop every running agent of the session, and pause it if it was running.
 
     Their tasks return to `ready` without consuming a retry and keep their
-    worktree and branch. Result: the requeued tasks.
+    worktree and branch. A running session is paused first, so the tasks do
+    not start again at once; `session_resume` carries on. Result: the
+    requeued tasks.
     """
     state = call.engine.session(p.session_id)
+    if state.session.status is SessionStatus.RUNNING:
+        call.engine.set_status(state.id, SessionStatus.PAUSED)
     stopping = [r.task_id for r in call.pool.running.values() if r.state is state]
     call.pool.stop(state, cancel=False)
     await call.pool.wait_stopped(state)
@@ -439,9 +448,9 @@ def _agent(call: Call, agent_id: str) -> Agent:
     running = call.pool.running.get(agent_id)
     if running is not None:
         return running.agent
-    for agent in call.engine.store.agents():
-        if agent.id == agent_id:
-            return agent
+    agent = call.engine.store.agent(agent_id)
+    if agent is not None:
+        return agent
     raise errors.AgentNotFound(f"no agent {agent_id!r}", {"agentId": agent_id})
 
 
@@ -456,6 +465,12 @@ async def parallel_list_agents(call: Call, p: ListAgentsParams) -> list[Agent]:
     if p.live:
         return list(live.values())
     return [live.get(a.id, a) for a in call.engine.store.agents(state.id)]
+
+
+@methods.method()
+async def parallel_get_agent(call: Call, p: AgentRef) -> Agent:
+    """Return one agent (one attempt) by id, live figures included. Errors: 2001."""
+    return _agent(call, p.agent_id)
 
 
 @methods.method()

@@ -69,6 +69,7 @@ class Daemon:
             cgroup=cgroups.detect(),
             request_shutdown=self.server.request_shutdown,
             connections=lambda: len(self.server.connections),
+            defaults=config.defaults,
         )
 
     def _make_call(self, conn: Connection) -> Call:

@@ -108,6 +108,7 @@ class AgentPool:
         self._wakeups: dict[str, trio.Event] = {}
         self._runners: set[str] = set()
         self._repo_locks: dict[str, trio.Lock] = {}
+        self.closing = False
         self._stats = {"completed": 0, "failed": 0}
         engine.on_change.append(self.wake)
 
@@ -157,6 +158,7 @@ class AgentPool:
 
     async def shutdown(self) -> None:
         """Stop every agent (requeued, no retry consumed) and wait for their trees to die."""
+        self.closing = True  # nothing new starts from here on
         for running in list(self.running.values()):
             running.requeue = True
             if running.run is not None:
@@ -189,7 +191,7 @@ class AgentPool:
 
     async def _runner(self, state: SessionState) -> None:
         try:
-            while state.session.status is SessionStatus.RUNNING:
+            while state.session.status is SessionStatus.RUNNING and not self.closing:
                 event = self._wakeups.setdefault(state.id, trio.Event())
                 while self._try_start(state):
                     pass
@@ -222,7 +224,7 @@ class AgentPool:
 
     def _try_start(self, state: SessionState) -> bool:
         """Start the next task if a slot and resources allow; True if one started."""
-        if state.scheduler.aborted or self._resource_gated(state):
+        if self.closing or state.scheduler.aborted or self._resource_gated(state):
             return False
         now = self.engine.clock()
         promoted = state.scheduler.promote_due(now)
@@ -262,6 +264,8 @@ class AgentPool:
         """Start one task by hand (parallel_schedule_next), whatever the session status."""
         if state.scheduler.aborted:
             raise errors.SessionAborted(data={"sessionId": state.id})
+        if self.closing:
+            raise errors.ShuttingDown()
         if self._resource_gated(state):
             return None, None, "resource limits reached (maxAgents, total CPU or memory)"
         now = self.engine.clock()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import math
 import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -141,6 +142,11 @@ class Registry(Generic[Ctx]):
         return f"Registry({len(self.methods)} methods)"
 
 
+def _reject_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON (Python's json accepts them by default)."""
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def _valid_request(item: Any) -> bool:
     """The request object rules of the spec, checked without jsonschema."""
     if not isinstance(item, dict) or item.get("jsonrpc") != "2.0":
@@ -152,6 +158,8 @@ def _valid_request(item: Any) -> bool:
     if "id" in item:
         ident = item["id"]
         if isinstance(ident, bool) or not isinstance(ident, str | int | float | type(None)):
+            return False
+        if isinstance(ident, float) and not math.isfinite(ident):  # 1e400 parses as inf
             return False
     return set(item) <= {"jsonrpc", "method", "params", "id"}
 
@@ -165,8 +173,9 @@ class Dispatcher(Generic[Ctx]):
     async def dispatch_text(self, ctx: Ctx, text: bytes | str) -> JSON | None:
         """Answer one frame; None means nothing is to be sent (notifications)."""
         try:
-            decoded = json.loads(text)
-        except (ValueError, UnicodeDecodeError):
+            decoded = json.loads(text, parse_constant=_reject_constant)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            # RecursionError: nesting deeper than Python's json can follow.
             return serialize_error(PARSE_ERROR)
         return await self.dispatch_decoded(ctx, decoded)
 

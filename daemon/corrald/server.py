@@ -130,7 +130,10 @@ class Connection:
         """Write several messages with one system call (event bursts)."""
         framing = self.framing if self.framing is not Framing.UNKNOWN else Framing.NDJSON
         data = b"".join(
-            encode(framing, json.dumps(m, separators=(",", ":"), ensure_ascii=False).encode())
+            encode(
+                framing,
+                json.dumps(m, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(),
+            )
             for m in messages
         )
         async with self._send_lock:
@@ -150,13 +153,20 @@ class Connection:
         await self.send({"jsonrpc": "2.0", "error": exc.to_wire(), "id": None})
 
     async def run(self) -> None:
-        async with trio.open_nursery() as requests, trio.open_nursery() as background:
+        # Pushes (subscriptions) live in the outer nursery so they outlive the
+        # requests that create them; requests always run to completion (their
+        # answers are dropped if the peer left).
+        async with trio.open_nursery() as background:
             self.background = background
-            await self._read_loop(requests)
-            background.cancel_scope.cancel()
-        # requests finish on their own; their answers are dropped if the peer left.
+            async with trio.open_nursery() as requests:
+                clean_eof = await self._read_loop(requests)
+            # After a clean EOF (a half-close, as `nc` does) the peer may still
+            # read: its subscriptions go on until a write fails or they end.
+            if not clean_eof or not self.state.get("subscriptions"):
+                background.cancel_scope.cancel()
 
-    async def _read_loop(self, requests: trio.Nursery) -> None:
+    async def _read_loop(self, requests: trio.Nursery) -> bool:
+        """Read frames until the peer stops; True for a clean EOF."""
         limits = self.server.limits
         while not self.closed:
             timeout = limits.frame_timeout_secs if self.reader.pending else math.inf
@@ -164,22 +174,23 @@ class Connection:
                 try:
                     data = await self.stream.receive_some(65536)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    return
+                    return False
             if waited.cancelled_caught:
                 await self.send_error(
                     errors.FrameTimeout(data={"timeoutSecs": limits.frame_timeout_secs})
                 )
-                return
+                return False
             if not data:
-                return
+                return not self.reader.pending
             try:
                 frames = self.reader.feed(data)
             except errors.CorralError as exc:
                 await self.send_error(exc)
-                return
+                return False
             for frame in frames:
                 await self._inflight.acquire()
                 requests.start_soon(self._answer, frame)
+        return False
 
     async def _answer(self, frame: bytes) -> None:
         server = self.server

@@ -205,6 +205,10 @@ class Store:
             ),
         )
 
+    def agent(self, agent_id: str) -> Agent | None:
+        row = self.db.execute("SELECT data FROM attempts WHERE id = ?", (agent_id,)).fetchone()
+        return None if row is None else Agent.model_validate_json(row[0])
+
     def agents(self, session_id: str | None = None, *, live_only: bool = False) -> list[Agent]:
         sql = "SELECT data FROM attempts WHERE 1=1"
         args: list[Any] = []
