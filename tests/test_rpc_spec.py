@@ -16,6 +16,7 @@ type), `result`, `error.code` and `error.message` exactly, and allow a
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
@@ -29,6 +30,7 @@ import trio
 from corral.models import NoParams, Params
 from corrald.rpc import Registry
 from corrald.server import Connection, Server, bind_socket
+from tests.daemon_proc import DaemonProcess
 
 # --- the spec's methods ------------------------------------------------------------
 
@@ -398,3 +400,47 @@ async def test_invalid_params_positional_too_many(raw: Raw) -> None:
     answer = await raw.receive()
     assert answer["id"] == 8
     assert answer["error"]["code"] == -32602
+
+
+# --- rpc.discover: the OpenRPC document of the real daemon ---------------------------------
+
+# DESIGN.md §4 "RPC surface": the command names every frontend relies on.
+DESIGN_METHODS = {
+    "init_parallel_scheduler", "parallel_add_task", "parallel_add_tasks",
+    "parallel_schedule_next", "parallel_complete_task", "parallel_fail_task",
+    "parallel_stop_all", "parallel_get_scheduler_stats", "parallel_get_pool_stats",
+    "parallel_check_violations", "parallel_get_agent_logs", "parallel_poll_completed",
+    "worktree_allocate", "worktree_deallocate", "worktree_deallocate_by_agent",
+    "worktree_get_allocations", "worktree_cleanup_orphaned", "conflicts_detect",
+    "conflicts_can_merge_safely", "conflicts_get_summary", "conflicts_resolve",
+    "rpc.discover", "events_subscribe", "daemon_status", "daemon_shutdown",
+}  # fmt: skip
+
+
+def test_rpc_discover_describes_every_method(daemon: DaemonProcess) -> None:
+    from corral.client import _Methods, _Rpc
+    from corral.errors import ERROR_CLASSES
+    from corrald.api import methods
+
+    with daemon.client() as c:
+        doc = c.rpc_discover()
+    assert doc["openrpc"].startswith("1.2")
+    by_name = {m["name"]: m for m in doc["methods"]}
+    assert set(by_name) == set(methods.methods)
+    assert set(by_name) >= DESIGN_METHODS, DESIGN_METHODS - set(by_name)
+    for name, method in by_name.items():
+        assert method["description"].strip(), f"{name} has no docstring"
+        assert method["paramStructure"] == "by-name"
+        for param in method["params"]:
+            assert "_" not in param["name"], (name, param["name"])  # camelCase on the wire
+    # Every typed client method exists on the daemon.
+    client_names = {v.name for v in vars(_Methods).values() if isinstance(v, _Rpc)}
+    assert client_names <= set(by_name), client_names - set(by_name)
+    # The error table is published as-is.
+    published = {e["code"]: e["name"] for e in doc["components"]["x-errors"]}
+    assert published == {code: cls.__name__ for code, cls in ERROR_CLASSES.items()}
+    # Every $ref resolves inside the document.
+    text = json.dumps(doc)
+    schemas = doc["components"]["schemas"]
+    for ref in set(re.findall(r'"#/components/schemas/([^"]+)"', text)):
+        assert ref in schemas, ref
