@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from corral import errors
 from corral.models import TaskStatus
 from tests.daemon_proc import DaemonProcess
+from tests.test_pool import agent_config, assert_all_dead, wait_for
 
 
 def _snapshot(d: DaemonProcess, session_id: str) -> list[dict[str, object]]:
@@ -16,38 +18,60 @@ def _snapshot(d: DaemonProcess, session_id: str) -> list[dict[str, object]]:
         return [t.to_wire() for t in c.parallel_list_tasks(session_id=session_id)]
 
 
-@pytest.mark.slow
 def test_kill_9_loses_nothing_acknowledged(repo: Path, tmp_path: Path) -> None:
+    plan, pidfile = tmp_path / "plan.json", tmp_path / "pids"
+    plan.write_text(json.dumps({"*": ["--sleep", "60", "--pidfile", str(pidfile)]}))
     state = tmp_path / "state"
-    with DaemonProcess(state) as d:
+    config = agent_config(plan, "fake")
+    limits = {"maxAgents": 25}
+    with DaemonProcess(state, config=config) as d:
         with d.client() as c:
-            session = c.init_parallel_scheduler(
-                repo_path=str(repo), session_id="dur", config={"maxParallel": 50}
+            c.init_parallel_scheduler(
+                repo_path=str(repo),
+                session_id="dur",
+                config={"maxParallel": 25, "agentType": "fake", "resourceLimits": limits},
             )
             for i in range(1000):
                 deps = [f"t{i - 1}"] if i % 10 else []
-                c.parallel_add_task(session_id="dur", id=f"t{i}", title=f"task {i}",
-                                    priority=i % 7, dependencies=deps)
+                c.parallel_add_task(
+                    session_id="dur",
+                    id=f"t{i}",
+                    title=f"task {i}",
+                    priority=i % 7,
+                    dependencies=deps,
+                )
             started = []
-            for _ in range(40):
+            for _ in range(20):
                 assignment = c.parallel_schedule_next(session_id="dur")
-                assert assignment.task is not None
+                assert assignment.task is not None and assignment.agent is not None
                 started.append(assignment.task.id)
-            for task_id in started[:25]:
+            wait_for(lambda: pidfile.exists() and len(pidfile.read_text().splitlines()) == 20)
+            for task_id in started[:12]:  # work finished elsewhere, reported over RPC
                 c.parallel_complete_task(session_id="dur", task_id=task_id)
-            for task_id in started[25:30]:
+            for task_id in started[12:16]:
                 c.parallel_fail_task(session_id="dur", task_id=task_id, error="boom")
-            before = _snapshot(d, session.id)
-        d.kill()  # SIGKILL: no shutdown path runs
+            running = set(started[16:])
+            before = {t["id"]: t for t in _snapshot(d, "dur")}
+        d.kill()  # SIGKILL: no shutdown path runs; the agents outlive it
 
-    with DaemonProcess(state) as d2:
-        after = _snapshot(d2, "dur")
+    with DaemonProcess(state, config=config) as d2:
+        after = {t["id"]: t for t in _snapshot(d2, "dur")}
         with d2.client() as c:
             assert [s.id for s in c.session_list()] == ["dur"]
-    assert len(after) == 1000
-    assert after == before
-    statuses = {t["status"] for t in after}
-    assert {"completed", "retry_wait", "in_progress", "ready", "pending"} <= statuses
+    assert_all_dead(pidfile)  # the restarted daemon killed the old agents
+    assert after.keys() == before.keys() and len(after) == 1000
+    for task_id, task in before.items():
+        if task_id in running:
+            # Its agent died with the daemon: back to ready, the attempt not
+            # counted, worktree and branch kept.
+            assert after[task_id]["status"] == "ready"
+            assert after[task_id]["attempts"] == task["attempts"] - 1
+            assert after[task_id]["branch"] == task["branch"]
+            assert after[task_id]["worktreePath"] == task["worktreePath"]
+        else:
+            assert after[task_id] == task
+    statuses = {t["status"] for t in after.values()}
+    assert {"completed", "retry_wait", "ready", "pending"} <= statuses
 
 
 def test_cycle_batch_rejected_whole_over_rpc(daemon: DaemonProcess, repo: Path) -> None:
@@ -55,12 +79,14 @@ def test_cycle_batch_rejected_whole_over_rpc(daemon: DaemonProcess, repo: Path) 
         c.init_parallel_scheduler(repo_path=str(repo))
         c.parallel_add_task(id="base", title="base")
         with pytest.raises(errors.DependencyCycle) as caught:
-            c.parallel_add_tasks(tasks=[
-                {"id": "a", "title": "a", "dependencies": ["base", "c"]},
-                {"id": "b", "title": "b", "dependencies": ["a"]},
-                {"id": "c", "title": "c", "dependencies": ["b"]},
-                {"id": "free", "title": "not in the cycle"},
-            ])
+            c.parallel_add_tasks(
+                tasks=[
+                    {"id": "a", "title": "a", "dependencies": ["base", "c"]},
+                    {"id": "b", "title": "b", "dependencies": ["a"]},
+                    {"id": "c", "title": "c", "dependencies": ["b"]},
+                    {"id": "free", "title": "not in the cycle"},
+                ]
+            )
         cycle = caught.value.data["cycle"]
         assert cycle[0] == cycle[-1] and set(cycle) == {"a", "b", "c"}
         assert [t.id for t in c.parallel_list_tasks()] == ["base"]
