@@ -217,6 +217,8 @@ class _Engine:
         if not (ch1.keys() & ch2.keys() or ch1.keys() & dirs2 or ch2.keys() & dirs1):
             return _Analysis([])
         index = self._merge(c1, c2, base_id, full)
+        if index.conflicts is not None:
+            self._merge_same_renames(index, base_tree, c1, c2)
         groups: dict[str, Triple] = {}
         conflicts = index.conflicts
         if conflicts is not None:
@@ -249,6 +251,35 @@ class _Engine:
             )
         analysis.facts.sort(key=lambda f: f.path)
         return analysis
+
+    def _merge_same_renames(
+        self, index: pygit2.Index, base_tree: pygit2.Tree, c1: pygit2.Commit, c2: pygit2.Commit
+    ) -> None:
+        """Merge files both sides renamed to the same new name, as git does.
+
+        libgit2 reports such a file as a conflict (stage 1 at the old name,
+        stages 2 and 3 at the new one) even when the two edits merge cleanly;
+        git merges the content. Do that here with a file-level three-way merge
+        and keep the conflict only if the content really conflicts.
+        """
+        conflicts = index.conflicts
+        assert conflicts is not None
+        ren1 = self.renames(base_tree, c1.tree)
+        ren2 = self.renames(base_tree, c2.tree)
+        for old, new in ren1.items():
+            if ren2.get(old) != new or old not in conflicts or new not in conflicts:
+                continue
+            anc, _, _ = conflicts[old]
+            _, ours, theirs = conflicts[new]
+            if anc is None or ours is None or theirs is None:
+                continue
+            merged = self.repo.merge_file_from_index(anc, ours, theirs)
+            if not merged.automergeable:
+                continue
+            del conflicts[old]
+            del conflicts[new]
+            blob = self.repo.create_blob(merged.contents.encode())
+            index.add(pygit2.IndexEntry(new, blob, ours.mode))
 
     def _conflict_facts(
         self,
