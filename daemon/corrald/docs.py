@@ -74,12 +74,12 @@ def blocks(text: str) -> dict[str, str]:
 
 def rewrite(text: str) -> str:
     for name in BLOCKS:
-        text = re.sub(
-            rf"(<!-- {name} -->\n).*?(<!-- /{name} -->)",
-            lambda m, n=name: m.group(1) + render(n) + m.group(2),
-            text,
-            flags=re.S,
-        )
+        body = render(name)
+
+        def fill(match: re.Match[str], body: str = body) -> str:
+            return match.group(1) + body + match.group(2)
+
+        text = re.sub(rf"(<!-- {name} -->\n).*?(<!-- /{name} -->)", fill, text, flags=re.S)
     return text
 
 
