@@ -115,10 +115,10 @@ def test_detection_skips_leading_whitespace_lsp() -> None:
 
 def test_detection_waits_on_a_partial_content_length_prefix() -> None:
     reader = FrameReader(1024)
-    assert reader.feed(b"Content-Le") == []
+    assert reader.feed(b"Conte") == []
     assert framing(reader) is Framing.UNKNOWN
     assert reader.pending
-    assert reader.feed(b'ngth: 7\r\n\r\n{"a":1}') == [b'{"a":1}']
+    assert reader.feed(b'nt-Length: 7\r\n\r\n{"a":1}') == [b'{"a":1}']
     assert framing(reader) is Framing.LSP
 
 
@@ -244,3 +244,16 @@ def test_repr_summarises() -> None:
     reader = FrameReader(1024)
     reader.feed(b'{"a"')
     assert repr(reader) == "FrameReader(ndjson, buffered=4)"
+
+
+def test_lsp_content_type_may_come_first() -> None:
+    # The LSP base protocol allows Content-Type before Content-Length.
+    body = b'{"jsonrpc":"2.0","method":"x","id":1}'
+    reader = FrameReader(1024)
+    frames = reader.feed(
+        b"Content-Type: application/vscode-jsonrpc; charset=utf-8\r\n"
+        + b"Content-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
+    assert frames == [body]
+    assert reader.framing is Framing.LSP

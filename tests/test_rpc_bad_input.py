@@ -283,10 +283,6 @@ def test_stalled_half_frame_times_out_and_is_closed(capped: DaemonProcess, half:
     assert_alive(capped)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the frame timeout restarts on every read, so a drip-fed frame never times out",
-)
 def test_drip_fed_half_frame_times_out(capped: DaemonProcess) -> None:
     # Slowloris: one byte of a frame that never ends, every 0.2 s (under the
     # 0.5 s timeout). Each receive_some() gets a fresh move_on_after, so the
@@ -471,18 +467,21 @@ async def test_internal_error_is_short_and_leaks_nothing(
 
 def test_deeply_nested_json_is_a_parse_error(capped: DaemonProcess) -> None:
     # 20,000 levels fit in the frame cap; Python's json gives up with a
-    # RecursionError, which is not caught as a parse error: the connection is
-    # torn down (and any other request in flight on it is lost) with no answer.
+    # RecursionError, which must be a parse error, not a torn-down connection
+    # (that would lose the other request in flight on it). Pipelined answers
+    # may come in either order (trio randomises its run batches).
     depth = 20_000
     with Raw(capped.socket) as raw:
         try:
             raw.send(b"[" * depth + b"]" * depth + b"\n")
             raw.request(status("after"))
-            answer = raw.receive()
+            answers = [raw.receive(), raw.receive()]
         finally:
             assert_alive(capped)
-        error_of(answer, -32700)
-        assert raw.receive()["id"] == "after"
+        by_id = {a["id"]: a for a in answers}
+        assert set(by_id) == {None, "after"}
+        error_of(by_id[None], -32700)
+        assert "result" in by_id["after"]
 
 
 def test_answers_are_strict_json_even_for_odd_ids(capped: DaemonProcess) -> None:

@@ -20,7 +20,9 @@ class Framing(Enum):
     LSP = "lsp"
 
 
-_HEADER = b"content-length:"
+# LSP headers are `Content-Length:` and optionally `Content-Type:`, in any
+# order; JSON starts with `{` or `[`, so the prefix alone tells them apart.
+_DETECT = b"content-"
 _HEADER_END = b"\r\n\r\n"
 _MAX_HEADER = 4096
 
@@ -42,16 +44,16 @@ class FrameReader:
     def feed(self, data: bytes) -> list[bytes]:
         self._buf += data
         if self.framing is Framing.UNKNOWN:
-            head = bytes(self._buf.lstrip()[: len(_HEADER)])
+            head = bytes(self._buf.lstrip()[: len(_DETECT)])
             if not head:
                 if len(self._buf) > self.max_frame:  # only blanks so far: bound them too
                     raise errors.FrameTooLarge(
                         data={"limit": self.max_frame, "size": len(self._buf)}
                     )
                 return []
-            if _HEADER.startswith(head.lower()) and len(head) < len(_HEADER):
+            if _DETECT.startswith(head.lower()) and len(head) < len(_DETECT):
                 return []  # could still become a header; wait for more bytes
-            self.framing = Framing.LSP if head.lower() == _HEADER else Framing.NDJSON
+            self.framing = Framing.LSP if head.lower() == _DETECT else Framing.NDJSON
         if self.framing is Framing.NDJSON:
             return self._ndjson()
         return self._lsp()

@@ -136,14 +136,19 @@ class Connection:
             )
             for m in messages
         )
-        async with self._send_lock:
+        try:  # no scheduler pass when nobody else is writing (the common case)
+            self._send_lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._send_lock.acquire()
+        try:
             if self.closed:
                 return False
-            try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                self.closed = True
-                return False
+            await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            self.closed = True
+            return False
+        finally:
+            self._send_lock.release()
         return True
 
     async def notify(self, method: str, params: Any) -> bool:
@@ -166,19 +171,27 @@ class Connection:
                 background.cancel_scope.cancel()
 
     async def _read_loop(self, requests: trio.Nursery) -> bool:
-        """Read frames until the peer stops; True for a clean EOF."""
+        """Read frames until the peer stops; True for a clean EOF.
+
+        A partial frame is on the clock from its first byte: the deadline is set
+        once per frame, so a peer dripping bytes cannot hold the connection.
+        """
         limits = self.server.limits
+        deadline = math.inf
         while not self.closed:
-            timeout = limits.frame_timeout_secs if self.reader.pending else math.inf
-            with trio.move_on_after(timeout) as waited:
-                try:
+            try:
+                if deadline == math.inf:
                     data = await self.stream.receive_some(65536)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                    return False
-            if waited.cancelled_caught:
-                await self.send_error(
-                    errors.FrameTimeout(data={"timeoutSecs": limits.frame_timeout_secs})
-                )
+                else:
+                    data = b""
+                    with trio.move_on_at(deadline):
+                        data = await self.stream.receive_some(65536)
+                    if trio.current_time() >= deadline:
+                        await self.send_error(
+                            errors.FrameTimeout(data={"timeoutSecs": limits.frame_timeout_secs})
+                        )
+                        return False
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 return False
             if not data:
                 return not self.reader.pending
@@ -187,8 +200,15 @@ class Connection:
             except errors.CorralError as exc:
                 await self.send_error(exc)
                 return False
+            if not self.reader.pending:
+                deadline = math.inf
+            elif frames or deadline == math.inf:  # a new frame has begun
+                deadline = trio.current_time() + limits.frame_timeout_secs
             for frame in frames:
-                await self._inflight.acquire()
+                try:  # no scheduler pass when a slot is free (the common case)
+                    self._inflight.acquire_nowait()
+                except trio.WouldBlock:
+                    await self._inflight.acquire()
                 requests.start_soon(self._answer, frame)
         return False
 
