@@ -9,10 +9,12 @@ import sys
 from pathlib import Path
 
 import psutil
+import pytest
 
 from tests.conftest import git
 
 
+@pytest.mark.slow
 def test_demo_json_shows_every_outcome_and_leaves_nothing_running() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "corral.cli", "demo", "--json"],

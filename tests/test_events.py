@@ -146,3 +146,25 @@ def test_stuck_subscriber_is_dropped_with_lagged_others_unaffected(repo: Path) -
             stuck.close()
         notice = next(json.loads(line) for line in buf.split(b"\n") if b'"lagged"' in line)
         assert notice["params"]["reason"].startswith("subscriber queue overflowed")
+
+
+async def test_async_client_streams_events_and_resumes(daemon: DaemonProcess, repo: Path) -> None:
+    import contextlib
+
+    import trio
+
+    from corral.client import AsyncClient
+
+    with daemon.client() as c:
+        c.init_parallel_scheduler(repo_path=str(repo))
+        start = c.daemon_status().event_seq
+        c.parallel_add_tasks(tasks=_tasks(5, "x"))
+    seen: list[Event] = []
+    stream = AsyncClient(daemon.socket).events(topics=["task"], since_seq=start, reconnect=False)
+    with trio.fail_after(20):
+        async with contextlib.aclosing(stream) as events:
+            async for event in events:
+                seen.append(event)
+                if len(seen) == 5:
+                    break
+    assert [e.payload["taskId"] for e in seen] == [f"x{i}" for i in range(5)]

@@ -18,7 +18,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -35,6 +34,7 @@ from corral.models import (
     Task,
     TaskStatus,
     check_task_id,
+    to_jsonable,
 )
 from corral.plan import PlanError, load_plan, slugify
 
@@ -69,7 +69,7 @@ class Out:
         self.err = Console(stderr=True, highlight=False)
 
     def data(self, value: Any) -> None:
-        print(json.dumps(_plain(value), indent=2, sort_keys=False))
+        print(json.dumps(to_jsonable(value), indent=2, sort_keys=False))
 
     def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         table = Table(title=title, title_justify="left")
@@ -84,16 +84,6 @@ class Out:
 
     def error(self, text: str) -> None:
         self.err.print(f"[bold red]error:[/] {text}", soft_wrap=True)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json", by_alias=True, exclude_none=True)
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
 
 
 def connect(args: argparse.Namespace) -> Client:

@@ -97,6 +97,31 @@ def _not_running(path: Path, exc: OSError) -> errors.DaemonNotRunning:
     )
 
 
+class _Resume:
+    """Where an event stream is: the last seq delivered, so a reconnect resumes there."""
+
+    def __init__(self, since_seq: int | None) -> None:
+        self.last = since_seq
+
+    def subscribed(self, answer: dict[str, Any]) -> None:
+        if self.last is None:
+            self.last = int(answer["seq"])
+
+    def accept(self, message: dict[str, Any]) -> Event | None:
+        """The new event in `message`, if any; a `lagged` notice ends the stream."""
+        if message.get("method") == "event":
+            event = Event.model_validate(message["params"])
+            if event.seq > (self.last or 0):
+                self.last = event.seq
+                return event
+        elif message.get("method") == "lagged":
+            raise errors.ConnectionLost(
+                "the daemon dropped this subscriber: it fell behind",
+                message.get("params") or {},
+            )
+        return None
+
+
 class _Rpc(Generic[R]):
     """A typed RPC method usable on both clients (a descriptor)."""
 
@@ -239,28 +264,23 @@ class Client(_Methods):
         restart) it reconnects and resumes from the last seq it yielded, so
         nothing is missed or repeated.
         """
-        last = since_seq
+        where = _Resume(since_seq)
         while True:
             try:
                 with Client(self.path, timeout=None) as sub:
-                    answer = sub.call(
-                        "events_subscribe", topics=topics, session_id=session_id, since_seq=last
+                    where.subscribed(
+                        sub.call(
+                            "events_subscribe",
+                            topics=topics,
+                            session_id=session_id,
+                            since_seq=where.last,
+                        )
                     )
-                    if last is None:
-                        last = int(answer["seq"])
                     assert sub._sock is not None
                     while True:
-                        message = sub._sock.receive()
-                        if message.get("method") == "event":
-                            event = Event.model_validate(message["params"])
-                            if event.seq > (last or 0):
-                                last = event.seq
-                                yield event
-                        elif message.get("method") == "lagged":
-                            raise errors.ConnectionLost(
-                                "the daemon dropped this subscriber: it fell behind",
-                                message.get("params") or {},
-                            )
+                        event = where.accept(sub._sock.receive())
+                        if event is not None:
+                            yield event
             except (errors.ConnectionLost, errors.DaemonNotRunning):
                 if not reconnect:
                     raise
@@ -439,32 +459,55 @@ class AsyncClient(_Methods):
         since_seq: int | None = None,
         reconnect: bool = True,
     ) -> AsyncIterator[Event]:
-        """Subscribe and yield events, resuming after reconnects (own connection)."""
-        last = since_seq
+        """Subscribe and yield events, resuming after reconnects (own connection).
+
+        Use it as `async with contextlib.aclosing(client.events()) as stream:`
+        so the connection closes as soon as you stop. It holds no nursery or
+        cancel scope across a `yield` (trio forbids that in generators).
+        """
+        where = _Resume(since_seq)
         while True:
+            stream: trio.SocketStream | None = None
             try:
-                async with AsyncClient(self.path) as sub:
-                    answer = await sub.call(
-                        "events_subscribe", topics=topics, session_id=session_id, since_seq=last
-                    )
-                    if last is None:
-                        last = int(answer["seq"])
-                    async for message in sub.pushes:
-                        if message.get("method") == "event":
-                            event = Event.model_validate(message["params"])
-                            if event.seq > (last or 0):
-                                last = event.seq
-                                yield event
-                        elif message.get("method") == "lagged":
-                            raise errors.ConnectionLost(
-                                "the daemon dropped this subscriber: it fell behind",
-                                message.get("params") or {},
-                            )
-                    raise errors.ConnectionLost("corrald closed the connection")
+                try:
+                    stream = await trio.open_unix_socket(str(self.path))
+                except OSError as exc:
+                    raise _not_running(self.path, exc) from None
+                params = _params(
+                    {"topics": topics, "session_id": session_id, "since_seq": where.last}
+                )
+                request = {
+                    "jsonrpc": "2.0",
+                    "method": "events_subscribe",
+                    "params": params,
+                    "id": 0,
+                }
+                await stream.send_all(json.dumps(request).encode() + b"\n")
+                buf = bytearray()
+                while True:
+                    try:
+                        chunk = await stream.receive_some(1 << 16)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                        raise errors.ConnectionLost(str(exc)) from exc
+                    if not chunk:
+                        raise errors.ConnectionLost("corrald closed the connection")
+                    buf += chunk
+                    while (nl := buf.find(b"\n")) >= 0:
+                        message = json.loads(bytes(buf[:nl]) or b"{}")
+                        del buf[: nl + 1]
+                        if message.get("id") == 0:
+                            where.subscribed(_result(message))
+                            continue
+                        event = where.accept(message)
+                        if event is not None:
+                            yield event
             except (errors.ConnectionLost, errors.DaemonNotRunning):
                 if not reconnect:
                     raise
                 await _await_socket(self.path)
+            finally:
+                if stream is not None:
+                    await stream.aclose()
 
     def __repr__(self) -> str:
         return f"AsyncClient({self.path}, connected={self._stream is not None})"

@@ -24,11 +24,8 @@ repository is kept (its path is printed) unless `--cleanup` is given.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -39,8 +36,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from corral import errors, watch
+from corral import watch
 from corral.client import Client
+from corral.launch import DaemonStartError, LocalDaemon
 from corral.models import Event
 
 #: The repository the demo starts from.
@@ -207,73 +205,6 @@ def make_repo(path: Path) -> Path:
     return path
 
 
-class PrivateDaemon:
-    """A corrald subprocess owned by the demo: its own socket, state and config."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.socket = root / "corrald.sock"
-        self.log_path = root / "corrald.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, config: str, timeout: float = 20.0) -> PrivateDaemon:
-        config_path = self.root / "config.toml"
-        config_path.write_text(config)
-        argv = [
-            sys.executable,
-            "-m",
-            "corrald.app",
-            "--socket",
-            str(self.socket),
-            "--state-dir",
-            str(self.root / "state"),
-            "--config",
-            str(config_path),
-        ]
-        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "LISTEN_FDS")}
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise DemoError(f"corrald exited {self.proc.returncode}: {self.log_tail()}")
-            try:
-                with Client(self.socket, timeout=5) as c:
-                    c.daemon_status()
-                return self
-            except (errors.DaemonNotRunning, errors.ConnectionLost):
-                time.sleep(0.05)
-        raise DemoError(f"corrald did not start within {timeout:.0f} s: {self.log_tail()}")
-
-    def log_tail(self) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return text.strip().splitlines()[-1] if text.strip() else "(no output)"
-
-    def stop(self) -> None:
-        """Ask politely (daemon_shutdown), then SIGTERM, then SIGKILL; always reap."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            polite = Client(self.socket, timeout=5)
-            with contextlib.suppress(errors.CorralError, OSError), polite as c:
-                c.daemon_shutdown()
-            for sig in (None, signal.SIGTERM, signal.SIGKILL):
-                if sig is not None and self.proc.poll() is None:
-                    self.proc.send_signal(sig)
-                try:
-                    self.proc.wait(15 if sig is None else 5)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
-        with contextlib.suppress(FileNotFoundError):
-            self.socket.unlink()  # only if the daemon did not remove it itself
-
-    def __repr__(self) -> str:
-        return f"PrivateDaemon({self.socket}, pid={self.proc.pid if self.proc else None})"
-
-
 def daemon_config(root: Path, script: Path) -> str:
     """The private daemon's TOML: worktrees inside the demo dir, the demo agent type."""
     argv = json.dumps([sys.executable, str(script), str(root)])
@@ -438,21 +369,28 @@ def run_demo(console: Console, *, as_json: bool = False, cleanup: bool = False) 
     script = root / "demo_agent.py"
     script.write_text(AGENT_SCRIPT)
     (root / "behaviour.json").write_text(json.dumps(BEHAVIOUR))
-    daemon = PrivateDaemon(root)
+    config_path = root / "config.toml"
+    config_path.write_text(daemon_config(root, script))
+    daemon = LocalDaemon(
+        root / "corrald.sock",
+        root / "state",
+        log_path=root / "corrald.log",
+        config_path=config_path,
+    )
     mode: watch.Mode = "quiet" if as_json else "live" if console.is_terminal else "plain"
     try:
         repo = make_repo(root / "repo")
         if not as_json:
             console.print(f"corral demo: repository {repo}, private daemon on {daemon.socket}")
-        daemon.start(daemon_config(root, script))
+        daemon.start()
         with Client(daemon.socket) as c:
             pid = c.daemon_status().pid
             result = run_plan(c, repo, console, mode)
-    except DemoError as exc:
+    except (DemoError, DaemonStartError) as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 1
     finally:
-        daemon.stop()
+        daemon.shutdown()
     result.update(
         {
             "wallSecs": round(time.monotonic() - t0, 2),

@@ -47,6 +47,17 @@ class Wire(BaseModel):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
+def to_jsonable(value: Any) -> Any:
+    """Models (camelCase, no nulls), lists and dicts of them, as plain JSON values."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", by_alias=True, exclude_none=True)
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_jsonable(v) for k, v in value.items()}
+    return value
+
+
 class Params(Wire):
     """Base of every RPC params model: unknown keys are an error."""
 

@@ -41,7 +41,7 @@ from jsonrpcserver.sentinels import NODATA, NOID
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from corral import errors
-from corral.models import NoParams
+from corral.models import NoParams, to_jsonable
 
 log = logging.getLogger("corrald.rpc")
 
@@ -67,16 +67,6 @@ class MethodSpec(Generic[Ctx]):
     @property
     def summary(self) -> str:
         return self.doc.strip().splitlines()[0] if self.doc.strip() else self.name
-
-
-def _jsonable(value: Any) -> JSON:
-    if isinstance(value, BaseModel):
-        return value.model_dump(mode="json", by_alias=True, exclude_none=True)
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    return value
 
 
 def validation_data(exc: ValidationError) -> dict[str, Any]:
@@ -232,7 +222,7 @@ class Dispatcher(Generic[Ctx]):
         except Exception:
             log.exception("method %s failed", request.method)
             return self._error(request, errors.InternalError(data={"method": request.method}))
-        return serialize_success(SuccessResponse(_jsonable(result), request.id))
+        return serialize_success(SuccessResponse(to_jsonable(result), request.id))
 
     @staticmethod
     def _bind(spec: MethodSpec[Ctx], params: list[Any] | dict[str, Any]) -> BaseModel:
