@@ -493,6 +493,7 @@ class DaemonStatus(Wire):
     sessions: int
     subscribers: int = 0
     event_seq: int = 0
+    executor: dict[str, Any] = Field(default_factory=dict)
     socket_path: str
     state_dir: str
     cgroup: CgroupFeatures

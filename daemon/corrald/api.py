@@ -92,7 +92,8 @@ async def daemon_status(call: Call, p: NoParams) -> DaemonStatus:
     """Report the daemon's version, pid, uptime, connections, sessions and cgroup support.
 
     Result: DaemonStatus. `cgroup` says whether per-agent cgroups (v2) are
-    available here, with which controllers, and why not if they are not.
+    available here, with which controllers, and why not if they are not;
+    `executor` is what runs agents and its capacity (cores, memory).
     """
     info = call.daemon
     return DaemonStatus(
@@ -103,6 +104,7 @@ async def daemon_status(call: Call, p: NoParams) -> DaemonStatus:
         sessions=len(call.engine.sessions),
         subscribers=len(call.engine.bus.subscribers),
         event_seq=call.engine.bus.seq,
+        executor=call.pool.executor.capacity(),
         socket_path=info.socket_path,
         state_dir=info.state_dir,
         cgroup=info.cgroup,

@@ -105,7 +105,8 @@ class AgentPool:
         self._nursery: trio.Nursery | None = None
         self.executor_factory = executor_factory
         self.executor: Executor = _NotStarted()
-        self._wakeups: dict[str, trio.Event] = {}
+        self._wakeups: dict[str, trio.Event] = {}  # per session: something changed
+        self._ended = trio.Event()  # set (and replaced) whenever an agent run ends
         self._runners: set[str] = set()
         self._repo_locks: dict[str, trio.Lock] = {}
         self.closing = False
@@ -167,13 +168,11 @@ class AgentPool:
             await self._any_ended()
 
     async def _any_ended(self) -> None:
-        event = self._wakeups.setdefault("__ended__", trio.Event())
-        await event.wait()
+        await self._ended.wait()
 
     def _signal_ended(self) -> None:
-        event = self._wakeups.pop("__ended__", None)
-        if event is not None:
-            event.set()
+        self._ended.set()
+        self._ended = trio.Event()
 
     # --- scheduling -----------------------------------------------------------------
     def wake(self, state: SessionState) -> None:
