@@ -37,6 +37,7 @@ from pygit2.enums import (
     CheckoutStrategy,
     DeltaStatus,
     DiffFind,
+    FileMode,
     FileStatus,
     MergeFlag,
     ObjectType,
@@ -76,6 +77,7 @@ Changes = dict[str, Entry | None]
 Triple = tuple[Any, Any, Any]  # (ancestor, ours, theirs) IndexEntry | None; pygit2 is untyped here
 
 _FALLBACK_SIGNATURE = ("corral", "corral@localhost")
+_REGULAR = frozenset((FileMode.BLOB, FileMode.BLOB_EXECUTABLE))
 
 
 # --- the engine (runs inside one worker thread) --------------------------------
@@ -108,6 +110,7 @@ class _Engine:
         self._renames: dict[tuple[pygit2.Oid, pygit2.Oid], dict[str, str]] = {}
         self._bases: dict[frozenset[pygit2.Oid], pygit2.Oid | None] = {}
         self._linear: dict[tuple[pygit2.Oid, pygit2.Oid], bool] = {}
+        self._drivers: dict[str, bool] = {}
         self.merges = 0
 
     def __repr__(self) -> str:
@@ -214,8 +217,15 @@ class _Engine:
         base_tree = self._tree(base_id)
         ch1, dirs1 = self.changes(base_tree, c1.tree)
         ch2, dirs2 = self.changes(base_tree, c2.tree)
-        if not (ch1.keys() & ch2.keys() or ch1.keys() & dirs2 or ch2.keys() & dirs1):
+        shared = ch1.keys() & ch2.keys()
+        if ch1.keys() & dirs2 or ch2.keys() & dirs1:
+            pass  # a file on one side where the other has a directory: the tree merge decides
+        elif not shared:
             return _Analysis([])
+        elif not full:
+            quick = self._file_merges(c1, c2, base_id, base_tree, ch1, ch2, shared)
+            if quick is not None:
+                return quick
         index = self._merge(c1, c2, base_id, full)
         if index.conflicts is not None:
             self._merge_same_renames(index, base_tree, c1, c2)
@@ -251,6 +261,81 @@ class _Engine:
             )
         analysis.facts.sort(key=lambda f: f.path)
         return analysis
+
+    def _file_merges(
+        self,
+        c1: pygit2.Commit,
+        c2: pygit2.Commit,
+        base_id: pygit2.Oid | None,
+        base_tree: pygit2.Tree,
+        ch1: Changes,
+        ch2: Changes,
+        shared: set[str],
+    ) -> _Analysis | None:
+        """The pair's facts from file-level merges alone, or None if the tree merge is needed.
+
+        Valid when every path changed on both sides is a regular file in the
+        base and on both sides (no file/directory clash; the caller checked):
+        renames only pair a deleted path with an added one, and any rename
+        conflict involves a path changed on both sides, so none is possible
+        here, and every other path merges trivially. What is left is what
+        libgit2's tree merge would do per path: an identical change or a side
+        that kept the base content is clean; otherwise the text driver's
+        three-way merge, which is `merge_file_from_index` with the default
+        options. Anything else (adds, deletes, symlinks, submodules, a
+        `merge` attribute, several merge bases) returns None.
+        """
+        if base_id is None or not (
+            self._single_base(c1.id, base_id) or self._single_base(c2.id, base_id)
+        ):
+            return None  # unrelated or criss-cross: libgit2's recursive merge decides
+        analysis = _Analysis([])
+        for path in sorted(shared):
+            e1, e2 = ch1[path], ch2[path]
+            if e1 is None or e2 is None:
+                return None  # a delete may be half of a rename
+            if e1 == e2:
+                continue  # the same change on both sides
+            try:
+                anc = base_tree[path]
+            except KeyError:
+                return None  # added on both sides, maybe as a rename target
+            if not (anc.filemode in _REGULAR and e1[1] in _REGULAR and e2[1] in _REGULAR):
+                return None  # a symlink, submodule or directory somewhere: no text merge
+            clean = True
+            # Among regular files a mode change never conflicts (git and libgit2
+            # keep the side that changed it); only contents can.
+            if e1[0] != e2[0] and anc.id not in (e1[0], e2[0]):
+                if not self._text_driver(path):
+                    return None  # a merge driver chosen by .gitattributes
+                triple = (
+                    pygit2.IndexEntry(path, anc.id, anc.filemode),
+                    pygit2.IndexEntry(path, e1[0], FileMode(e1[1])),
+                    pygit2.IndexEntry(path, e2[0], FileMode(e2[1])),
+                )
+                try:
+                    merged = self.repo.merge_file_from_index(*triple)
+                except UnicodeDecodeError:
+                    return None  # pygit2 decodes the result as UTF-8; let the tree merge judge
+                clean = merged.automergeable
+                if not clean:
+                    analysis.groups[path] = triple
+            analysis.facts.append(
+                ConflictFacts(path=path, in_base=True, in_first=True, in_second=True, clean=clean)
+            )
+        return analysis
+
+    def _text_driver(self, path: str) -> bool:
+        """True when libgit2's tree merge would use its built-in text driver for `path`.
+
+        The same attribute lookup as libgit2's (`merge` unspecified or set),
+        cached: a matrix asks about the same hot files again and again.
+        """
+        hit = self._drivers.get(path)
+        if hit is None:
+            attr = self.repo.get_attr(path, "merge")
+            hit = self._drivers[path] = attr is None or attr is True
+        return hit
 
     def _merge_same_renames(
         self, index: pygit2.Index, base_tree: pygit2.Tree, c1: pygit2.Commit, c2: pygit2.Commit
