@@ -17,6 +17,7 @@ from corral import errors
 from corral.models import ConflictType, MergeConflict, ResolutionStrategy
 from corrald import conflicts as pure
 from corrald.git import merge
+from corrald.git.repo import open_repo
 from tests.conftest import git, make_repo
 
 LINES = 10
@@ -510,3 +511,208 @@ async def test_resolve_directory_conflict_with_file_side(tmp_path: Path) -> None
     )
     as_file = await merge.resolve(str(repo), conflict, ResolutionStrategy.USE_LAST, "main")
     assert "edited Q" in git(repo, "show", f"{as_file.commit}:a.txt")
+
+
+# --- file-level merges: what the generated histories never produce ----------------------
+
+# Pairs whose only shared paths are files edited on both sides are answered with
+# file-level merges instead of a tree merge; these cases pin that shortcut to git
+# where the generator above cannot reach: modes, binary and non-UTF-8 contents,
+# symlinks, merge attributes.
+
+TEXT = "".join(f"line {i}\n" for i in range(10))
+FileOp = tuple[str, str, str]
+
+
+def edited(line: int, text: str) -> str:
+    lines = TEXT.splitlines(keepends=True)
+    lines[line] = f"{text}\n"
+    return "".join(lines)
+
+
+def apply_file_op(work: Path, op: FileOp) -> None:
+    kind, name, arg = op
+    path = work / name
+    if kind != "mode" and path.is_symlink():
+        path.unlink()  # replace the link itself, not the file it points to
+    if kind == "write":
+        path.write_text(arg)
+    elif kind == "bytes":
+        path.write_bytes(bytes.fromhex(arg))
+    elif kind == "latin1":
+        path.write_bytes(arg.encode("latin-1"))
+    elif kind == "mode":
+        path.chmod(int(arg, 8))
+    elif kind == "link":
+        path.unlink(missing_ok=True)
+        path.symlink_to(arg)
+
+
+LATIN = "".join(f"caf\u00e9 {i}\n" for i in range(10))
+FILE_CASES = [
+    # (base ops, branch one, branch two, a tree merge is still needed)
+    pytest.param(
+        [],
+        [("mode", "f.txt", "755")],
+        [("write", "f.txt", edited(1, "two"))],
+        False,
+        id="exec-bit-vs-edit",
+    ),
+    pytest.param(
+        [],
+        [("mode", "f.txt", "755"), ("write", "f.txt", edited(1, "one"))],
+        [("write", "f.txt", edited(6, "two"))],
+        False,
+        id="exec-bit-and-edit-vs-other-line",
+    ),
+    pytest.param(
+        [],
+        [("mode", "f.txt", "755"), ("write", "f.txt", edited(1, "one"))],
+        [("write", "f.txt", edited(1, "two"))],
+        False,
+        id="exec-bit-and-edit-vs-same-line",
+    ),
+    pytest.param(
+        [],
+        [("mode", "f.txt", "755"), ("write", "f.txt", edited(1, "one"))],
+        [("mode", "f.txt", "755"), ("write", "f.txt", edited(6, "two"))],
+        False,
+        id="exec-bit-on-both",
+    ),
+    pytest.param(
+        [],
+        [("mode", "f.txt", "755"), ("write", "f.txt", edited(1, "same"))],
+        [("write", "f.txt", edited(1, "same"))],
+        False,
+        id="same-content-different-modes",
+    ),
+    pytest.param(
+        [("mode", "f.txt", "755")],
+        [("mode", "f.txt", "644")],
+        [("write", "f.txt", edited(1, "two"))],
+        False,
+        id="exec-bit-dropped-vs-edit",
+    ),
+    pytest.param(
+        [("bytes", "f.txt", "00010203" * 8)],
+        [("bytes", "f.txt", "00010204" * 8)],
+        [("bytes", "f.txt", "00010205" * 8)],
+        True,  # libgit2 leaves no merged content, which pygit2 cannot wrap
+        id="binary-both-modified",
+    ),
+    pytest.param(
+        [("bytes", "f.txt", "00010203" * 8)],
+        [("bytes", "f.txt", "00010204" * 8)],
+        [("mode", "f.txt", "755")],
+        False,
+        id="binary-vs-exec-bit",
+    ),
+    pytest.param(
+        [("latin1", "f.txt", LATIN)],
+        [("latin1", "f.txt", LATIN.replace("caf\u00e9 1\n", "th\u00e9 1\n"))],
+        [("latin1", "f.txt", LATIN.replace("caf\u00e9 6\n", "th\u00e9 6\n"))],
+        True,  # pygit2 cannot decode the merged file: the tree merge answers
+        id="latin1-overlap",
+    ),
+    pytest.param(
+        [("latin1", "f.txt", LATIN)],
+        [("latin1", "f.txt", LATIN.replace("caf\u00e9 1\n", "th\u00e9 1\n"))],
+        [("latin1", "f.txt", LATIN.replace("caf\u00e9 1\n", "cr\u00e8me 1\n"))],
+        True,
+        id="latin1-conflict",
+    ),
+    pytest.param(
+        [("link", "f.txt", "x")],
+        [("link", "f.txt", "y")],
+        [("link", "f.txt", "z")],
+        True,
+        id="symlink-both-retargeted",
+    ),
+    pytest.param(
+        [("link", "f.txt", "x")],
+        [("link", "f.txt", "y")],
+        [("write", "f.txt", TEXT)],
+        True,
+        id="symlink-vs-file",
+    ),
+    pytest.param(
+        [("write", ".gitattributes", "*.txt merge=union\n")],
+        [("write", "f.txt", edited(1, "one"))],
+        [("write", "f.txt", edited(1, "two"))],
+        True,
+        id="union-merge-attribute",
+    ),
+    pytest.param(
+        [("write", ".gitattributes", "*.txt -merge\n")],
+        [("write", "f.txt", edited(1, "one"))],
+        [("write", "f.txt", edited(6, "two"))],
+        True,
+        id="binary-merge-attribute",
+    ),
+    pytest.param(
+        [("write", ".gitattributes", "*.txt merge\n")],
+        [("write", "f.txt", edited(1, "one"))],
+        [("write", "f.txt", edited(6, "two"))],
+        False,  # `merge` set is the text driver, as when unspecified
+        id="text-merge-attribute",
+    ),
+]
+
+
+@pytest.mark.parametrize(("base", "one", "two", "tree_merge"), FILE_CASES)
+async def test_file_level_merges_match_git(
+    tmp_path: Path, base: list[FileOp], one: list[FileOp], two: list[FileOp], tree_merge: bool
+) -> None:
+    repo = make_repo(tmp_path / "repo", {"f.txt": TEXT, "other.txt": TEXT})
+    for op in base:
+        apply_file_op(repo, op)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "--allow-empty", "-m", "base")
+    for name, ops_ in (("one", one), ("two", two)):
+        git(repo, "checkout", "-q", "-b", name, "main")
+        for op in ops_:
+            apply_file_op(repo, op)
+        git(repo, "add", "-A")
+        git(repo, "commit", "-q", "-m", name)
+    git(repo, "checkout", "-q", "main")
+
+    clean, expected = git_merge_tree(repo, "one", "two")
+    found = await pair_conflicts(repo)
+    assert {p for p, c in found.items() if not c.auto_resolvable} == expected, found
+    assert "f.txt" in found  # changed on both sides: a conflict or an overlap
+    assert await merge.can_merge_safely(str(repo), "one", "two") is clean
+    cells = await merge.matrix(str(repo), ["one", "two"])
+    assert cells.cells == [pure.matrix_cell("one", "two", found.values())]
+    # The shortcut is taken exactly where it is meant to be.
+    engine = merge._Engine(open_repo(str(repo)))
+    engine.pair("one", "two")
+    assert engine.merges == int(tree_merge)
+
+
+@pytest.mark.parametrize("line", [1, 6])
+async def test_criss_cross_takes_the_tree_merge(tmp_path: Path, line: int) -> None:
+    repo = make_repo(tmp_path / "repo", {"f.txt": TEXT, "other.txt": TEXT})
+    tips: dict[str, str] = {}
+    for name, at in (("one", 1), ("two", 6)):
+        git(repo, "checkout", "-q", "-b", name, "main")
+        (repo / "other.txt").write_text(edited(at, name))
+        git(repo, "commit", "-qam", f"{name} first")
+        tips[name] = git(repo, "rev-parse", "HEAD")
+    for name, other in (("one", "two"), ("two", "one")):
+        git(repo, "checkout", "-q", name)
+        git(repo, "merge", "-q", "--no-edit", tips[other])
+    # Two merge bases now; both edit f.txt (same line: conflict, else overlap).
+    for name, at in (("one", 1), ("two", line)):
+        git(repo, "checkout", "-q", name)
+        (repo / "f.txt").write_text(edited(at, name))
+        git(repo, "commit", "-qam", f"{name} edits f")
+    git(repo, "checkout", "-q", "main")
+    assert len(git(repo, "merge-base", "--all", "one", "two").split()) == 2
+
+    clean, expected = git_merge_tree(repo, "one", "two")
+    found = await pair_conflicts(repo)
+    assert {p for p, c in found.items() if not c.auto_resolvable} == expected
+    assert set(found) == {"f.txt"} and clean is (line != 1)
+    engine = merge._Engine(open_repo(str(repo)))
+    engine.pair("one", "two")
+    assert engine.merges == 1

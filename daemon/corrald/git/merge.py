@@ -16,7 +16,12 @@ git names the file `path~branch` (moved out of the way); we report `path`.
 Speed: a pair whose two sides changed disjoint paths (no shared path, no path
 that is a directory of the other side's) cannot conflict, so it is answered
 from per-branch change lists (one tree diff per branch, cached) without a
-merge. `matrix` runs all pairs in one worker thread with one Repository.
+merge. A pair whose shared paths are all regular files edited on both sides
+(no add, delete, rename, file/directory clash, symlink, submodule, merge
+attribute; one merge base) needs no tree merge either: its outcome is the
+per-file three-way merge libgit2's text driver would run, so only those files
+are merged (`_Engine._file_merges`). Everything else takes the tree merge.
+`matrix` runs all pairs in one worker thread with one Repository.
 
 The merge queue moves the target ref with a compare-and-swap: under the
 repository's write lock and a libgit2 ref transaction (the ref file is locked,
@@ -315,8 +320,10 @@ class _Engine:
                 )
                 try:
                     merged = self.repo.merge_file_from_index(*triple)
-                except UnicodeDecodeError:
-                    return None  # pygit2 decodes the result as UTF-8; let the tree merge judge
+                except (UnicodeDecodeError, RuntimeError):
+                    # pygit2 decodes the merged file as UTF-8 and fails when there
+                    # is none (a binary conflict): let the tree merge judge those.
+                    return None
                 clean = merged.automergeable
                 if not clean:
                     analysis.groups[path] = triple
