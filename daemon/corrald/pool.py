@@ -107,6 +107,7 @@ class AgentPool:
         self.executor: Executor = _NotStarted()
         self._wakeups: dict[str, trio.Event] = {}  # per session: something changed
         self._ended = trio.Event()  # set (and replaced) whenever an agent run ends
+        self._run_started = trio.Event()  # wakes the totals watcher
         self._runners: set[str] = set()
         self._repo_locks: dict[str, trio.Lock] = {}
         self.closing = False
@@ -342,6 +343,7 @@ class AgentPool:
 
         run = await self.executor.submit(spec, on_event)
         running.run = run
+        self._run_started.set()
         if running.requeue or running.cancel_task:
             run.cancel(EndReason.CANCELLED, "stopped before it started")
         agent.process_id = run.pid
@@ -496,8 +498,14 @@ class AgentPool:
 
     # --- totals -------------------------------------------------------------------------
     async def _watch_totals(self) -> None:
-        """Enforce each session's total memory while it runs; refresh live figures."""
+        """Enforce each session's total memory while it runs; refresh live figures.
+
+        Sleeps until an agent starts when none runs: an idle daemon stays idle.
+        """
         while True:
+            if not any(r.run is not None for r in self.running.values()):
+                await self._run_started.wait()
+                self._run_started = trio.Event()
             interval = 0.5
             by_session: dict[str, list[Running]] = collections.defaultdict(list)
             for r in self.running.values():

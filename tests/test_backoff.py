@@ -1,0 +1,87 @@
+"""Backoff as the running pool lives it, on trio's virtual clock (no real waiting).
+
+The engine takes its time from trio's clock, so retry deadlines and the
+pool's sleeps are in virtual time: whenever everything waits, the clock jumps
+to the next deadline, so a backoff of minutes takes a fraction of a second.
+Real work (agent processes, worktree allocation) may let virtual time move
+on in the meantime, so the test measures from each failure to the next start,
+which is exactly the pool sleeping until the retry is due.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from corral.models import Backoff, SchedulerConfig, SessionStatus, TaskSpec, TaskStatus
+from corrald.agents import AgentTypeConfig
+from corrald.engine import Engine, SessionState
+from corrald.events import EventBus
+from corrald.pool import AgentPool
+from corrald.store import Store
+
+PLAN_AGENT = Path(__file__).with_name("plan_agent.py")
+
+
+async def test_retries_wait_out_their_backoff_in_virtual_time(
+    mock_clock: trio.testing.MockClock, repo: Path, tmp_path: Path
+) -> None:
+    mock_clock.autojump_threshold = 0.01  # jump as soon as everything waits
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"t#1": ["--exit", "1"], "t#2": ["--exit", "1"], "t#3": []}))
+    store = Store(tmp_path / "state" / "corral.db")
+    engine = Engine(store, EventBus(store, clock=trio.current_time), clock=trio.current_time)
+    pool = AgentPool(
+        engine,
+        logs_dir=tmp_path / "logs",
+        worktree_base=tmp_path / "worktrees",
+        custom_types={"flaky": AgentTypeConfig(argv=[sys.executable, str(PLAN_AGENT), str(plan)])},
+    )
+    seen: list[tuple[TaskStatus, float]] = []
+    done = trio.Event()
+
+    def watch(state: SessionState) -> None:
+        status = state.scheduler.get("t").status
+        if not seen or seen[-1][0] is not status:
+            seen.append((status, trio.current_time()))
+        if state.session.status is SessionStatus.COMPLETED:
+            done.set()
+
+    engine.on_change.append(watch)
+    config = SchedulerConfig(
+        agent_type="flaky",
+        max_retries=2,
+        backoff=Backoff(base_secs=60, multiplier=3, cap_secs=1000),
+    )
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+        engine.init_session(config, str(repo), "s")
+        engine.add_tasks("s", [TaskSpec(id="t", title="flaky task")])
+        engine.set_status("s", SessionStatus.RUNNING)
+        with trio.fail_after(3600):  # virtual seconds
+            await done.wait()
+        nursery.cancel_scope.cancel()
+    store.close()
+    task = engine.get_task("s", "t")
+    assert task.status is TaskStatus.COMPLETED and task.attempts == 3
+    statuses = [status for status, _ in seen]
+    assert statuses == [
+        TaskStatus.READY,
+        TaskStatus.IN_PROGRESS,
+        TaskStatus.RETRY_WAIT,
+        TaskStatus.READY,
+        TaskStatus.IN_PROGRESS,
+        TaskStatus.RETRY_WAIT,
+        TaskStatus.READY,
+        TaskStatus.IN_PROGRESS,
+        TaskStatus.COMPLETED,
+    ], seen
+    times = [at for _, at in seen]
+    # Failure -> next start: 60 s after the first failure, 180 s after the second.
+    assert times[4] - times[2] == pytest.approx(60, abs=0.01)
+    assert times[7] - times[5] == pytest.approx(180, abs=0.01)
