@@ -7,7 +7,6 @@ snake_case); positional params map onto the fields in order.
 
 from __future__ import annotations
 
-import heapq
 import os
 import time
 from collections.abc import Callable
@@ -55,6 +54,7 @@ from corrald.events import pump
 from corrald.git import merge, worktrees
 from corrald.pool import AgentPool
 from corrald.rpc import Registry, openrpc_document
+from corrald.scheduler import merge_order
 from corrald.server import Connection
 
 
@@ -739,29 +739,6 @@ async def conflicts_resolve(call: Call, p: ResolveParams) -> ConflictResolutionR
     )
     call.engine.bus.publish("conflicts.resolved", state.id, result.to_wire())
     return result
-
-
-def merge_order(tasks: list[Task]) -> list[Task]:
-    """Completed tasks in dependency order, ties by priority then insertion."""
-    chosen = {t.id: (i, t) for i, t in enumerate(tasks)}
-    waiting = {t.id: sum(1 for d in t.dependencies if d in chosen) for t in tasks}
-    dependents: dict[str, list[str]] = {}
-    for t in tasks:
-        for d in t.dependencies:
-            if d in chosen:
-                dependents.setdefault(d, []).append(t.id)
-    ready = [(t.priority, i, t.id) for i, t in enumerate(tasks) if waiting[t.id] == 0]
-    heapq.heapify(ready)
-    order: list[Task] = []
-    while ready:
-        _, _, task_id = heapq.heappop(ready)
-        order.append(chosen[task_id][1])
-        for child in dependents.get(task_id, []):
-            waiting[child] -= 1
-            if waiting[child] == 0:
-                index, task = chosen[child]
-                heapq.heappush(ready, (task.priority, index, child))
-    return order
 
 
 @methods.method()

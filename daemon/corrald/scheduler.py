@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import Any, TypeVar
 
 from corral import errors
 from corral.models import (
@@ -44,6 +45,8 @@ from corral.models import (
     TaskSpec,
     TaskStatus,
 )
+
+H = TypeVar("H", bound=Hashable)
 
 __all__ = ["NON_RETRYABLE", "SATISFIED", "WAITING", "Scheduler"]
 
@@ -669,18 +672,7 @@ class Scheduler:
             node.ndeps = 0
             if node.task.status not in TERMINAL_TASK_STATUSES:
                 live.append(node)
-        live_set = set(live)
-        indegree = {n: sum(1 for d in n.deps if d in live_set) for n in live}
-        queue = deque(n for n in live if indegree[n] == 0)
-        order: list[_Node] = []
-        while queue:
-            n = queue.popleft()
-            order.append(n)
-            for c in n.dependents:
-                if c in indegree:
-                    indegree[c] -= 1
-                    if indegree[c] == 0:
-                        queue.append(c)
+        order = topological_order(live, lambda n: n.deps, _seq)
         if len(live) > _BITSET_LIMIT:
             for n in order:
                 _walk_ancestors(n, +1, None)
@@ -758,18 +750,47 @@ def _blocked_descendants_in_order(root: _Node) -> list[_Node]:
             if d not in reach and d.task.status is TaskStatus.BLOCKED:
                 reach.add(d)
                 stack.append(d)
-    indegree = {n: sum(1 for d in n.deps if d in reach) for n in reach}
-    queue = deque(sorted((n for n, k in indegree.items() if k == 0), key=_seq))
-    out: list[_Node] = []
-    while queue:
-        n = queue.popleft()
-        out.append(n)
-        for d in n.dependents:
-            if d in indegree:
-                indegree[d] -= 1
-                if indegree[d] == 0:
-                    queue.append(d)
-    return out
+    return topological_order(reach, lambda n: n.deps, _seq)
+
+
+def topological_order(
+    items: Iterable[H], deps: Callable[[H], Iterable[H]], rank: Callable[[H], Any]
+) -> list[H]:
+    """`items` with dependencies first; among those free at once, lowest `rank` first.
+
+    Dependencies outside `items` are ignored. Deterministic for a total `rank`.
+    """
+    members = list(items)
+    inside = set(members)
+    waiting = {m: 0 for m in members}
+    dependents: dict[H, list[H]] = {m: [] for m in members}
+    for m in members:
+        for d in deps(m):
+            if d in inside:
+                waiting[m] += 1
+                dependents[d].append(m)
+    free = [(rank(m), i, m) for i, m in enumerate(members) if waiting[m] == 0]
+    heapq.heapify(free)
+    index = {m: i for i, m in enumerate(members)}
+    order: list[H] = []
+    while free:
+        *_, m = heapq.heappop(free)
+        order.append(m)
+        for c in dependents[m]:
+            waiting[c] -= 1
+            if waiting[c] == 0:
+                heapq.heappush(free, (rank(c), index[c], c))
+    return order
+
+
+def merge_order(tasks: Sequence[Task]) -> list[Task]:
+    """Tasks in dependency order, ties by priority then insertion (the merge queue's order)."""
+    by_id = {t.id: t for t in tasks}
+    position = {t.id: i for i, t in enumerate(tasks)}
+    ids = topological_order(
+        by_id, lambda i: by_id[i].dependencies, lambda i: (by_id[i].priority, position[i])
+    )
+    return [by_id[i] for i in ids]
 
 
 def _ended(status: TaskStatus) -> str:
