@@ -61,6 +61,13 @@ class LocalExecutor:
 
     def __init__(self, nursery: trio.Nursery) -> None:
         self.nursery = nursery
+        # Fixed for the daemon's life; computed once (daemon_status is a hot path).
+        self._capacity = {
+            "executor": self.name,
+            "cores": os.cpu_count() or 1,
+            "memoryMb": psutil.virtual_memory().total // (1024 * 1024),
+            "cgroup": cgroups.detect().to_wire(),
+        }
 
     async def submit(self, spec: RunSpec, on_event: EventCallback) -> AgentRun:
         run: AgentRun = await self.nursery.start(_run, spec, on_event)
@@ -72,12 +79,7 @@ class LocalExecutor:
         return kill_stale(pid, create_time)
 
     def capacity(self) -> dict[str, Any]:
-        return {
-            "executor": self.name,
-            "cores": os.cpu_count() or 1,
-            "memoryMb": psutil.virtual_memory().total // (1024 * 1024),
-            "cgroup": cgroups.detect().to_wire(),
-        }
+        return dict(self._capacity)
 
     def __repr__(self) -> str:
         return "LocalExecutor()"
