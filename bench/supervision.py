@@ -3,7 +3,7 @@
 Supervisors run in this process (one trio run), so the idle figure is the
 daemon-side cost of watching agents: our own CPU time (time.process_time,
 which includes worker threads) while 50 fake agents sleep, sampled every
-0.5 s. Anchors:
+0.5 s by one `SampleHub`, as the daemon's local executor does. Anchors:
 
 - idle overhead: < 3 % of one core for 50 agents, against the obvious way
   (psutil: the tree's children, then cpu_times and memory_info of each, at
@@ -38,7 +38,7 @@ from corral.models import EndReason, ResourceLimits  # noqa: E402
 from corrald import proctree  # noqa: E402
 from corrald.agents import make_parser  # noqa: E402
 from corrald.cgroups import detect  # noqa: E402
-from corrald.supervisor import AgentRun, RunSpec, run_agent, wait_until  # noqa: E402
+from corrald.supervisor import AgentRun, RunSpec, SampleHub, run_agent, wait_until  # noqa: E402
 
 FAKE = ROOT / "tests" / "fake_agent.py"
 
@@ -84,10 +84,12 @@ def all_dead(pidfile: Path) -> bool:
 
 async def idle_overhead(tmp: Path, agents: int, secs: float) -> None:
     runs: list[AgentRun] = []
+    hub = SampleHub()
     async with trio.open_nursery() as nursery:
+        await nursery.start(hub.run)
         for i in range(agents):
             s = spec(tmp, f"idle-{i}", [sys.executable, str(FAKE), "--sleep", "3600"], limits())
-            runs.append(await nursery.start(_start, s))
+            runs.append(await nursery.start(_start, s, hub))
         # Let every agent finish starting (python startup) before measuring.
         await trio.sleep(2.0)
         cpu0, wall0 = time.process_time(), time.monotonic()
@@ -96,6 +98,9 @@ async def idle_overhead(tmp: Path, agents: int, secs: float) -> None:
         samples = sum(r.sampler.samples for r in runs if r.sampler)
         for r in runs:
             r.cancel(EndReason.CANCELLED, "bench over")
+        for r in runs:
+            await r.wait()
+        nursery.cancel_scope.cancel()  # the hub runs until cancelled
     pct = 100.0 * (cpu1 - cpu0) / (wall1 - wall0)
     anchor = await trio.to_thread.run_sync(psutil_sampling, agents, secs)
     verdict = "OK" if pct < 3.0 else "OVER TARGET"
@@ -139,8 +144,10 @@ def psutil_sampling(agents: int, secs: float, interval: float = 0.5) -> float:
     return 100.0 * (cpu1 - cpu0) / (wall1 - wall0)
 
 
-async def _start(s: RunSpec, task_status: trio.TaskStatus[AgentRun]) -> None:
-    await run_agent(s, task_status=task_status)
+async def _start(
+    s: RunSpec, hub: SampleHub | None = None, *, task_status: trio.TaskStatus[AgentRun]
+) -> None:
+    await run_agent(s, hub=hub, task_status=task_status)
 
 
 async def kill_latency(tmp: Path, reps: int) -> None:

@@ -22,7 +22,16 @@ from corral.models import AgentActivity, EndReason, ErrorCategory, ResourceLimit
 from corrald import proctree
 from corrald.agents import make_parser
 from corrald.cgroups import detect
-from corrald.supervisor import AgentRun, RunResult, RunSpec, kill_stale, run_agent, wait_until
+from corrald.executor import LocalExecutor
+from corrald.supervisor import (
+    AgentRun,
+    RunResult,
+    RunSpec,
+    SampleHub,
+    kill_stale,
+    run_agent,
+    wait_until,
+)
 
 FAKE = Path(__file__).with_name("fake_agent.py")
 BASE_LIMITS: dict[str, Any] = {
@@ -111,18 +120,22 @@ def agent(tmp_path: Path) -> Agent:
 
 
 async def start(
-    nursery: trio.Nursery, spec: RunSpec, on_event: Callable[[str, dict[str, Any]], None]
+    nursery: trio.Nursery,
+    spec: RunSpec,
+    on_event: Callable[[str, dict[str, Any]], None],
+    hub: SampleHub | None = None,
 ) -> AgentRun:
-    run: AgentRun = await nursery.start(_run, spec, on_event)
+    run: AgentRun = await nursery.start(_run, spec, on_event, hub)
     return run
 
 
 async def _run(
     spec: RunSpec,
     on_event: Callable[[str, dict[str, Any]], None],
+    hub: SampleHub | None = None,
     task_status: trio.TaskStatus[AgentRun] = trio.TASK_STATUS_IGNORED,
 ) -> RunResult:
-    return await run_agent(spec, on_event=on_event, task_status=task_status)
+    return await run_agent(spec, on_event=on_event, hub=hub, task_status=task_status)
 
 
 async def test_exit_code_and_success(agent: Agent) -> None:
@@ -399,3 +412,85 @@ def test_kill_stale(agent: Agent) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+# --- one SampleHub for many runs (the daemon's path) ----------------------------
+
+
+async def test_memory_limit_through_hub(agent: Agent) -> None:
+    hub = SampleHub()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.run)
+        spec = agent.spec("--grandchild-mem", "300", "--sleep", "60", max_memory_mb_per_agent=150)
+        run = await start(nursery, spec, agent.on_event, hub)
+        res = await run.wait()
+        nursery.cancel_scope.cancel()
+    assert res.end_reason is EndReason.LIMIT_MEMORY
+    assert res.error_category is ErrorCategory.LIMIT_MEMORY
+    assert res.error is not None and "memory" in res.error and "limit 150 MB" in res.error
+    (v,) = res.violations
+    assert v.kind == "limit_memory" and v.value > 150 and v.limit == 150 and v.action == "killed"
+    assert [p["kind"] for k, p in agent.events if k == "violation"] == ["limit_memory"]
+    # The hub took every sample (no sampler task of the run's own) and let go of the run.
+    assert run.sampler is not None and run.sampler.samples == hub.samples > 0
+    assert len(hub) == 0
+    agent.assert_all_dead("agent", "hog")
+
+
+async def test_cpu_limit_through_hub(agent: Agent) -> None:
+    hub = SampleHub()
+    t0 = time.monotonic()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.run)
+        run = await start(
+            nursery, agent.spec("--spin-cpu", "60", max_cpu_per_agent=50.0), agent.on_event, hub
+        )
+        res = await run.wait()
+        nursery.cancel_scope.cancel()
+    assert res.end_reason is EndReason.LIMIT_CPU
+    assert res.error_category is ErrorCategory.LIMIT_CPU
+    assert res.violations[0].kind == "limit_cpu" and res.violations[0].value > 50
+    # The window (1 s) has to fill before the CPU limit may act, as with a task per run.
+    assert 1.0 <= time.monotonic() - t0 < 5
+    assert run.sampler is not None and run.sampler.samples == hub.samples
+    agent.assert_all_dead("agent")
+
+
+async def test_hub_runs_keep_their_own_interval(tmp_path: Path) -> None:
+    # A run sampled every 30 s shares the hub with one sampled every 0.1 s:
+    # the slow one must not delay the fast one's breach, nor be sampled more.
+    slow, fast = Agent(tmp_path / "slow"), Agent(tmp_path / "fast")
+    slow.tmp.mkdir()
+    fast.tmp.mkdir()
+    hub = SampleHub()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.run)
+        idle = await start(
+            nursery, slow.spec("--sleep", "60", sample_interval_secs=30.0), slow.on_event, hub
+        )
+        await slow.wait_roles("agent")
+        spec = fast.spec("--grandchild-mem", "300", "--sleep", "60", max_memory_mb_per_agent=150)
+        with trio.fail_after(10):
+            res = await (await start(nursery, spec, fast.on_event, hub)).wait()
+        assert res.end_reason is EndReason.LIMIT_MEMORY
+        assert idle.sampler is not None and idle.sampler.samples <= 2
+        assert idle.result is None and len(hub) == 1
+        idle.cancel(EndReason.CANCELLED, "test over")
+        assert (await idle.wait()).end_reason is EndReason.CANCELLED
+        nursery.cancel_scope.cancel()
+    assert len(hub) == 0
+    slow.assert_all_dead("agent")
+    fast.assert_all_dead("agent", "hog")
+
+
+async def test_local_executor_samples_through_its_hub(agent: Agent) -> None:
+    async with trio.open_nursery() as nursery:
+        executor = LocalExecutor(nursery)
+        spec = agent.spec("--grandchild-mem", "300", "--sleep", "60", max_memory_mb_per_agent=150)
+        run = await executor.submit(spec, agent.on_event)
+        res = await run.wait()
+        nursery.cancel_scope.cancel()
+    assert res.end_reason is EndReason.LIMIT_MEMORY
+    assert [v.kind for v in res.violations] == ["limit_memory"]
+    assert run.sampler is not None and run.sampler.samples == executor.hub.samples > 0
+    agent.assert_all_dead("agent", "hog")

@@ -17,7 +17,15 @@ import trio
 
 from corral.models import AgentLifecycle, EndReason, LogEntry
 from corrald import cgroups
-from corrald.supervisor import AgentRun, RunResult, RunSpec, RunStats, kill_stale, run_agent
+from corrald.supervisor import (
+    AgentRun,
+    RunResult,
+    RunSpec,
+    RunStats,
+    SampleHub,
+    kill_stale,
+    run_agent,
+)
 
 EventCallback = Callable[[str, dict[str, Any]], None]
 
@@ -61,6 +69,10 @@ class LocalExecutor:
 
     def __init__(self, nursery: trio.Nursery) -> None:
         self.nursery = nursery
+        # One sampling task for all runs (not one per run): the daemon's idle
+        # cost with many sleeping agents. Lives in the pool's nursery.
+        self.hub = SampleHub()
+        nursery.start_soon(self.hub.run)
         # Fixed for the daemon's life; computed once (daemon_status is a hot path).
         self._capacity = {
             "executor": self.name,
@@ -70,7 +82,7 @@ class LocalExecutor:
         }
 
     async def submit(self, spec: RunSpec, on_event: EventCallback) -> AgentRun:
-        run: AgentRun = await self.nursery.start(_run, spec, on_event)
+        run: AgentRun = await self.nursery.start(_run, spec, on_event, self.hub)
         return run
 
     def reattach(self, pid: int, create_time: float) -> bool:
@@ -82,10 +94,10 @@ class LocalExecutor:
         return dict(self._capacity)
 
     def __repr__(self) -> str:
-        return "LocalExecutor()"
+        return f"LocalExecutor({self.hub!r})"
 
 
-async def _run(spec: RunSpec, on_event: EventCallback, *, task_status: Any) -> None:
+async def _run(spec: RunSpec, on_event: EventCallback, hub: SampleHub, *, task_status: Any) -> None:
     # run_agent hands its AgentRun back through `started`; its return value is
     # the same result `AgentRun.wait()` gives.
-    await run_agent(spec, on_event=on_event, task_status=task_status)
+    await run_agent(spec, on_event=on_event, hub=hub, task_status=task_status)

@@ -421,33 +421,41 @@ class AgentRun:
         self._emit("violation", v.to_wire())
         return v
 
-    async def _watch(self, sampler: proctree.TreeSampler) -> None:
-        """Sample the tree every interval; a breach cancels the run with a reason."""
+    def _check(self, sampler: proctree.TreeSampler) -> bool:
+        """Sample the tree once; a breach cancels the run with a reason.
+
+        One tick of supervision, shared by `_watch` (a task per run) and
+        `SampleHub` (one task for many runs). False once the run needs no
+        more samples (it is ending, or a limit was hit).
+        """
         lim = self.spec.limits
+        cpu, rss = sampler.sample()
+        self.stats.cpu_percent, self.stats.memory_mb = cpu, rss
+        if self._ending:
+            return False
+        if rss > lim.max_memory_mb_per_agent:
+            self._violation("limit_memory", rss, lim.max_memory_mb_per_agent, "killed")
+            self.cancel(
+                EndReason.LIMIT_MEMORY,
+                f"memory {rss:.0f} MB > limit {lim.max_memory_mb_per_agent} MB",
+            )
+            return False
+        if sampler.window_full and cpu > lim.max_cpu_per_agent:
+            self._violation("limit_cpu", cpu, lim.max_cpu_per_agent, "killed")
+            self.cancel(
+                EndReason.LIMIT_CPU,
+                f"cpu {cpu:.0f}% over {lim.cpu_window_secs:g}s > limit {lim.max_cpu_per_agent:g}%",
+            )
+            return False
+        return True
+
+    async def _watch(self, sampler: proctree.TreeSampler) -> None:
+        """Sample the tree every interval in a task of its own (no `SampleHub` given)."""
+        interval = self.spec.limits.sample_interval_secs
         while not self._ending:
-            cpu, rss = sampler.sample()
-            self.stats.cpu_percent, self.stats.memory_mb = cpu, rss
-            if self._ending:
+            if not self._check(sampler):
                 return
-            if rss > lim.max_memory_mb_per_agent:
-                self._violation("limit_memory", rss, lim.max_memory_mb_per_agent, "killed")
-                self.cancel(
-                    EndReason.LIMIT_MEMORY,
-                    f"memory {rss:.0f} MB > limit {lim.max_memory_mb_per_agent} MB",
-                )
-                return
-            if sampler.window_full and cpu > lim.max_cpu_per_agent:
-                self._violation("limit_cpu", cpu, lim.max_cpu_per_agent, "killed")
-                self.cancel(
-                    EndReason.LIMIT_CPU,
-                    f"cpu {cpu:.0f}% over {lim.cpu_window_secs:g}s > limit"
-                    f" {lim.max_cpu_per_agent:g}%",
-                )
-                return
-            # Sleep to the next multiple of the interval: every agent's sampler
-            # then wakes in the same scheduler tick, which halves idle cost.
-            interval = lim.sample_interval_secs
-            await trio.sleep_until((math.floor(trio.current_time() / interval) + 1) * interval)
+            await trio.sleep_until(_next_tick(trio.current_time(), interval))
 
     # --- termination ----------------------------------------------------------
 
@@ -568,6 +576,86 @@ class AgentRun:
         return self.result
 
 
+def _next_tick(now: float, interval: float) -> float:
+    """The next multiple of `interval` after `now`.
+
+    Every sampler with the same interval then wakes at the same instant:
+    one scheduler tick (and, with a `SampleHub`, one task wakeup) for all.
+    """
+    return (math.floor(now / interval) + 1) * interval
+
+
+class SampleHub:
+    """One task that samples every registered run, instead of one task per run.
+
+    With dozens of sleeping agents, a sampler task per run spent more of the
+    daemon's idle CPU on trio bookkeeping (fifty deadlines, fifty task
+    wakeups per tick) than on reading /proc. The hub wakes once per tick and
+    runs each due run's `AgentRun._check` synchronously, so a breach is
+    handled exactly as with a task per run. Runs keep their own
+    ``sample_interval_secs``: each has its own next due time, aligned to its
+    interval, and the hub sleeps until the earliest.
+
+    Owned by a nursery (the local executor's, i.e. the pool's): start it with
+    ``await nursery.start(hub.run)`` and pass it to `run_agent`.
+    """
+
+    def __init__(self) -> None:
+        self._due: dict[AgentRun, float] = {}  # run -> trio time of its next sample
+        self._wakeup = trio.Event()
+        self.ticks = 0
+        self.samples = 0
+
+    def add(self, run: AgentRun) -> None:
+        """Supervise `run` (its sampler must be set); its first sample is taken at once."""
+        assert run.sampler is not None, "add a run once it has a sampler"
+        self._due[run] = -math.inf
+        self._wakeup.set()
+
+    def discard(self, run: AgentRun) -> None:
+        """Stop supervising `run` (no-op if it is not registered)."""
+        self._due.pop(run, None)
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    def tick(self) -> float:
+        """Check every run that is due; return the trio time of the next due sample."""
+        now = trio.current_time()
+        self.ticks += 1
+        for run, due in list(self._due.items()):
+            if due > now:
+                continue
+            sampler = run.sampler
+            assert sampler is not None
+            if run._ending:
+                del self._due[run]
+                continue
+            self.samples += 1
+            if run._check(sampler):
+                self._due[run] = _next_tick(now, run.spec.limits.sample_interval_secs)
+            else:
+                del self._due[run]
+        return min(self._due.values(), default=math.inf)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Sample registered runs until cancelled; idle (no wakeups) while there are none."""
+        task_status.started()
+        while True:
+            next_due = self.tick()
+            if self._wakeup.is_set():
+                self._wakeup = trio.Event()
+            # Wake at the earliest due sample, or at once when a run is added.
+            with trio.move_on_at(next_due):
+                await self._wakeup.wait()
+
+    def statistics(self) -> dict[str, int]:
+        return {"runs": len(self._due), "ticks": self.ticks, "samples": self.samples}
+
+    def __repr__(self) -> str:
+        return f"<SampleHub runs={len(self._due)} ticks={self.ticks} samples={self.samples}>"
+
+
 async def wait_until(predicate: Callable[[], bool], interval: float = _POLL) -> None:
     """Poll `predicate` until true: process death has no event to wait on."""
     while True:
@@ -604,6 +692,7 @@ async def run_agent(
     spec: RunSpec,
     *,
     on_event: EventCallback | None = None,
+    hub: SampleHub | None = None,
     task_status: trio.TaskStatus[AgentRun] = trio.TASK_STATUS_IGNORED,
 ) -> RunResult:
     """Run one agent to the end; `task_status.started(run)` once spawned.
@@ -611,6 +700,8 @@ async def run_agent(
     Started with ``nursery.start``, the caller gets the `AgentRun` (to
     inspect, `cancel`, or `await run.wait()` for the result). A spawn failure
     is a result too (``MISSING_EXECUTABLE``); the handle is still delivered.
+    The tree is sampled by `hub` when one is given (a daemon with many
+    agents), else by a task of this run.
     """
     run = AgentRun(spec, on_event)
     env = dict(spec.env)
@@ -676,7 +767,10 @@ async def run_agent(
             nursery.start_soon(run._pump, proc.stderr, "stderr")
             if spec.stdin_data is not None:
                 nursery.start_soon(_feed_stdin, proc, spec.stdin_data)
-            nursery.start_soon(run._watch, sampler)
+            if hub is not None:
+                hub.add(run)
+            else:
+                nursery.start_soon(run._watch, sampler)
             try:
                 with run._scope:
                     await proc.wait()
@@ -687,6 +781,8 @@ async def run_agent(
                     run._reason_detail = f"runtime limit of {limit}s reached"
             finally:
                 run._ending = True
+                if hub is not None:
+                    hub.discard(run)
                 with trio.CancelScope(shield=True) as cleanup:
                     cleanup.deadline = (
                         trio.current_time() + spec.limits.kill_grace_secs + _CLEANUP_SLACK
