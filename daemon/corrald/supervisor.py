@@ -632,7 +632,15 @@ class SampleHub:
                 del self._due[run]
                 continue
             self.samples += 1
-            if run._check(sampler):
+            try:
+                keep = run._check(sampler)
+            except Exception:
+                # One run's failure must not stop the sampling of every other run:
+                # it ends that run (its limits can no longer be enforced).
+                log.exception("sampling agent %s failed; stopping it", run.agent_id)
+                run.cancel(EndReason.FAILED, "internal error while sampling its process tree")
+                keep = False
+            if keep:
                 self._due[run] = _next_tick(now, run.spec.limits.sample_interval_secs)
             else:
                 del self._due[run]
