@@ -29,7 +29,6 @@ from corral.models import (
     AgentLifecycle,
     LogEntry,
     Session,
-    SessionStatus,
     Strategy,
     Task,
     TaskStatus,
@@ -357,12 +356,9 @@ def cmd_stop(args: argparse.Namespace, out: Out) -> int:
         if args.task:
             with _progress(out, f"cancelling {args.task}"):
                 changed = c.parallel_cancel_task(session_id=args.session, task_id=args.task)
-        else:
-            session = c.session_get(session_id=args.session)
-            if session.status is SessionStatus.RUNNING:
-                c.session_pause(session_id=session.id)
+        else:  # the daemon pauses a running session first, so nothing restarts
             with _progress(out, "stopping agents"):
-                changed = c.parallel_stop_all(session_id=session.id)
+                changed = c.parallel_stop_all(session_id=args.session)
     if out.as_json:
         out.data(changed)
     else:

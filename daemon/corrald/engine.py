@@ -11,7 +11,6 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from corral import errors
 from corral.models import (
@@ -238,9 +237,6 @@ class Engine:
             strategy=state.session.config.strategy,
             session_status=state.session.status,
         )
-
-    def status_counts(self) -> dict[str, Any]:
-        return {sid: s.session.status.value for sid, s in self.sessions.items()}
 
     def __repr__(self) -> str:
         return f"Engine(sessions={len(self.sessions)}, {self.bus!r})"

@@ -156,12 +156,6 @@ class Store:
             (session.id, self._session_ord, _dump(session)),
         )
 
-    def delete_session(self, session_id: str) -> None:
-        with self.transaction():
-            for table in ("sessions", "tasks", "attempts", "allocations"):
-                column = "id" if table == "sessions" else "session_id"
-                self.db.execute(f"DELETE FROM {table} WHERE {column} = ?", (session_id,))
-
     def sessions(self) -> list[Session]:
         rows = self.db.execute("SELECT data FROM sessions ORDER BY ord")
         return [Session.model_validate_json(r[0]) for r in rows]
@@ -209,14 +203,12 @@ class Store:
         row = self.db.execute("SELECT data FROM attempts WHERE id = ?", (agent_id,)).fetchone()
         return None if row is None else Agent.model_validate_json(row[0])
 
-    def agents(self, session_id: str | None = None, *, live_only: bool = False) -> list[Agent]:
+    def agents(self, session_id: str | None = None) -> list[Agent]:
         sql = "SELECT data FROM attempts WHERE 1=1"
         args: list[Any] = []
         if session_id is not None:
             sql += " AND session_id = ?"
             args.append(session_id)
-        if live_only:
-            sql += " AND live = 1"
         rows = self.db.execute(sql + " ORDER BY rowid", args)
         return [Agent.model_validate_json(r[0]) for r in rows]
 
