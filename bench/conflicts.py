@@ -6,7 +6,7 @@ with other branches. A hot file is edited on a line that depends on the
 branch, so some pairs touch the same line (a real conflict) and others
 different lines (an overlap that merges cleanly).
 
-Prints the time for corral's full 190-pair matrix (`merge.matrix` under
+Prints the time for corral's full 190-pair matrix (`detect.matrix` under
 `trio.run`, one worker thread, one Repository) and for 190 `git merge-tree`
 subprocesses, their ratio (target <= 0.3), and checks that both agree on
 which pairs conflict.
@@ -29,7 +29,7 @@ import trio
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / d) for d in ("daemon", "client")]
 
-from corrald.git import merge  # noqa: E402
+from corrald.git.merge import detect  # noqa: E402
 
 DIRS, PER_DIR, BRANCHES, OWN, HOT_PICK, HOT_POOL, LINES = 50, 100, 20, 40, 10, 60, 20
 TARGET_RATIO = 0.3
@@ -91,7 +91,7 @@ def main() -> int:
         )
 
         t0 = time.perf_counter()
-        result = trio.run(merge.matrix, repo_path, branches)
+        result = trio.run(detect.matrix, repo_path, branches)
         corral_s = time.perf_counter() - t0
 
         t0 = time.perf_counter()

@@ -28,7 +28,7 @@ from typing import Any
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / d) for d in ("daemon", "client")]
 
 from corral.models import SchedulerConfig, Strategy, Task, TaskSpec, TaskStatus  # noqa: E402
-from corrald.scheduler import Scheduler  # noqa: E402
+from corrald.core.scheduler import Scheduler  # noqa: E402
 
 
 def _pct(samples: list[float], q: float) -> float:

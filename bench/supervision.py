@@ -35,10 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / d) for d in ("daemon", "client")]
 
 from corral.models import EndReason, ResourceLimits  # noqa: E402
-from corrald import proctree  # noqa: E402
-from corrald.agents import make_parser  # noqa: E402
-from corrald.cgroups import detect  # noqa: E402
-from corrald.supervisor import AgentRun, RunSpec, SampleHub, run_agent, wait_until  # noqa: E402
+from corrald.agents.parsers import make_parser  # noqa: E402
+from corrald.process import proctree  # noqa: E402
+from corrald.process.cgroups import detect  # noqa: E402
+from corrald.process.run import AgentRun, RunSpec, SampleHub, run_agent, wait_until  # noqa: E402
 
 FAKE = ROOT / "tests" / "fake_agent.py"
 

@@ -11,21 +11,21 @@ from pydantic import ValidationError
 
 from corral.errors import UnknownAgentType
 from corral.models import AgentActivity
-from corrald.agents import (
-    BUILTIN_TYPES,
+from corrald.agents.activity import activity_for_command
+from corrald.agents.output import OutputParser, ParsedEvent
+from corrald.agents.parsers import (
     PARSERS,
-    AgentTypeConfig,
     ClaudeStreamJsonParser,
     CodexJsonParser,
-    OutputParser,
-    ParsedEvent,
     PlainParser,
-    activity_for_command,
+    make_parser,
+)
+from corrald.agents.ratelimit import parse_reset, rate_limit_from_text
+from corrald.agents.types import (
+    BUILTIN_TYPES,
+    AgentTypeConfig,
     build_argv,
     build_prompt,
-    make_parser,
-    parse_reset,
-    rate_limit_from_text,
     resolve_type,
 )
 

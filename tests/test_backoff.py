@@ -19,11 +19,11 @@ import trio
 import trio.testing
 
 from corral.models import Backoff, SchedulerConfig, SessionStatus, TaskSpec, TaskStatus
-from corrald.agents import AgentTypeConfig
-from corrald.engine import Engine, SessionState
-from corrald.events import EventBus
-from corrald.pool import AgentPool
-from corrald.store import Store
+from corrald.agents.types import AgentTypeConfig
+from corrald.pool.pool import AgentPool
+from corrald.state.engine import Engine, SessionState
+from corrald.state.events import EventBus
+from corrald.state.store import Store
 
 PLAN_AGENT = Path(__file__).with_name("plan_agent.py")
 

@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 
 from corral import errors
 from corral.models import ConflictType, MergeConflict, ResolutionStrategy
-from corrald import conflicts as pure
-from corrald.git import merge
+from corrald.core import conflicts as pure
+from corrald.git.merge import detect, resolve
+from corrald.git.merge.analysis import MergeEngine
 from corrald.git.repo import open_repo
 from tests.conftest import git, make_repo
 
@@ -150,8 +151,8 @@ def test_matches_git_merge_tree(histories: list[list[Op]]) -> None:
             git(repo, "commit", "-q", "--allow-empty", "-m", name)
         git(repo, "checkout", "-q", "main")
 
-        found = trio.run(merge.detect, str(repo), [(n, None) for n in names], None)
-        cells = trio.run(merge.matrix, str(repo), names)
+        found = trio.run(detect.detect, str(repo), [(n, None) for n in names], None)
+        cells = trio.run(detect.matrix, str(repo), names)
         for i, b1 in enumerate(names):
             for b2 in names[i + 1 :]:
                 clean, expected = git_merge_tree(repo, b1, b2)
@@ -160,7 +161,7 @@ def test_matches_git_merge_tree(histories: list[list[Op]]) -> None:
                 assert ours == expected, (b1, b2, histories, pair)
                 for c in pair:
                     event(f"{c.conflict_type.value} auto={c.auto_resolvable}")
-                safe = trio.run(merge.can_merge_safely, str(repo), b1, b2)
+                safe = trio.run(detect.can_merge_safely, str(repo), b1, b2)
                 assert safe == clean
                 cell = next(c for c in cells.cells if (c.branch1, c.branch2) == (b1, b2))
                 assert cell == pure.matrix_cell(b1, b2, pair)
@@ -184,7 +185,7 @@ def two_branches(tmp_path: Path, files: dict[str, str], one: list[Op], two: list
 
 
 async def pair_conflicts(repo: Path) -> dict[str, MergeConflict]:
-    found = await merge.detect(str(repo), [("one", "agent-1"), ("two", "agent-2")], None)
+    found = await detect.detect(str(repo), [("one", "agent-1"), ("two", "agent-2")], None)
     assert all((c.branch1, c.branch2) == ("one", "two") for c in found)
     return {c.file_path: c for c in found}
 
@@ -304,7 +305,7 @@ async def test_conflict_type(
     )
     assert (conflict.agent1, conflict.agent2) == ("agent-1", "agent-2")
     assert conflict.description
-    assert await merge.can_merge_safely(str(repo), "one", "two") is auto
+    assert await detect.can_merge_safely(str(repo), "one", "two") is auto
 
 
 async def test_identical_changes_and_disjoint_edits_are_not_reported(tmp_path: Path) -> None:
@@ -315,7 +316,7 @@ async def test_identical_changes_and_disjoint_edits_are_not_reported(tmp_path: P
         [("edit", "a.txt", "1", "P"), ("edit", "c.txt", "1", "Q")],
     )
     assert await pair_conflicts(repo) == {}
-    assert await merge.can_merge_safely(str(repo), "one", "two")
+    assert await detect.can_merge_safely(str(repo), "one", "two")
 
 
 async def test_detect_against_target_puts_target_first(tmp_path: Path) -> None:
@@ -323,7 +324,7 @@ async def test_detect_against_target_puts_target_first(tmp_path: Path) -> None:
     git(repo, "checkout", "-q", "main")
     (repo / "a.txt").write_text(body("a", {1: "main edit"}))
     git(repo, "commit", "-qam", "main edit")
-    found = await merge.detect(str(repo), [("one", "agent-1")], "main")
+    found = await detect.detect(str(repo), [("one", "agent-1")], "main")
     assert [(c.branch1, c.branch2, c.agent1, c.agent2, c.file_path) for c in found] == [
         ("main", "one", None, "agent-1", "a.txt")
     ]
@@ -332,7 +333,7 @@ async def test_detect_against_target_puts_target_first(tmp_path: Path) -> None:
 async def test_unknown_branch(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo", BASE_FILES)
     with pytest.raises(errors.BranchNotFound):
-        await merge.can_merge_safely(str(repo), "main", "nope")
+        await detect.can_merge_safely(str(repo), "main", "nope")
 
 
 async def test_matrix_states(tmp_path: Path) -> None:
@@ -344,7 +345,7 @@ async def test_matrix_states(tmp_path: Path) -> None:
     git(repo, "checkout", "-q", "-b", "s", "main")
     (repo / "c.txt").write_text(body("c", {1: "S"}))
     git(repo, "commit", "-qam", "s")
-    result = await merge.matrix(str(repo), ["p", "q", "r", "s"])
+    result = await detect.matrix(str(repo), ["p", "q", "r", "s"])
     states = {(c.branch1, c.branch2): (c.state.value, c.files) for c in result.cells}
     assert states == {
         ("p", "q"): ("conflict", 1),
@@ -416,10 +417,10 @@ def test_summarize() -> None:
 
 def test_resolution_branch_name() -> None:
     assert (
-        merge.resolution_branch_name("corral/t1", "corral/t2")
+        resolve.resolution_branch_name("corral/t1", "corral/t2")
         == "corral/resolve/corral_t1--corral_t2"
     )
-    assert merge.resolution_branch_name("a..b", "x.lock") == "corral/resolve/a_b--x"
+    assert resolve.resolution_branch_name("a..b", "x.lock") == "corral/resolve/a_b--x"
 
 
 # --- resolution ----------------------------------------------------------------------------
@@ -448,7 +449,7 @@ async def test_resolve_takes_a_side(
     conflicted: Path, strategy: ResolutionStrategy, priority: str | None, expected: str
 ) -> None:
     conflict = (await pair_conflicts(conflicted))["a.txt"]
-    result = await merge.resolve(str(conflicted), conflict, strategy, "main", priority)
+    result = await resolve.resolve(str(conflicted), conflict, strategy, "main", priority)
     assert result.success and result.commit and result.branch == "corral/resolve/one--two"
     assert git(conflicted, "rev-parse", result.branch) == result.commit
     assert git(conflicted, "show", f"{result.commit}:a.txt") == git(
@@ -464,11 +465,15 @@ async def test_resolve_takes_a_side(
 async def test_resolve_auto_merge(conflicted: Path) -> None:
     found = await pair_conflicts(conflicted)
     with pytest.raises(errors.ResolutionFailed) as info:
-        await merge.resolve(str(conflicted), found["a.txt"], ResolutionStrategy.AUTO_MERGE, "main")
+        await resolve.resolve(
+            str(conflicted), found["a.txt"], ResolutionStrategy.AUTO_MERGE, "main"
+        )
     assert info.value.data["reason"] == "conflict"
     # The overlap merges cleanly, but a.txt still conflicts: no commit can be made.
     with pytest.raises(errors.ResolutionFailed) as info:
-        await merge.resolve(str(conflicted), found["b.txt"], ResolutionStrategy.AUTO_MERGE, "main")
+        await resolve.resolve(
+            str(conflicted), found["b.txt"], ResolutionStrategy.AUTO_MERGE, "main"
+        )
     assert info.value.data["otherConflicts"] == ["a.txt"]
 
 
@@ -477,7 +482,7 @@ async def test_resolve_auto_merge_overlap_commits(tmp_path: Path) -> None:
         tmp_path, BASE_FILES, [("edit", "b.txt", "1", "P")], [("edit", "b.txt", "6", "Q")]
     )
     found = await pair_conflicts(repo)
-    result = await merge.resolve(str(repo), found["b.txt"], ResolutionStrategy.AUTO_MERGE, "main")
+    result = await resolve.resolve(str(repo), found["b.txt"], ResolutionStrategy.AUTO_MERGE, "main")
     assert result.success and result.commit
     merged = git(repo, "show", f"{result.commit}:b.txt")
     assert "edited P" in merged and "edited Q" in merged
@@ -486,7 +491,7 @@ async def test_resolve_auto_merge_overlap_commits(tmp_path: Path) -> None:
 async def test_resolve_manual_returns_markers(conflicted: Path) -> None:
     conflict = (await pair_conflicts(conflicted))["a.txt"]
     before = git(conflicted, "for-each-ref")
-    result = await merge.resolve(str(conflicted), conflict, ResolutionStrategy.MANUAL, "main")
+    result = await resolve.resolve(str(conflicted), conflict, ResolutionStrategy.MANUAL, "main")
     assert not result.success and result.commit is None and result.content is not None
     assert "<<<<<<< one\nedited P\n=======\nedited Q\n>>>>>>> two\n" in result.content
     assert git(conflicted, "for-each-ref") == before
@@ -495,21 +500,21 @@ async def test_resolve_manual_returns_markers(conflicted: Path) -> None:
 async def test_resolve_delete_modify_keeps_modification(tmp_path: Path) -> None:
     repo = two_branches(tmp_path, BASE_FILES, [("delete", "a.txt")], [("edit", "a.txt", "1", "Q")])
     conflict = (await pair_conflicts(repo))["a.txt"]
-    result = await merge.resolve(str(repo), conflict, conflict.recommended_strategy, "main")
+    result = await resolve.resolve(str(repo), conflict, conflict.recommended_strategy, "main")
     assert result.success and result.commit
     assert "edited Q" in git(repo, "show", f"{result.commit}:a.txt")
-    first = await merge.resolve(str(repo), conflict, ResolutionStrategy.USE_FIRST, "main")
+    first = await resolve.resolve(str(repo), conflict, ResolutionStrategy.USE_FIRST, "main")
     assert "a.txt" not in git(repo, "ls-tree", "--name-only", str(first.commit)).split()
 
 
 async def test_resolve_directory_conflict_with_file_side(tmp_path: Path) -> None:
     repo = two_branches(tmp_path, BASE_FILES, [("to_dir", "a.txt")], [("edit", "a.txt", "1", "Q")])
     conflict = (await pair_conflicts(repo))["a.txt"]
-    as_dir = await merge.resolve(str(repo), conflict, ResolutionStrategy.USE_FIRST, "main")
+    as_dir = await resolve.resolve(str(repo), conflict, ResolutionStrategy.USE_FIRST, "main")
     assert (
         git(repo, "ls-tree", "-r", "--name-only", str(as_dir.commit), "a.txt") == "a.txt/inner.txt"
     )
-    as_file = await merge.resolve(str(repo), conflict, ResolutionStrategy.USE_LAST, "main")
+    as_file = await resolve.resolve(str(repo), conflict, ResolutionStrategy.USE_LAST, "main")
     assert "edited Q" in git(repo, "show", f"{as_file.commit}:a.txt")
 
 
@@ -680,11 +685,11 @@ async def test_file_level_merges_match_git(
     found = await pair_conflicts(repo)
     assert {p for p, c in found.items() if not c.auto_resolvable} == expected, found
     assert "f.txt" in found  # changed on both sides: a conflict or an overlap
-    assert await merge.can_merge_safely(str(repo), "one", "two") is clean
-    cells = await merge.matrix(str(repo), ["one", "two"])
+    assert await detect.can_merge_safely(str(repo), "one", "two") is clean
+    cells = await detect.matrix(str(repo), ["one", "two"])
     assert cells.cells == [pure.matrix_cell("one", "two", found.values())]
     # The shortcut is taken exactly where it is meant to be.
-    engine = merge._Engine(open_repo(str(repo)))
+    engine = MergeEngine(open_repo(str(repo)))
     engine.pair("one", "two")
     assert engine.merges == int(tree_merge)
 
@@ -713,6 +718,6 @@ async def test_criss_cross_takes_the_tree_merge(tmp_path: Path, line: int) -> No
     found = await pair_conflicts(repo)
     assert {p for p, c in found.items() if not c.auto_resolvable} == expected
     assert set(found) == {"f.txt"} and clean is (line != 1)
-    engine = merge._Engine(open_repo(str(repo)))
+    engine = MergeEngine(open_repo(str(repo)))
     engine.pair("one", "two")
     assert engine.merges == 1

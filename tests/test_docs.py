@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 from corrald import docs
-from corrald.api import methods
+from corrald.api.methods import methods
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,27 +36,93 @@ def _imports(path: Path) -> set[str]:
     return names
 
 
-def test_wire_contract_has_no_trio_and_no_daemon() -> None:
-    for name in ("models.py", "errors.py"):
-        imported = _imports(ROOT / "client" / "corral" / name)
-        assert not {m for m in imported if m.split(".")[0] in ("trio", "corrald", "pygit2")}
+DAEMON = ROOT / "daemon" / "corrald"
+CLIENT = ROOT / "client" / "corral"
+
+#: The daemon's layers, lowest first. A module may import its own layer's
+#: package and anything lower; peers within a layer never import each other.
+LAYERS: list[set[str]] = [
+    {"core"},
+    {"agents", "systemd"},
+    {"config", "process", "git", "state", "rpc"},
+    {"pool"},
+    {"api"},
+    {"app", "docs"},
+]
 
 
-def test_pure_core_does_no_io() -> None:
+def _layer_of(module: str) -> tuple[int, str]:
+    part = module.split(".")[1]
+    for rank, names in enumerate(LAYERS):
+        if part in names:
+            return rank, part
+    raise AssertionError(f"{module} is in no layer of the test: add it to LAYERS")
+
+
+def _daemon_modules() -> dict[str, Path]:
+    out = {}
+    for path in DAEMON.rglob("*.py"):
+        rel = path.relative_to(DAEMON.parent).with_suffix("")
+        parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+        if len(parts) > 1:
+            out[".".join(parts)] = path
+    return out
+
+
+def test_daemon_layers_import_only_downwards() -> None:
+    for module, path in _daemon_modules().items():
+        rank, part = _layer_of(module)
+        for imported in _imports(path):
+            if imported.split(".")[0] != "corrald" or imported == "corrald":
+                continue
+            other_rank, other = _layer_of(imported)
+            assert other_rank < rank or other == part, f"{module} imports {imported} (layer up)"
+
+
+def test_core_is_pure() -> None:
     forbidden = {"trio", "sqlite3", "pygit2", "psutil", "subprocess", "socket", "os", "corrald"}
-    for name in ("scheduler.py", "conflicts.py"):
-        imported = _imports(ROOT / "daemon" / "corrald" / name)
-        assert not {m for m in imported if m.split(".")[0] in forbidden}, name
+    for path in (DAEMON / "core").rglob("*.py"):
+        imported = {m.split(".")[0] for m in _imports(path)}
+        inside = {m for m in _imports(path) if m.startswith("corrald.core")}
+        assert not (imported - {"corrald"}) & forbidden, path
+        assert {m for m in _imports(path) if m.startswith("corrald.")} <= inside, path
+
+
+def test_rpc_knows_nothing_above_it() -> None:
+    for path in (DAEMON / "rpc").rglob("*.py"):
+        for imported in _imports(path):
+            if imported.startswith("corrald"):
+                assert imported.startswith("corrald.rpc"), f"{path} imports {imported}"
+
+
+def test_api_never_touches_the_store() -> None:
+    for path in (DAEMON / "api").rglob("*.py"):
+        assert not {m for m in _imports(path) if m.startswith("corrald.state.store")}, path
+
+
+def test_wire_contract_has_no_trio_and_no_daemon() -> None:
+    for name in ("models.py", "errors.py", "params.py", "events.py", "paths.py"):
+        path = CLIENT / name
+        if path.exists():
+            imported = _imports(path)
+            assert not {m for m in imported if m.split(".")[0] in ("trio", "corrald", "pygit2")}
+
+
+def test_client_never_imports_the_daemon() -> None:
+    for path in CLIENT.rglob("*.py"):
+        assert not {m for m in _imports(path) if m.split(".")[0] == "corrald"}, path
 
 
 def test_pygit2_only_in_the_git_package() -> None:
-    for path in (ROOT / "daemon" / "corrald").rglob("*.py"):
+    for path in DAEMON.rglob("*.py"):
         if "pygit2" in {m.split(".")[0] for m in _imports(path)}:
-            assert path.parent.name == "git", path
+            assert "git" in path.relative_to(DAEMON).parts, path
 
 
-def test_architecture_names_every_module() -> None:
+def test_architecture_names_every_folder_and_module() -> None:
     text = (ROOT / "ARCHITECTURE.md").read_text()
-    for path in (ROOT / "daemon" / "corrald").glob("*.py"):
+    for path in DAEMON.rglob("*.py"):
         if path.stem != "__init__":
             assert path.stem in text, f"ARCHITECTURE.md does not mention {path.stem}"
+    for folder in (p for p in DAEMON.iterdir() if p.is_dir() and p.name != "__pycache__"):
+        assert f"{folder.name}/" in text, f"ARCHITECTURE.md does not show the folder {folder.name}/"

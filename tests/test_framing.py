@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from corral import errors
-from corrald.framing import FrameReader, Framing, encode
+from corrald.rpc.framing import FrameReader, Framing, encode
 
 
 def feed_all(reader: FrameReader, chunks: list[bytes]) -> list[bytes]:

@@ -8,7 +8,7 @@ import pytest
 
 from corral import errors
 from corral.models import MergeStatus
-from corrald.git import merge
+from corrald.git.merge import queue
 from tests.conftest import git, make_repo
 
 FILES = {"shared.txt": "".join(f"line {i}\n" for i in range(10)), "README.md": "hello\n"}
@@ -44,7 +44,7 @@ def repo(tmp_path: Path) -> Path:
 
 async def test_queue_merges_clean_branches_and_skips_the_conflict(repo: Path) -> None:
     start = git(repo, "rev-parse", "main")
-    report = await merge.merge_queue(str(repo), ["t1", "t4", "t2", "t3"], "main")
+    report = await queue.merge_queue(str(repo), ["t1", "t4", "t2", "t3"], "main")
     assert (report.total_branches, report.merged, report.failed, report.skipped) == (4, 3, 0, 1)
     by_branch = {r.branch: r for r in report.results}
     assert [r.branch for r in report.results] == ["t1", "t4", "t2", "t3"]
@@ -78,7 +78,7 @@ async def test_queue_merges_clean_branches_and_skips_the_conflict(repo: Path) ->
 
 async def test_dry_run_moves_nothing(repo: Path) -> None:
     refs = git(repo, "for-each-ref")
-    report = await merge.merge_queue(str(repo), ["t1", "t4", "t2", "t3"], "main", dry_run=True)
+    report = await queue.merge_queue(str(repo), ["t1", "t4", "t2", "t3"], "main", dry_run=True)
     assert report.dry_run and (report.merged, report.skipped) == (3, 1)
     assert git(repo, "for-each-ref") == refs
     assert git(repo, "status", "--porcelain") == ""
@@ -91,7 +91,7 @@ async def test_dry_run_moves_nothing(repo: Path) -> None:
 async def test_fast_forward_and_already_merged(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo", FILES)
     branch(repo, "ahead", {"new.txt": "new\n"})
-    report = await merge.merge_queue(str(repo), ["ahead", "ahead"], "main")
+    report = await queue.merge_queue(str(repo), ["ahead", "ahead"], "main")
     assert [r.status for r in report.results] == [MergeStatus.FAST_FORWARD, MergeStatus.SKIPPED]
     assert git(repo, "rev-parse", "main") == git(repo, "rev-parse", "ahead")
     assert git(repo, "log", "-1", "--format=%P", "main").count(" ") == 0  # no merge commit
@@ -107,7 +107,7 @@ async def test_target_moved_between_merge_and_swap_fails_cleanly(repo: Path) -> 
             git(repo, "commit", "-q", "--allow-empty", "-m", "outside commit")
             moved_to.append(git(repo, "rev-parse", "main"))
 
-    report = await merge.merge_queue(
+    report = await queue.merge_queue(
         str(repo), ["t2", "t3"], "main", before_swap=someone_else_commits
     )
     t2, t3 = report.results
@@ -128,7 +128,7 @@ async def test_dirty_worktree_refuses_the_whole_queue(repo: Path) -> None:
     (repo / "ignored.log").write_text("ignored\n")
     refs = git(repo, "for-each-ref")
     with pytest.raises(errors.TargetDirty) as info:
-        await merge.merge_queue(str(repo), ["t1", "t2"], "main")
+        await queue.merge_queue(str(repo), ["t1", "t2"], "main")
     assert info.value.data["files"] == [".gitignore", "README.md", "scratch.txt"]
     assert git(repo, "for-each-ref") == refs
     assert (repo / "README.md").read_text() == "local edit\n"
@@ -137,19 +137,19 @@ async def test_dirty_worktree_refuses_the_whole_queue(repo: Path) -> None:
 async def test_target_not_checked_out_leaves_the_worktree_alone(repo: Path) -> None:
     git(repo, "checkout", "-q", "-b", "elsewhere")
     (repo / "README.md").write_text("dirty, but not on the target\n")
-    report = await merge.merge_queue(str(repo), ["t2"], "main")
+    report = await queue.merge_queue(str(repo), ["t2"], "main")
     assert report.merged == 1 and not report.worktree_updated
     assert not (repo / "two.txt").exists()
     assert git(repo, "show", "main:two.txt") == "2"
 
 
 async def test_missing_branch_and_missing_target(repo: Path) -> None:
-    report = await merge.merge_queue(str(repo), ["nope", "t2"], "main")
+    report = await queue.merge_queue(str(repo), ["nope", "t2"], "main")
     assert report.results[0].status is MergeStatus.FAILED
     assert report.results[0].error_code == errors.BranchNotFound.code
     assert report.results[1].status is MergeStatus.FAST_FORWARD and report.merged == 1
     with pytest.raises(errors.BranchNotFound):
-        await merge.merge_queue(str(repo), ["t2"], "no-such-target")
+        await queue.merge_queue(str(repo), ["t2"], "no-such-target")
 
 
 async def test_worktree_edited_during_the_queue_fails_that_branch_only(repo: Path) -> None:
@@ -158,7 +158,7 @@ async def test_worktree_edited_during_the_queue_fails_that_branch_only(repo: Pat
             (repo / "shared.txt").write_text("someone is typing here\n")
 
     before = git(repo, "rev-parse", "main")
-    report = await merge.merge_queue(
+    report = await queue.merge_queue(
         str(repo), ["t3"], "main", before_swap=edit_a_file_the_merge_changes
     )
     assert report.results[0].status is MergeStatus.FAILED

@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 
 from corral.client import Client
 from corral.models import Params
-from corrald.rpc import Registry
-from corrald.server import Connection, Server, bind_socket
+from corrald.rpc.dispatch import Registry
+from corrald.rpc.server import Connection, Server, bind_socket
 from tests.daemon_proc import DaemonProcess
 
 FRAME_CAP = 65536

@@ -1,7 +1,7 @@
 """Every example of the JSON-RPC 2.0 specification (§7), raw bytes on a real socket.
 
 The spec's methods (subtract, sum, update, notify_hello, get_data,
-notify_sum) are a test registry served by the real `corrald.server.Server`
+notify_sum) are a test registry served by the real `corrald.rpc.server.Server`
 on a real AF_UNIX socket bound with `bind_socket`. Each example is sent in
 both framings the daemon speaks (newline-delimited JSON and LSP-style
 `Content-Length:` headers) and must get exactly the spec's answer.
@@ -28,8 +28,8 @@ import pytest
 import trio
 
 from corral.models import NoParams, Params
-from corrald.rpc import Registry
-from corrald.server import Connection, Server, bind_socket
+from corrald.rpc.dispatch import Registry
+from corrald.rpc.server import Connection, Server, bind_socket
 from tests.daemon_proc import DaemonProcess
 
 # --- the spec's methods ------------------------------------------------------------
@@ -420,7 +420,7 @@ DESIGN_METHODS = {
 def test_rpc_discover_describes_every_method(daemon: DaemonProcess) -> None:
     from corral.client import _Methods, _Rpc
     from corral.errors import ERROR_CLASSES
-    from corrald.api import methods
+    from corrald.api.methods import methods
 
     with daemon.client() as c:
         doc = c.rpc_discover()

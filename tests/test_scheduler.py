@@ -31,7 +31,7 @@ from corral.models import (
     TaskSpec,
     TaskStatus,
 )
-from corrald.scheduler import Scheduler
+from corrald.core.scheduler import Scheduler
 
 S = TaskStatus
 SATISFIED = {S.COMPLETED, S.SKIPPED}

@@ -19,11 +19,11 @@ import pytest
 import trio
 
 from corral.models import AgentActivity, EndReason, ErrorCategory, ResourceLimits
-from corrald import proctree
-from corrald.agents import make_parser
-from corrald.cgroups import detect
-from corrald.executor import LocalExecutor
-from corrald.supervisor import (
+from corrald.agents.parsers import make_parser
+from corrald.process import proctree
+from corrald.process.cgroups import detect
+from corrald.process.executor import LocalExecutor
+from corrald.process.run import (
     AgentRun,
     RunResult,
     RunSpec,

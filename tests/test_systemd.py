@@ -25,7 +25,7 @@ import pytest
 
 from corral import errors
 from corral.client import Client
-from corrald.server import Limits
+from corrald.rpc.server import Limits
 from tests.daemon_proc import DaemonProcess
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,13 +12,12 @@ from pathlib import Path
 import trio
 
 from corral import __version__
-from corrald import cgroups, systemd
-from corrald.api import Call, DaemonInfo, methods
+from corrald import systemd
+from corrald.api.methods import Call, DaemonInfo, methods
 from corrald.config import Config, ConfigError, default_state_dir, load_config
-from corrald.engine import Engine
-from corrald.events import EventBus
-from corrald.pool import AgentPool
-from corrald.server import (
+from corrald.pool.pool import AgentPool
+from corrald.process import cgroups
+from corrald.rpc.server import (
     AlreadyRunning,
     Connection,
     Limits,
@@ -26,7 +25,9 @@ from corrald.server import (
     bind_socket,
     default_socket_path,
 )
-from corrald.store import Store, StoreError
+from corrald.state.engine import Engine
+from corrald.state.events import EventBus
+from corrald.state.store import Store, StoreError
 
 log = logging.getLogger("corrald")
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from corral.models import SchedulerConfig
-from corrald.agents import AgentTypeConfig
+from corrald.agents.types import AgentTypeConfig
 
 
 class ConfigError(RuntimeError):

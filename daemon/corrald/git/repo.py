@@ -83,6 +83,11 @@ def discover_repo_root(path: str | os.PathLike[str]) -> str:
     return str(common.parent)
 
 
+async def repo_root(path: str | os.PathLike[str]) -> str:
+    """`discover_repo_root` in a worker thread (it reads the disk through libgit2)."""
+    return await in_thread(lambda: discover_repo_root(path))
+
+
 async def in_thread(fn: Callable[[], T]) -> T:
     """Run a blocking pygit2 function in a worker thread (cancellable wait)."""
     return await trio.to_thread.run_sync(fn, abandon_on_cancel=False)

@@ -48,14 +48,16 @@ from corral.models import (
     WorktreeAllocation,
     overlay,
 )
-from corrald import conflicts as conflict_rules
-from corrald.engine import Engine, SessionState
-from corrald.events import pump
-from corrald.git import merge, worktrees
-from corrald.pool import AgentPool
-from corrald.rpc import Registry, openrpc_document
-from corrald.scheduler import merge_order
-from corrald.server import Connection
+from corrald.core import conflicts as conflict_rules
+from corrald.core.scheduler import merge_order
+from corrald.git import worktrees
+from corrald.git.merge import detect, queue, resolve
+from corrald.git.repo import repo_root
+from corrald.pool.pool import AgentPool
+from corrald.rpc.dispatch import Registry, openrpc_document
+from corrald.rpc.server import Connection
+from corrald.state.engine import Engine, SessionState
+from corrald.state.events import pump
 
 
 @dataclass
@@ -160,7 +162,8 @@ async def init_parallel_scheduler(call: Call, p: InitParams) -> Session:
     """
     defaults = call.daemon.defaults
     config = defaults if p.config is None else overlay(defaults, p.config)
-    return call.engine.init_session(config, p.repo_path, p.session_id)
+    root = await repo_root(p.repo_path)
+    return call.engine.init_session(config, root, p.session_id)
 
 
 @methods.method()
@@ -682,7 +685,7 @@ async def conflicts_detect(call: Call, p: DetectParams) -> list[MergeConflict]:
         pairs = [
             (b.branch, b.agent_id) if isinstance(b, BranchRef) else (b[0], b[1]) for b in p.branches
         ]
-    found = await merge.detect(state.session.repo_path, pairs, p.target)
+    found = await detect.detect(state.session.repo_path, pairs, p.target)
     call.engine.bus.publish(
         "conflicts.detected",
         state.id,
@@ -700,7 +703,7 @@ async def conflicts_detect(call: Call, p: DetectParams) -> list[MergeConflict]:
 async def conflicts_can_merge_safely(call: Call, p: PairParams) -> bool:
     """True when merging `branch1` and `branch2` has no conflicts (overlaps are fine)."""
     state = call.engine.session(p.session_id)
-    return await merge.can_merge_safely(state.session.repo_path, p.branch1, p.branch2)
+    return await detect.can_merge_safely(state.session.repo_path, p.branch1, p.branch2)
 
 
 @methods.method()
@@ -719,7 +722,7 @@ async def conflicts_matrix(call: Call, p: MatrixParams) -> ConflictMatrix:
     branches = p.branches
     if branches is None:
         branches = [t.branch or "" for t in _task_branches(state, _WITH_WORK)]
-    return await merge.matrix(state.session.repo_path, branches)
+    return await detect.matrix(state.session.repo_path, branches)
 
 
 @methods.method()
@@ -734,7 +737,7 @@ async def conflicts_resolve(call: Call, p: ResolveParams) -> ConflictResolutionR
     """
     state = call.engine.session(p.session_id)
     base = await _target(state, p.base_branch)
-    result = await merge.resolve(
+    result = await resolve.resolve(
         state.session.repo_path, p.conflict, p.strategy, base, p.priority_branch
     )
     call.engine.bus.publish("conflicts.resolved", state.id, result.to_wire())
@@ -756,7 +759,7 @@ async def merge_completed_branches(call: Call, p: MergeParams) -> MergeReport:
     state = call.engine.session(p.session_id)
     target = await _target(state, p.target_branch)
     ordered = merge_order(_task_branches(state, (TaskStatus.COMPLETED,)))
-    report = await merge.merge_queue(
+    report = await queue.merge_queue(
         state.session.repo_path, [t.branch or "" for t in ordered], target, p.dry_run
     )
     if not p.dry_run:

@@ -16,8 +16,8 @@ import psutil
 import trio
 
 from corral.models import AgentLifecycle, EndReason, LogEntry
-from corrald import cgroups
-from corrald.supervisor import (
+from corrald.process import cgroups
+from corrald.process.run import (
     AgentRun,
     RunResult,
     RunSpec,

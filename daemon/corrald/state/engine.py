@@ -24,12 +24,11 @@ from corral.models import (
     TaskStatus,
     check_task_id,
 )
-from corrald.events import EventBus
-from corrald.git.repo import discover_repo_root
-from corrald.scheduler import Scheduler
-from corrald.store import Store
+from corrald.core.scheduler import Scheduler
+from corrald.state.events import EventBus
+from corrald.state.store import Store
 
-log = logging.getLogger("corrald.engine")
+log = logging.getLogger("corrald.state.engine")
 
 ACTIVE_STATUSES = (SessionStatus.RUNNING, SessionStatus.PAUSED, SessionStatus.STOPPING)
 
@@ -118,10 +117,8 @@ class Engine:
             self._save_session(state)
 
     # --- sessions -------------------------------------------------------------------------
-    def init_session(
-        self, config: SchedulerConfig, repo_path: str, session_id: str | None
-    ) -> Session:
-        root = discover_repo_root(repo_path)
+    def init_session(self, config: SchedulerConfig, root: str, session_id: str | None) -> Session:
+        """Create a session on the repository whose main work tree is `root` (resolved)."""
         if session_id is not None:
             check_task_id(session_id)
             existing = self.sessions.get(session_id)

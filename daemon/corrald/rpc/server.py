@@ -27,10 +27,10 @@ from typing import Any, Generic
 import trio
 
 from corral import errors
-from corrald.framing import FrameReader, Framing, encode
-from corrald.rpc import Ctx, Dispatcher, Registry
+from corrald.rpc.dispatch import Ctx, Dispatcher, Registry
+from corrald.rpc.framing import FrameReader, Framing, encode
 
-log = logging.getLogger("corrald.server")
+log = logging.getLogger("corrald.rpc.server")
 
 
 @dataclass

@@ -22,7 +22,7 @@ import trio
 
 from corral import errors
 from corral.models import Event
-from corrald.store import Store
+from corrald.state.store import Store
 
 SEQ_BLOCK = 10_000
 UNPERSISTED = frozenset({"log"})

@@ -43,7 +43,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from corral import errors
 from corral.models import NoParams, to_jsonable
 
-log = logging.getLogger("corrald.rpc")
+log = logging.getLogger("corrald.rpc.dispatch")
 
 Ctx = TypeVar("Ctx")
 JSON = Any

@@ -46,15 +46,16 @@ from corral.models import (
     Violation,
     WorktreeAllocation,
 )
-from corrald import agents as agent_types
-from corrald import cgroups
-from corrald.agents import AgentTypeConfig
-from corrald.engine import Engine, SessionState
-from corrald.executor import Executor, LocalExecutor, RunHandle
+from corrald.agents import types as agent_types
+from corrald.agents.parsers import make_parser
+from corrald.agents.types import AgentTypeConfig
 from corrald.git import worktrees
-from corrald.supervisor import RunResult, RunSpec
+from corrald.process import cgroups
+from corrald.process.executor import Executor, LocalExecutor, RunHandle
+from corrald.process.run import RunResult, RunSpec
+from corrald.state.engine import Engine, SessionState
 
-log = logging.getLogger("corrald.pool")
+log = logging.getLogger("corrald.pool.pool")
 
 COMPLETED_KEPT = 10_000
 FINISHED_RUNS_KEPT = 200
@@ -334,7 +335,7 @@ class AgentPool:
             limits=config.resource_limits,
             log_path=self.log_path(session.id, agent.id),
             log_cap_bytes=self.log_cap_bytes,
-            parser=agent_types.make_parser(kind.parser, config.completion_marker),
+            parser=make_parser(kind.parser, config.completion_marker),
             completion_marker=config.completion_marker,
         )
 

@@ -50,9 +50,9 @@ from corral.models import (
     ResourceLimits,
     Violation,
 )
-from corrald import proctree
-from corrald.agents import OutputParser, ParsedEvent
-from corrald.cgroups import AgentCgroup, cgroup_of, detect
+from corrald.agents.output import OutputParser, ParsedEvent
+from corrald.process import proctree
+from corrald.process.cgroups import AgentCgroup, cgroup_of, detect
 
 log = logging.getLogger(__name__)
 
