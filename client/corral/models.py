@@ -499,6 +499,14 @@ class DaemonStatus(Wire):
     cgroup: CgroupFeatures
 
 
+class SubscribeResult(Wire):
+    """The answer to `events_subscribe`: the subscription and where the stream stands."""
+
+    subscription_id: str
+    seq: int
+    oldest: int
+
+
 class Event(Wire):
     seq: int
     type: str

@@ -1,0 +1,289 @@
+"""Event payloads: one model per event type, and a parser for the `event` notification.
+
+Every state change the daemon makes is announced as an event
+`{seq, type, sessionId, payload, at}`. `corral.models.Event` is the untyped
+envelope; this module types it: one payload model and one event class per
+type, and `AnyEvent`, their union discriminated by `type`. The daemon
+publishes a payload; its type follows from `TYPE_OF`.
+`parse_event` turns a notification's params into the typed event; an event
+type this client does not know becomes an `UnknownEvent` (a newer daemon),
+never an error.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import Discriminator, Field, Tag, TypeAdapter
+
+from corral.models import (
+    AgentActivity,
+    AgentLifecycle,
+    CleanupReport,
+    ConflictResolutionResult,
+    EndReason,
+    ErrorCategory,
+    MergeReport,
+    SessionStatus,
+    TaskStatus,
+    Violation,
+    Wire,
+    WorktreeAllocation,
+)
+
+
+class Payload(Wire):
+    """Base of every event payload."""
+
+
+class SessionStatusPayload(Payload):
+    status: SessionStatus
+
+
+class SessionCreatedPayload(SessionStatusPayload):
+    """A session was created (its first status)."""
+
+
+class SessionReinitPayload(SessionStatusPayload):
+    """A session's config was replaced by init_parallel_scheduler."""
+
+
+class TaskStatusPayload(Payload):
+    task_id: str
+    status: TaskStatus
+    attempts: int = 0
+    error: str | None = None
+    error_category: ErrorCategory | None = None
+
+
+class AgentStatusPayload(Payload):
+    agent_id: str
+    task_id: str
+    lifecycle: AgentLifecycle
+    end_reason: EndReason | None = None
+    pid: int | None = None
+
+
+class AgentActivityPayload(Payload):
+    agent_id: str
+    task_id: str
+    activity: AgentActivity
+
+
+class AgentTokensPayload(Payload):
+    agent_id: str
+    task_id: str = ""
+    tokens: int
+    cost: float
+
+
+class AgentRateLimitPayload(Payload):
+    agent_id: str
+    task_id: str
+    reset_at: float | None = None
+    detail: str = ""
+
+
+class LogPayload(Payload):
+    """One output line. `line` is cut at 2,000 characters (`truncated`); the logs have it whole."""
+
+    agent_id: str
+    task_id: str
+    offset: int
+    stream: str
+    line: str
+    at: float
+    truncated: bool = False
+
+
+class ViolationPayload(Violation, Payload):
+    """A limit was hit; the action taken is in `action`."""
+
+
+class WorktreeAllocatedPayload(WorktreeAllocation, Payload):
+    """A task's worktree was created or reused."""
+
+
+class WorktreeReleasedPayload(WorktreeAllocation, Payload):
+    """A worktree was removed (its branch is kept)."""
+
+
+class WorktreeCleanupPayload(CleanupReport, Payload):
+    """Orphan worktrees were cleaned up."""
+
+
+class ConflictsDetectedPayload(Payload):
+    branches: list[str]
+    target: str | None = None
+    conflicts: int
+    overlaps: int
+
+
+class ConflictsResolvedPayload(ConflictResolutionResult, Payload):
+    """conflicts_resolve made (or described) a resolution."""
+
+
+class MergeCompletedPayload(MergeReport, Payload):
+    """merge_completed_branches moved the target."""
+
+
+class EventBase(Wire):
+    """The envelope of every event: `{seq, type, sessionId, payload, at}`."""
+
+    seq: int
+    session_id: str | None = None
+    at: float = 0.0
+
+
+class SessionStatusEvent(EventBase):
+    type: Literal["session.status"] = "session.status"
+    payload: SessionStatusPayload
+
+
+class SessionCreatedEvent(EventBase):
+    type: Literal["session.created"] = "session.created"
+    payload: SessionCreatedPayload
+
+
+class SessionReinitEvent(EventBase):
+    type: Literal["session.reinit"] = "session.reinit"
+    payload: SessionReinitPayload
+
+
+class TaskStatusEvent(EventBase):
+    type: Literal["task.status"] = "task.status"
+    payload: TaskStatusPayload
+
+
+class AgentStatusEvent(EventBase):
+    type: Literal["agent.status"] = "agent.status"
+    payload: AgentStatusPayload
+
+
+class AgentActivityEvent(EventBase):
+    type: Literal["agent.activity"] = "agent.activity"
+    payload: AgentActivityPayload
+
+
+class AgentTokensEvent(EventBase):
+    type: Literal["agent.tokens"] = "agent.tokens"
+    payload: AgentTokensPayload
+
+
+class AgentRateLimitEvent(EventBase):
+    type: Literal["agent.rate_limit"] = "agent.rate_limit"
+    payload: AgentRateLimitPayload
+
+
+class LogEvent(EventBase):
+    type: Literal["log"] = "log"
+    payload: LogPayload
+
+
+class ViolationEvent(EventBase):
+    type: Literal["violation"] = "violation"
+    payload: ViolationPayload
+
+
+class WorktreeAllocatedEvent(EventBase):
+    type: Literal["worktree.allocated"] = "worktree.allocated"
+    payload: WorktreeAllocatedPayload
+
+
+class WorktreeReleasedEvent(EventBase):
+    type: Literal["worktree.released"] = "worktree.released"
+    payload: WorktreeReleasedPayload
+
+
+class WorktreeCleanupEvent(EventBase):
+    type: Literal["worktree.cleanup"] = "worktree.cleanup"
+    payload: WorktreeCleanupPayload
+
+
+class ConflictsDetectedEvent(EventBase):
+    type: Literal["conflicts.detected"] = "conflicts.detected"
+    payload: ConflictsDetectedPayload
+
+
+class ConflictsResolvedEvent(EventBase):
+    type: Literal["conflicts.resolved"] = "conflicts.resolved"
+    payload: ConflictsResolvedPayload
+
+
+class MergeCompletedEvent(EventBase):
+    type: Literal["merge.completed"] = "merge.completed"
+    payload: MergeCompletedPayload
+
+
+class UnknownEvent(EventBase):
+    """An event type this client does not know (sent by a newer daemon)."""
+
+    type: str
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+KnownEvent = (
+    SessionStatusEvent
+    | SessionCreatedEvent
+    | SessionReinitEvent
+    | TaskStatusEvent
+    | AgentStatusEvent
+    | AgentActivityEvent
+    | AgentTokensEvent
+    | AgentRateLimitEvent
+    | LogEvent
+    | ViolationEvent
+    | WorktreeAllocatedEvent
+    | WorktreeReleasedEvent
+    | WorktreeCleanupEvent
+    | ConflictsDetectedEvent
+    | ConflictsResolvedEvent
+    | MergeCompletedEvent
+)
+#: event type -> its event class
+EVENT_OF: dict[str, type[KnownEvent]] = {
+    str(cls.model_fields["type"].default): cls for cls in get_args(KnownEvent)
+}
+#: payload class -> its event type (what the daemon publishes a payload as)
+TYPE_OF: dict[type[Payload], str] = {
+    cls.model_fields["payload"].annotation: kind  # type: ignore[misc]
+    for kind, cls in EVENT_OF.items()
+}
+
+
+def _tag(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return kind if isinstance(kind, str) and kind in EVENT_OF else "unknown"
+
+
+AnyEvent = Annotated[
+    Annotated[UnknownEvent, Tag("unknown")]
+    | Annotated[SessionStatusEvent, Tag("session.status")]
+    | Annotated[SessionCreatedEvent, Tag("session.created")]
+    | Annotated[SessionReinitEvent, Tag("session.reinit")]
+    | Annotated[TaskStatusEvent, Tag("task.status")]
+    | Annotated[AgentStatusEvent, Tag("agent.status")]
+    | Annotated[AgentActivityEvent, Tag("agent.activity")]
+    | Annotated[AgentTokensEvent, Tag("agent.tokens")]
+    | Annotated[AgentRateLimitEvent, Tag("agent.rate_limit")]
+    | Annotated[LogEvent, Tag("log")]
+    | Annotated[ViolationEvent, Tag("violation")]
+    | Annotated[WorktreeAllocatedEvent, Tag("worktree.allocated")]
+    | Annotated[WorktreeReleasedEvent, Tag("worktree.released")]
+    | Annotated[WorktreeCleanupEvent, Tag("worktree.cleanup")]
+    | Annotated[ConflictsDetectedEvent, Tag("conflicts.detected")]
+    | Annotated[ConflictsResolvedEvent, Tag("conflicts.resolved")]
+    | Annotated[MergeCompletedEvent, Tag("merge.completed")],
+    Discriminator(_tag),
+]
+_ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)
+
+
+def parse_event(params: dict[str, Any]) -> AnyEvent:
+    """The typed event of an `event` notification's params (`UnknownEvent` for a new type)."""
+    return _ADAPTER.validate_python(params)
+
+
+def event_type(payload: Payload) -> str:
+    """The event type a payload is published as."""
+    return TYPE_OF[type(payload)]
