@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pygit2
 import trio
+from pygit2.enums import FileMode
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / d) for d in ("daemon", "client")]
 
@@ -49,9 +50,7 @@ def build(path: Path) -> list[str]:
     files = [f"pkg{d:02d}/mod{f:03d}.py" for d in range(DIRS) for f in range(PER_DIR)]
     index = pygit2.Index()
     for name in files:
-        index.add(
-            pygit2.IndexEntry(name, repo.create_blob(content(name)), pygit2.GIT_FILEMODE_BLOB)
-        )
+        index.add(pygit2.IndexEntry(name, repo.create_blob(content(name)), FileMode.BLOB))
     base = repo.create_commit("refs/heads/main", sig, sig, "base", index.write_tree(repo), [])
     hot = files[:HOT_POOL]
     rest = files[HOT_POOL:]
@@ -63,11 +62,11 @@ def build(path: Path) -> list[str]:
         shared = [hot[(b * 3 + k * 6) % HOT_POOL] for k in range(HOT_PICK)]
         for name in own:
             blob = repo.create_blob(content(name, {5: f"branch {b} edits {name}"}))
-            index.add(pygit2.IndexEntry(name, blob, pygit2.GIT_FILEMODE_BLOB))
+            index.add(pygit2.IndexEntry(name, blob, FileMode.BLOB))
         for k, name in enumerate(shared):
             line = (b + k) % 4 * 5  # equal for some pairs (conflict), not for others (overlap)
             blob = repo.create_blob(content(name, {line: f"branch {b} rewrites line {line}"}))
-            index.add(pygit2.IndexEntry(name, blob, pygit2.GIT_FILEMODE_BLOB))
+            index.add(pygit2.IndexEntry(name, blob, FileMode.BLOB))
         branch = f"agent/task-{b:02d}"
         repo.create_commit(
             f"refs/heads/{branch}", sig, sig, f"task {b}", index.write_tree(repo), [base]

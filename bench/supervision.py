@@ -32,13 +32,20 @@ from typing import Any
 import trio
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / d) for d in ("daemon", "client")]
+sys.path[:0] = [str(ROOT / d) for d in ("daemon", "client")] + [str(ROOT)]
 
-from corral.models import EndReason, ResourceLimits  # noqa: E402
+from corral.models import (  # noqa: E402
+    EndReason,
+    LogEntry,
+    ResourceLimits,
+)
 from corrald.agents.parsers import make_parser  # noqa: E402
 from corrald.process import proctree  # noqa: E402
 from corrald.process.cgroups import detect  # noqa: E402
-from corrald.process.run import AgentRun, RunSpec, SampleHub, run_agent, wait_until  # noqa: E402
+from corrald.process.run import AgentRun, run_agent  # noqa: E402
+from corrald.process.sampler import SampleHub  # noqa: E402
+from corrald.process.spec import NoEvents, RunSpec  # noqa: E402
+from tests.waits import wait_until  # noqa: E402
 
 FAKE = ROOT / "tests" / "fake_agent.py"
 
@@ -198,12 +205,13 @@ async def spawn_latency(tmp: Path, reps: int) -> None:
         for i in range(reps):
             first: list[float] = []
 
-            def on_event(kind: str, payload: dict[str, Any], first: list[float] = first) -> None:
-                if kind == "log" and not first and payload["stream"] == "stdout":
-                    first.append(time.monotonic())
+            class FirstLine(NoEvents):
+                def log(self, entry: LogEntry, first: list[float] = first) -> None:
+                    if not first and entry.stream == "stdout":
+                        first.append(time.monotonic())
 
             t0 = time.monotonic()
-            await run_agent(spec(tmp, f"spawn-{i}", argv, limits()), on_event=on_event)
+            await run_agent(spec(tmp, f"spawn-{i}", argv, limits()), events=FirstLine())
             lat.append(first[0] - t0)
         print(
             f"spawn latency ({label}, spawn -> first output line, {reps} runs): "

@@ -2,7 +2,7 @@
 
 Used by the supervisor tests and the benchmark. Options combine freely; the
 order of effects is: pidfile, signal setup, grandchildren, stdin echo, output
-(stream-json, rate limit, edits, marker, flood), CPU spin, sleep, exit.
+(raw files, stream-json, rate limit, edits, marker, flood), CPU spin, sleep, exit.
 
 Every process it creates appends ``pid create_time role`` to --pidfile so
 tests can check death by pid + start time (immune to pid reuse).
@@ -144,6 +144,9 @@ def main() -> int:
     ap.add_argument("--stdout", action="append", default=[])
     ap.add_argument("--stderr", action="append", default=[])
     ap.add_argument("--echo-stdin", action="store_true")
+    ap.add_argument(
+        "--cat", action="append", default=[], metavar="FILE", help="raw bytes to stdout"
+    )
     args = ap.parse_args()
 
     record(args.pidfile, "agent")
@@ -164,6 +167,9 @@ def main() -> int:
         print(text, flush=True)
     for text in args.stderr:
         print(text, file=sys.stderr, flush=True)
+    for name in args.cat:
+        sys.stdout.buffer.write(Path(name).read_bytes())
+        sys.stdout.buffer.flush()
     if args.stream_json:
         stream_json(args)
     elif args.rate_limit_resets_at is not None:
@@ -189,7 +195,7 @@ def main() -> int:
             pass
     if args.sleep:
         time.sleep(args.sleep)
-    return args.exit
+    return int(args.exit)
 
 
 if __name__ == "__main__":

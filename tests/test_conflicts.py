@@ -151,7 +151,8 @@ def test_matches_git_merge_tree(histories: list[list[Op]]) -> None:
             git(repo, "commit", "-q", "--allow-empty", "-m", name)
         git(repo, "checkout", "-q", "main")
 
-        found = trio.run(detect.detect, str(repo), [(n, None) for n in names], None)
+        pairs: list[tuple[str, str | None]] = [(n, None) for n in names]
+        found = trio.run(detect.detect, str(repo), pairs, None)
         cells = trio.run(detect.matrix, str(repo), names)
         for i, b1 in enumerate(names):
             for b2 in names[i + 1 :]:

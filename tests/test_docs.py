@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 from corrald import docs
-from corrald.api.methods import methods
+from corrald.api import methods
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,6 +98,17 @@ def test_rpc_knows_nothing_above_it() -> None:
 def test_api_never_touches_the_store() -> None:
     for path in (DAEMON / "api").rglob("*.py"):
         assert not {m for m in _imports(path) if m.startswith("corrald.state.store")}, path
+
+
+def _attributes(path: Path) -> set[str]:
+    return {n.attr for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Attribute)}
+
+
+def test_only_the_state_layer_writes_the_store_or_makes_events() -> None:
+    for layer in ("pool", "api", "process", "git", "rpc", "agents", "core"):
+        for path in (DAEMON / layer).rglob("*.py"):
+            touched = _attributes(path) & {"store", "bus", "put_tasks", "fan_out", "make"}
+            assert not touched, f"{path} reaches into the state layer: {sorted(touched)}"
 
 
 def test_wire_contract_has_no_trio_and_no_daemon() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,7 +14,7 @@ from tests.daemon_proc import DaemonProcess
 from tests.test_pool import agent_config, assert_all_dead, wait_for
 
 
-def _snapshot(d: DaemonProcess, session_id: str) -> list[dict[str, object]]:
+def _snapshot(d: DaemonProcess, session_id: str) -> list[dict[str, Any]]:
     with d.client() as c:
         return [t.to_wire() for t in c.parallel_list_tasks(session_id=session_id)]
 

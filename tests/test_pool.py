@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import psutil
 import pytest
@@ -33,7 +33,9 @@ def agent_config(plan: Path, *names: str) -> str:
     )
 
 
-def wait_for(fn: Callable[[], T | None], timeout: float = 30.0, what: str = "condition") -> T:
+def wait_for(
+    fn: Callable[[], T | Literal[False] | None], timeout: float = 30.0, what: str = "condition"
+) -> T:
     """Poll `fn` until it returns something truthy (a condition, not a fixed sleep)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -94,9 +96,9 @@ def test_dag_of_20_tasks_runs_in_order_with_commits_and_totals(
     for spec in tasks:
         task = final[spec["id"]]
         for dep in spec["dependencies"]:
-            assert task.started_at is not None
-            assert final[dep].completed_at is not None
-            assert task.started_at >= final[dep].completed_at
+            done_at = final[dep].completed_at
+            assert task.started_at is not None and done_at is not None
+            assert task.started_at >= done_at
         # each branch holds its agent's commit with the file it wrote
         assert git(repo, "show", f"corral/{task.id}:{task.id}.txt") == f"work of {task.id}"
     # never more than maxParallel agents at once

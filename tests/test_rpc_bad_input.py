@@ -420,20 +420,20 @@ async def test_internal_error_is_short_and_leaks_nothing(
     # No daemon method is known to fail unexpectedly (that would be a bug of its
     # own), so the -32603 path is exercised on the real Server/Dispatcher with a
     # method that raises, on a real socket.
-    registry: Registry[Connection] = Registry()
+    registry: Registry[Connection[None]] = Registry()
 
     @registry.method()
-    async def boom(conn: Connection, p: BoomParams) -> int:
+    async def boom(conn: Connection[None], p: BoomParams) -> int:
         if p.what == "key":
             raise KeyError("/home/secret/.ssh/id_rsa")
         raise RuntimeError("db password is hunter2 at /var/lib/secret")
 
     @registry.method()
-    async def ok(conn: Connection, p: BoomParams) -> str:
+    async def ok(conn: Connection[None], p: BoomParams) -> str:
         return "fine"
 
     tmp = Path(tempfile.mkdtemp(prefix="ie", dir="/tmp"))
-    server: Server[Connection] = Server(registry, lambda conn: conn)
+    server: Server[Connection[None], None] = Server(registry, lambda conn: conn, lambda: None)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve, bind_socket(tmp / "s.sock"))

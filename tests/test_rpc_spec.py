@@ -79,35 +79,35 @@ class Calls:
                 await self.changed.wait()
 
 
-def spec_registry(calls: Calls) -> Registry[Connection]:
-    registry: Registry[Connection] = Registry()
+def spec_registry(calls: Calls) -> Registry[Connection[None]]:
+    registry: Registry[Connection[None]] = Registry()
 
     @registry.method()
-    async def subtract(conn: Connection, p: SubtractParams) -> int:
+    async def subtract(conn: Connection[None], p: SubtractParams) -> int:
         calls.record("subtract", p)
         return p.minuend - p.subtrahend
 
     @registry.method()
-    async def sum(conn: Connection, p: SumParams) -> int:
+    async def sum(conn: Connection[None], p: SumParams) -> int:
         calls.record("sum", p)
         return p.a + p.b + p.c
 
     @registry.method()
-    async def notify_sum(conn: Connection, p: SumParams) -> int:
+    async def notify_sum(conn: Connection[None], p: SumParams) -> int:
         calls.record("notify_sum", p)
         return p.a + p.b + p.c
 
     @registry.method()
-    async def update(conn: Connection, p: UpdateParams) -> None:
+    async def update(conn: Connection[None], p: UpdateParams) -> None:
         calls.record("update", [p.a, p.b, p.c, p.d, p.e])
 
     @registry.method()
-    async def notify_hello(conn: Connection, p: HelloParams) -> int:
+    async def notify_hello(conn: Connection[None], p: HelloParams) -> int:
         calls.record("notify_hello", p.value)
         return p.value
 
     @registry.method()
-    async def get_data(conn: Connection, p: NoParams) -> list[Any]:
+    async def get_data(conn: Connection[None], p: NoParams) -> list[Any]:
         calls.record("get_data", None)
         return ["hello", 5]
 
@@ -124,7 +124,9 @@ class SpecServer:
 async def spec_server() -> AsyncIterator[SpecServer]:
     tmp = Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))
     calls = Calls()
-    server: Server[Connection] = Server(spec_registry(calls), lambda conn: conn)
+    server: Server[Connection[None], None] = Server(
+        spec_registry(calls), lambda conn: conn, lambda: None
+    )
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve, bind_socket(tmp / "s.sock"))
@@ -420,7 +422,7 @@ DESIGN_METHODS = {
 def test_rpc_discover_describes_every_method(daemon: DaemonProcess) -> None:
     from corral.client import _Methods, _Rpc
     from corral.errors import ERROR_CLASSES
-    from corrald.api.methods import methods
+    from corrald.api import methods
 
     with daemon.client() as c:
         doc = c.rpc_discover()

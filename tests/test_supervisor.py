@@ -11,27 +11,28 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-from corral.models import AgentActivity, EndReason, ErrorCategory, ResourceLimits
+from corral.models import (
+    AgentActivity,
+    EndReason,
+    ErrorCategory,
+    LogEntry,
+    ResourceLimits,
+    Violation,
+)
 from corrald.agents.parsers import make_parser
 from corrald.process import proctree
 from corrald.process.cgroups import detect
 from corrald.process.executor import LocalExecutor
-from corrald.process.run import (
-    AgentRun,
-    RunResult,
-    RunSpec,
-    SampleHub,
-    kill_stale,
-    run_agent,
-    wait_until,
-)
+from corrald.process.run import AgentRun, kill_stale, run_agent
+from corrald.process.sampler import SampleHub
+from corrald.process.spec import NoEvents, RunEvents, RunResult, RunSpec
+from tests.waits import wait_until
 
 FAKE = Path(__file__).with_name("fake_agent.py")
 BASE_LIMITS: dict[str, Any] = {
@@ -52,6 +53,7 @@ class Agent:
         self.pidfile = tmp_path / "pids"
         self.log_path = tmp_path / "agent.log"
         self.events: list[tuple[str, dict[str, Any]]] = []
+        self.violations: list[Violation] = []
 
     def spec(
         self,
@@ -76,8 +78,22 @@ class Agent:
             log_cap_bytes=1024 * 1024,
         )
 
-    def on_event(self, kind: str, payload: dict[str, Any]) -> None:
-        self.events.append((kind, payload))
+    # --- RunEvents: what the run reports, recorded in order -------------------
+    def log(self, entry: LogEntry) -> None:
+        self.events.append(("log", entry.to_wire()))
+
+    def activity(self, activity: AgentActivity) -> None:
+        self.events.append(("activity", {"activity": activity.value}))
+
+    def tokens(self, tokens: int, cost: float) -> None:
+        self.events.append(("tokens", {"tokens": tokens, "cost": cost}))
+
+    def rate_limit(self, reset_at: float | None, detail: str) -> None:
+        self.events.append(("rate_limit", {"resetAt": reset_at, "detail": detail}))
+
+    def violation(self, violation: Violation) -> None:
+        self.violations.append(violation)
+        self.events.append(("violation", violation.to_wire()))
 
     def pids(self) -> list[tuple[int, float, str]]:
         if not self.pidfile.exists():
@@ -122,31 +138,38 @@ def agent(tmp_path: Path) -> Agent:
 async def start(
     nursery: trio.Nursery,
     spec: RunSpec,
-    on_event: Callable[[str, dict[str, Any]], None],
+    events: RunEvents,
     hub: SampleHub | None = None,
 ) -> AgentRun:
-    run: AgentRun = await nursery.start(_run, spec, on_event, hub)
+    run: AgentRun = await nursery.start(_run, spec, events, hub)
     return run
 
 
 async def _run(
     spec: RunSpec,
-    on_event: Callable[[str, dict[str, Any]], None],
+    events: RunEvents,
     hub: SampleHub | None = None,
     task_status: trio.TaskStatus[AgentRun] = trio.TASK_STATUS_IGNORED,
 ) -> RunResult:
-    return await run_agent(spec, on_event=on_event, hub=hub, task_status=task_status)
+    return await run_agent(spec, events=events, hub=hub, task_status=task_status)
+
+
+async def run_to_end(spec: RunSpec, events: RunEvents | None = None) -> tuple[AgentRun, RunResult]:
+    """Run `spec` to its end; the handle too, for what it knows beyond the result."""
+    async with trio.open_nursery() as nursery:
+        run = await start(nursery, spec, events or NoEvents())
+        return run, await run.wait()
 
 
 async def test_exit_code_and_success(agent: Agent) -> None:
-    ok = await run_agent(agent.spec("--stdout", "hello"), on_event=agent.on_event)
+    run, ok = await run_to_end(agent.spec("--stdout", "hello"), agent)
     assert (ok.end_reason, ok.exit_code, ok.error_category, ok.error) == (
         EndReason.OK,
         0,
         None,
         None,
     )
-    assert ok.success and ok.pid is not None and ok.ended_at >= ok.started_at
+    assert ok.success and run.pid is not None and ok.ended_at >= run.started_at
     assert ("log", "hello") in [(k, p.get("line")) for k, p in agent.events]
     bad = await run_agent(agent.spec("--exit", "3", "--stderr", "boom"))
     assert (bad.end_reason, bad.exit_code, bad.error_category) == (
@@ -159,40 +182,41 @@ async def test_exit_code_and_success(agent: Agent) -> None:
 
 
 async def test_completion_marker_required(agent: Agent) -> None:
-    missing = await run_agent(agent.spec(marker="TASK_DONE_7"))
-    assert missing.end_reason is EndReason.FAILED and not missing.completion_seen
+    run, missing = await run_to_end(agent.spec(marker="TASK_DONE_7"))
+    assert missing.end_reason is EndReason.FAILED and not run.completion_seen
     assert missing.error is not None and "TASK_DONE_7" in missing.error
-    seen = await run_agent(agent.spec("--print-marker", "TASK_DONE_7", marker="TASK_DONE_7"))
-    assert seen.end_reason is EndReason.OK and seen.completion_seen
+    run, seen = await run_to_end(agent.spec("--print-marker", "TASK_DONE_7", marker="TASK_DONE_7"))
+    assert seen.end_reason is EndReason.OK and run.completion_seen
     agent.assert_all_dead("agent")
 
 
 async def test_runtime_limit_is_timeout(agent: Agent) -> None:
     t0 = time.monotonic()
-    res = await run_agent(agent.spec("--sleep", "60", max_runtime_secs=1))
+    res = await run_agent(agent.spec("--sleep", "60", max_runtime_secs=1), events=agent)
     assert res.end_reason is EndReason.TIMEOUT
     assert res.error_category is ErrorCategory.TIMEOUT
-    assert [v.kind for v in res.violations] == ["timeout"]
+    assert [v.kind for v in agent.violations] == ["timeout"]
     assert 1.0 <= time.monotonic() - t0 < 5
     agent.assert_all_dead("agent")
 
 
 async def test_memory_limit_on_grandchild(agent: Agent) -> None:
     res = await run_agent(
-        agent.spec("--grandchild-mem", "300", "--sleep", "60", max_memory_mb_per_agent=150)
+        agent.spec("--grandchild-mem", "300", "--sleep", "60", max_memory_mb_per_agent=150),
+        events=agent,
     )
     assert res.end_reason is EndReason.LIMIT_MEMORY
     assert res.error_category is ErrorCategory.LIMIT_MEMORY
-    (v,) = res.violations
+    (v,) = agent.violations
     assert v.kind == "limit_memory" and v.value > 150 and v.limit == 150
     agent.assert_all_dead("agent", "hog")
 
 
 async def test_cpu_limit(agent: Agent) -> None:
     t0 = time.monotonic()
-    res = await run_agent(agent.spec("--spin-cpu", "60", max_cpu_per_agent=50.0))
+    res = await run_agent(agent.spec("--spin-cpu", "60", max_cpu_per_agent=50.0), events=agent)
     assert res.end_reason is EndReason.LIMIT_CPU
-    assert res.violations[0].kind == "limit_cpu" and res.violations[0].value > 50
+    assert agent.violations[0].kind == "limit_cpu" and agent.violations[0].value > 50
     # The window (1 s) has to fill before the CPU limit may act.
     assert 1.0 <= time.monotonic() - t0 < 5
     agent.assert_all_dead("agent")
@@ -200,7 +224,7 @@ async def test_cpu_limit(agent: Agent) -> None:
 
 async def test_sigterm_ignored_then_sigkill_after_grace(agent: Agent) -> None:
     async with trio.open_nursery() as nursery:
-        run = await start(nursery, agent.spec("--ignore-sigterm", "--sleep", "60"), agent.on_event)
+        run = await start(nursery, agent.spec("--ignore-sigterm", "--sleep", "60"), agent)
         await agent.wait_roles("agent")
         t0 = time.monotonic()
         run.cancel(EndReason.CANCELLED, "stop_all")
@@ -227,8 +251,8 @@ async def test_setsid_escape_is_killed(agent: Agent, use_cgroup: bool) -> None:
     # or, without one, the run's environment marker finds it.
     spec = agent.spec("--setsid-escape")
     spec.use_cgroup = use_cgroup
-    res = await run_agent(spec)
-    assert (res.cgroup is not None) == (use_cgroup and detect().available)
+    run, res = await run_to_end(spec)
+    assert (run.cgroup is not None) == (use_cgroup and detect().available)
     assert res.end_reason is EndReason.OK
     agent.assert_all_dead("agent", "escaped")
 
@@ -242,16 +266,14 @@ async def test_setsid_escape_seen_by_sampler_is_killed(agent: Agent) -> None:
 async def test_flood_100mb_ring_bounded_log_capped(agent: Agent) -> None:
     t0 = time.monotonic()
     async with trio.open_nursery() as nursery:
-        run = await start(
-            nursery, agent.spec("--long-line", "1000000", "--flood-mb", "100"), agent.on_event
-        )
+        run = await start(nursery, agent.spec("--long-line", "1000000", "--flood-mb", "100"), agent)
         res = await run.wait()
     elapsed = time.monotonic() - t0
     assert res.end_reason is EndReason.OK, res.error
     assert run.stats.bytes_out >= 100 * 1024 * 1024
     assert len(run.ring) == 2000
     assert run.stats.lines >= 100 * 1024
-    assert res.log_truncated
+    assert run.log_truncated
     size = agent.log_path.stat().st_size
     assert 1024 * 1024 - 2048 < size <= 1024 * 1024 + 200
     assert "log truncated" in agent.log_path.read_text()[-200:]
@@ -267,7 +289,7 @@ async def test_stream_json_tokens_cost_activity(agent: Agent) -> None:
         agent.spec(
             "--stream-json", "--tokens", "100", "--cost", "0.5", parser="claude-stream-json"
         ),
-        on_event=agent.on_event,
+        events=agent,
     )
     assert res.end_reason is EndReason.OK
     assert (res.tokens, res.cost) == (100, 0.5)
@@ -285,7 +307,7 @@ async def test_rate_limit_reported(agent: Agent) -> None:
     reset = time.time() + 3600
     res = await run_agent(
         agent.spec("--exit", "1", "--rate-limit-resets-at", str(int(reset))),
-        on_event=agent.on_event,
+        events=agent,
     )
     assert res.end_reason is EndReason.RATE_LIMIT
     assert res.error_category is ErrorCategory.RATE_LIMIT
@@ -295,9 +317,7 @@ async def test_rate_limit_reported(agent: Agent) -> None:
 
 async def test_prompt_via_stdin(agent: Agent) -> None:
     async with trio.open_nursery() as nursery:
-        run = await start(
-            nursery, agent.spec("--echo-stdin", stdin=b"line one\nline two\n"), agent.on_event
-        )
+        run = await start(nursery, agent.spec("--echo-stdin", stdin=b"line one\nline two\n"), agent)
         res = await run.wait()
     assert res.end_reason is EndReason.OK
     assert [e.line for e in run.ring if e.stream == "stdout"] == [
@@ -307,13 +327,13 @@ async def test_prompt_via_stdin(agent: Agent) -> None:
 
 
 async def test_missing_executable_is_a_result(agent: Agent) -> None:
-    res = await run_agent(agent.spec(argv=["corral-no-such-agent-binary", "-p", "x"]))
+    run, res = await run_to_end(agent.spec(argv=["corral-no-such-agent-binary", "-p", "x"]))
     assert res.end_reason is EndReason.FAILED
     assert res.error_category is ErrorCategory.MISSING_EXECUTABLE
-    assert res.pid is None and res.error is not None and "corral-no-such-agent" in res.error
+    assert run.pid is None and res.error is not None and "corral-no-such-agent" in res.error
     # Through nursery.start the handle is still delivered.
     async with trio.open_nursery() as nursery:
-        run = await start(nursery, agent.spec(argv=["/nonexistent/agent"]), agent.on_event)
+        run = await start(nursery, agent.spec(argv=["/nonexistent/agent"]), agent)
         assert (await run.wait()).error_category is ErrorCategory.MISSING_EXECUTABLE
 
 
@@ -338,7 +358,7 @@ async def test_external_cancel_kills_tree_and_reraises(agent: Agent) -> None:
                         "--sleep",
                         "60",
                     ),
-                    agent.on_event,
+                    agent,
                 )
             )
             await box[0].wait()
@@ -367,16 +387,16 @@ async def test_direct_call_reraises_cancelled(agent: Agent) -> None:
 async def test_cgroup_used_when_available(agent: Agent) -> None:
     features = detect()
     async with trio.open_nursery() as nursery:
-        run = await start(nursery, agent.spec("--sleep", "60"), agent.on_event)
+        run = await start(nursery, agent.spec("--sleep", "60"), agent)
         await agent.wait_roles("agent")
         cgroup_line = read_text(f"/proc/{run.pid}/cgroup")
         run.cancel(EndReason.CANCELLED)
-        res = await run.wait()
+        await run.wait()
     agent.assert_all_dead("agent")
     if not features.available:
         pytest.skip(f"cgroup v2 not available here: {features.reason}")
-    assert res.cgroup is not None and Path(res.cgroup).name in cgroup_line
-    assert not exists(res.cgroup)  # removed after the run
+    assert run.cgroup is not None and run.cgroup.path.name in cgroup_line
+    assert not exists(str(run.cgroup.path))  # removed after the run
 
 
 def test_kill_stale(agent: Agent) -> None:
@@ -422,13 +442,13 @@ async def test_memory_limit_through_hub(agent: Agent) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(hub.run)
         spec = agent.spec("--grandchild-mem", "300", "--sleep", "60", max_memory_mb_per_agent=150)
-        run = await start(nursery, spec, agent.on_event, hub)
+        run = await start(nursery, spec, agent, hub)
         res = await run.wait()
         nursery.cancel_scope.cancel()
     assert res.end_reason is EndReason.LIMIT_MEMORY
     assert res.error_category is ErrorCategory.LIMIT_MEMORY
     assert res.error is not None and "memory" in res.error and "limit 150 MB" in res.error
-    (v,) = res.violations
+    (v,) = agent.violations
     assert v.kind == "limit_memory" and v.value > 150 and v.limit == 150 and v.action == "killed"
     assert [p["kind"] for k, p in agent.events if k == "violation"] == ["limit_memory"]
     # The hub took every sample (no sampler task of the run's own) and let go of the run.
@@ -443,13 +463,13 @@ async def test_cpu_limit_through_hub(agent: Agent) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(hub.run)
         run = await start(
-            nursery, agent.spec("--spin-cpu", "60", max_cpu_per_agent=50.0), agent.on_event, hub
+            nursery, agent.spec("--spin-cpu", "60", max_cpu_per_agent=50.0), agent, hub
         )
         res = await run.wait()
         nursery.cancel_scope.cancel()
     assert res.end_reason is EndReason.LIMIT_CPU
     assert res.error_category is ErrorCategory.LIMIT_CPU
-    assert res.violations[0].kind == "limit_cpu" and res.violations[0].value > 50
+    assert agent.violations[0].kind == "limit_cpu" and agent.violations[0].value > 50
     # The window (1 s) has to fill before the CPU limit may act, as with a task per run.
     assert 1.0 <= time.monotonic() - t0 < 5
     assert run.sampler is not None and run.sampler.samples == hub.samples
@@ -466,12 +486,12 @@ async def test_hub_runs_keep_their_own_interval(tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(hub.run)
         idle = await start(
-            nursery, slow.spec("--sleep", "60", sample_interval_secs=30.0), slow.on_event, hub
+            nursery, slow.spec("--sleep", "60", sample_interval_secs=30.0), slow, hub
         )
         await slow.wait_roles("agent")
         spec = fast.spec("--grandchild-mem", "300", "--sleep", "60", max_memory_mb_per_agent=150)
         with trio.fail_after(10):
-            res = await (await start(nursery, spec, fast.on_event, hub)).wait()
+            res = await (await start(nursery, spec, fast, hub)).wait()
         assert res.end_reason is EndReason.LIMIT_MEMORY
         assert idle.sampler is not None and idle.sampler.samples <= 2
         assert idle.result is None and len(hub) == 1
@@ -487,10 +507,10 @@ async def test_local_executor_samples_through_its_hub(agent: Agent) -> None:
     async with trio.open_nursery() as nursery:
         executor = LocalExecutor(nursery)
         spec = agent.spec("--grandchild-mem", "300", "--sleep", "60", max_memory_mb_per_agent=150)
-        run = await executor.submit(spec, agent.on_event)
+        run = await executor.submit(spec, agent)
         res = await run.wait()
         nursery.cancel_scope.cancel()
     assert res.end_reason is EndReason.LIMIT_MEMORY
-    assert [v.kind for v in res.violations] == ["limit_memory"]
+    assert [v.kind for v in agent.violations] == ["limit_memory"]
     assert run.sampler is not None and run.sampler.samples == executor.hub.samples > 0
     agent.assert_all_dead("agent", "hog")

@@ -347,7 +347,7 @@ async def test_cleanup_orphans(repo: Path, base: Path, tmp_path: Path) -> None:
     git(repo, "worktree", "add", "-q", str(tmp_path / "userwt"), "-b", "user")
     (base / "empty").mkdir()
 
-    report = await wt.cleanup_orphans(str(repo), base, {live.path})
+    report = await wt.cleanup_orphans(str(repo), base, lambda: {live.path})
 
     assert report.removed == sorted([clean.path, str(base / "empty")])
     assert report.pruned == [gone.path]
@@ -357,7 +357,7 @@ async def test_cleanup_orphans(repo: Path, base: Path, tmp_path: Path) -> None:
     listed = {e["worktree"] for e in porcelain(repo)}
     assert listed == {str(repo), live.path, dirty.path, str(tmp_path / "userwt")}
     assert {"corral/clean", "corral/gone", "corral/dirty"} <= branches(repo)
-    again = await wt.cleanup_orphans(str(repo), base, {live.path})
+    again = await wt.cleanup_orphans(str(repo), base, lambda: {live.path})
     assert (again.removed, again.pruned, again.kept_dirty) == ([], [], [dirty.path])
 
 

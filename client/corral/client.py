@@ -20,7 +20,7 @@ import json
 import os
 import socket
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Generic, TypeVar, overload
 
@@ -458,7 +458,7 @@ class AsyncClient(_Methods):
         session_id: str | None = None,
         since_seq: int | None = None,
         reconnect: bool = True,
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """Subscribe and yield events, resuming after reconnects (own connection).
 
         Use it as `async with contextlib.aclosing(client.events()) as stream:`

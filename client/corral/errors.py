@@ -6,7 +6,7 @@ same classes with `from_wire()`. Codes are append-only: a test pins the table.
 
 Groups: JSON-RPC spec codes (-32700..-32603), daemon conditions
 (-32000..-32099), then domain codes: 1xxx session/task, 2xxx agent/limits,
-3xxx worktree, 4xxx conflicts/merge, 5xxx config, 6xxx events.
+3xxx worktree, 4xxx conflicts/merge, 5xxx config, 6xxx events, 7xxx storage.
 """
 
 from __future__ import annotations
@@ -303,6 +303,14 @@ class EventsExpired(CorralError):
 class SubscriptionNotFound(CorralError):
     code = 6002
     default_message = "Subscription not found"
+
+
+# --- 7xxx storage ------------------------------------------------------------
+class StorageError(CorralError):
+    """The state file could not be written: nothing of the request was kept."""
+
+    code = 7001
+    default_message = "The state file could not be written"
 
 
 def _collect() -> dict[int, type[CorralError]]:

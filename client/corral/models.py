@@ -117,6 +117,7 @@ class ErrorCategory(StrEnum):
     DEPENDENCY = "dependency"
     CANCELLED = "cancelled"
     MISSING_EXECUTABLE = "missing_executable"
+    INTERNAL = "internal"  # corral's own code failed during the attempt; never retried
     UNKNOWN = "unknown"
 
 
@@ -230,6 +231,7 @@ class Session(Wire):
     config: SchedulerConfig
     status: SessionStatus
     created_at: float
+    aborted: bool = False  # a failure under errorStrategy "abort": no new task starts
 
 
 class TaskSpec(Params):

@@ -12,8 +12,9 @@ from pathlib import Path
 import trio
 
 from corral import __version__
+from corral.paths import default_socket_path
 from corrald import systemd
-from corrald.api.methods import Call, DaemonInfo, methods
+from corrald.api import Call, ClientState, DaemonInfo, methods
 from corrald.config import Config, ConfigError, default_state_dir, load_config
 from corrald.pool.pool import AgentPool
 from corrald.process import cgroups
@@ -23,7 +24,6 @@ from corrald.rpc.server import (
     Limits,
     Server,
     bind_socket,
-    default_socket_path,
 )
 from corrald.state.engine import Engine
 from corrald.state.events import EventBus
@@ -54,9 +54,10 @@ class Daemon:
             log_cap_bytes=config.daemon.log_cap_bytes,
         )
         d = config.daemon
-        self.server: Server[Call] = Server(
+        self.server: Server[Call, ClientState] = Server(
             methods,
             self._make_call,
+            ClientState,
             Limits(
                 max_frame_bytes=d.max_frame_bytes,
                 max_connections=d.max_connections,
@@ -67,13 +68,13 @@ class Daemon:
         self.info = DaemonInfo(
             socket_path=str(socket_path),
             state_dir=str(state_dir),
-            cgroup=cgroups.detect(),
+            cgroup=cgroups.detect(),  # cached: detected once per process
             request_shutdown=self.server.request_shutdown,
             connections=lambda: len(self.server.connections),
             defaults=config.defaults,
         )
 
-    def _make_call(self, conn: Connection) -> Call:
+    def _make_call(self, conn: Connection[ClientState]) -> Call:
         return Call(self.engine, self.pool, self.info, conn)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from corral import __version__, errors
-from corrald.api.methods import methods
+from corrald.api import methods
 from corrald.rpc.dispatch import openrpc_document
 
 BLOCKS = ("rpc-reference", "error-codes")

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Hashable, Iterable, Sequence
+from typing import TypeVar
 
 from corral import errors
 from corral.models import (
@@ -45,6 +45,7 @@ from corral.models import (
     TaskSpec,
     TaskStatus,
 )
+from corrald.core.graph import batch_order, topological_order
 
 H = TypeVar("H", bound=Hashable)
 
@@ -57,7 +58,7 @@ _BLOCKING = frozenset({TaskStatus.FAILED, TaskStatus.BLOCKED, TaskStatus.CANCELL
 #: parked until ``retry_at``
 WAITING = frozenset({TaskStatus.RETRY_WAIT, TaskStatus.RATE_LIMITED})
 #: failures that another attempt cannot fix: they fail for good at once
-NON_RETRYABLE = frozenset({ErrorCategory.MISSING_EXECUTABLE})
+NON_RETRYABLE = frozenset({ErrorCategory.MISSING_EXECUTABLE, ErrorCategory.INTERNAL})
 
 # Above this many non-terminal tasks a full recount walks ancestors instead of
 # using bitsets (n bits per task would cost n**2 / 8 bytes).
@@ -93,10 +94,12 @@ class Scheduler:
     ``config`` may be replaced at any time (a new strategy takes effect at the
     next `next_task`). ``aborted`` is set by a failure under the ``abort``
     error strategy; no task starts while it is true. It is not part of the
-    task state, so a caller that restores a session sets it again.
+    task state: the caller persists it and passes it back on restore.
     """
 
-    def __init__(self, config: SchedulerConfig, tasks: Iterable[Task] = ()) -> None:
+    def __init__(
+        self, config: SchedulerConfig, tasks: Iterable[Task] = (), *, aborted: bool = False
+    ) -> None:
         """Restore from persisted tasks (their order is the insertion order).
 
         Derived indexes are recomputed; a ``pending`` task whose dependencies
@@ -105,7 +108,7 @@ class Scheduler:
         `requeue` after a daemon restart). Unknown dependency ids are ignored.
         """
         self.config = config
-        self.aborted = False
+        self.aborted = aborted
         self._nodes: dict[str, _Node] = {}
         self._count: dict[TaskStatus, int] = dict.fromkeys(TaskStatus, 0)
         self._running: dict[str, _Node] = {}  # in_progress, an ordered set
@@ -169,12 +172,6 @@ class Scheduler:
         self._settle_counts()
         return node.ndeps
 
-    def slots(self) -> int:
-        """How many more tasks may start now (0 when aborted)."""
-        if self.aborted:
-            return 0
-        return max(0, self._limit() - len(self._running))
-
     def is_finished(self) -> bool:
         """True when nothing more will happen without outside intervention.
 
@@ -236,7 +233,7 @@ class Scheduler:
             raise errors.UnknownDependency(
                 f"unknown dependencies: {detail}", data={"missing": missing}
             )
-        order = _batch_topological_order(list(deps), deps)
+        order = batch_order(list(deps), deps)
 
         # Decide every status before touching any index, dependencies first.
         status: dict[str, TaskStatus] = {}
@@ -411,7 +408,7 @@ class Scheduler:
         """``in_progress`` -> ``ready`` without consuming a retry.
 
         Branch and worktree are kept so the next attempt continues the work.
-        For `stop_all`, a total-memory breach and a daemon restart.
+        For stopping agents, a total-memory breach and a daemon restart.
         """
         node = self._expect(task_id, TaskStatus.READY, TaskStatus.IN_PROGRESS)
         task = node.task
@@ -420,10 +417,6 @@ class Scheduler:
         task.started_at = None
         self._set_status(node, TaskStatus.READY if node.unmet == 0 else TaskStatus.PENDING)
         return task
-
-    def stop_all(self) -> list[Task]:
-        """`requeue` every running task; returns them in insertion order."""
-        return [self.requeue(t.id) for t in self.in_progress()]
 
     def cancel(self, task_id: str, now: float) -> list[Task]:
         """Any non-terminal task -> ``cancelled``; its transitive dependents -> ``blocked``.
@@ -753,83 +746,5 @@ def _blocked_descendants_in_order(root: _Node) -> list[_Node]:
     return topological_order(reach, lambda n: n.deps, _seq)
 
 
-def topological_order(
-    items: Iterable[H], deps: Callable[[H], Iterable[H]], rank: Callable[[H], Any]
-) -> list[H]:
-    """`items` with dependencies first; among those free at once, lowest `rank` first.
-
-    Dependencies outside `items` are ignored. Deterministic for a total `rank`.
-    """
-    members = list(items)
-    inside = set(members)
-    waiting = {m: 0 for m in members}
-    dependents: dict[H, list[H]] = {m: [] for m in members}
-    for m in members:
-        for d in deps(m):
-            if d in inside:
-                waiting[m] += 1
-                dependents[d].append(m)
-    free = [(rank(m), i, m) for i, m in enumerate(members) if waiting[m] == 0]
-    heapq.heapify(free)
-    index = {m: i for i, m in enumerate(members)}
-    order: list[H] = []
-    while free:
-        *_, m = heapq.heappop(free)
-        order.append(m)
-        for c in dependents[m]:
-            waiting[c] -= 1
-            if waiting[c] == 0:
-                heapq.heappush(free, (rank(c), index[c], c))
-    return order
-
-
-def merge_order(tasks: Sequence[Task]) -> list[Task]:
-    """Tasks in dependency order, ties by priority then insertion (the merge queue's order)."""
-    by_id = {t.id: t for t in tasks}
-    position = {t.id: i for i, t in enumerate(tasks)}
-    ids = topological_order(
-        by_id, lambda i: by_id[i].dependencies, lambda i: (by_id[i].priority, position[i])
-    )
-    return [by_id[i] for i in ids]
-
-
 def _ended(status: TaskStatus) -> str:
     return "was cancelled" if status is TaskStatus.CANCELLED else "failed"
-
-
-def _batch_topological_order(ids: list[str], deps: dict[str, tuple[str, ...]]) -> list[str]:
-    """Batch ids, dependencies first; `errors.DependencyCycle` if the batch has a cycle.
-
-    Only edges inside the batch matter: existing tasks cannot depend on new
-    ones, so any cycle lies wholly within the batch. The reported cycle lists
-    ids so that each depends on the next, the first repeated at the end.
-    """
-    white, grey, black = 0, 1, 2
-    color = dict.fromkeys(ids, white)
-    order: list[str] = []
-    for root in ids:
-        if color[root] != white:
-            continue
-        color[root] = grey
-        path = [root]
-        iters = [iter(deps[root])]
-        while iters:
-            for dep in iters[-1]:
-                state = color.get(dep)
-                if state is None or state == black:
-                    continue  # an existing task, or done
-                if state == grey:
-                    cycle = [*path[path.index(dep) :], dep]
-                    raise errors.DependencyCycle(
-                        f"dependency cycle: {' -> '.join(cycle)}", data={"cycle": cycle}
-                    )
-                color[dep] = grey
-                path.append(dep)
-                iters.append(iter(deps[dep]))
-                break
-            else:
-                iters.pop()
-                done = path.pop()
-                color[done] = black
-                order.append(done)
-    return order

@@ -462,12 +462,19 @@ async def head_branch(repo_path: str) -> str:
 
 
 async def allocate(
-    repo_path: str, base_dir: Path, task_id: str, branch: str, base_branch: str
+    repo_path: str,
+    base_dir: Path,
+    task_id: str,
+    branch: str,
+    base_branch: str,
+    record: Callable[[WorktreeInfo], object] = lambda info: None,
 ) -> WorktreeInfo:
     """Create (or reuse) the worktree `base_dir/<task_id>` with `branch` checked out.
 
     The branch is created from `base_branch` when missing. A worktree that already
     has this task's branch is reused (`created=False`), so retries keep their work.
+    `record(info)` runs under the repository's lock once the worktree exists, so a
+    concurrent orphan cleanup never sees a worktree that is not yet recorded.
     Errors: InvalidTaskId, InvalidBranchName, BranchCheckedOut, BaseBranchNotFound,
     RepositoryEmpty, RepositoryNotFound, PathOutsideBase, GitFailure. A failed add
     leaves neither git metadata nor a directory behind.
@@ -475,9 +482,11 @@ async def allocate(
     validate_task_id(task_id)
     validate_branch(branch)
     async with write_lock(repo_path):
-        return await in_thread(
+        info = await in_thread(
             lambda: _allocate_sync(repo_path, base_dir, task_id, branch, base_branch)
         )
+        record(info)
+        return info
 
 
 async def dirty_files(worktree_path: str) -> list[str]:
@@ -506,15 +515,20 @@ async def deallocate(
         await in_thread(lambda: _deallocate_sync(repo_path, base_dir, worktree_path, force))
 
 
-async def cleanup_orphans(repo_path: str, base_dir: Path, live_paths: set[str]) -> CleanupReport:
-    """Remove clean worktrees under `base_dir` that are not in `live_paths`.
+async def cleanup_orphans(
+    repo_path: str, base_dir: Path, live_paths: Callable[[], set[str]]
+) -> CleanupReport:
+    """Remove clean worktrees under `base_dir` that are not in `live_paths()`.
 
-    Dirty ones (and unregistered non-empty directories, whose content nothing
-    proves committed) are reported in `kept_dirty` and left untouched; git's
-    metadata for worktrees whose directory is gone is pruned and listed.
+    `live_paths` is asked under the repository's lock (allocations record
+    themselves under the same lock). Dirty ones (and unregistered non-empty
+    directories, whose content nothing proves committed) are reported in
+    `kept_dirty` and left untouched; git's metadata for worktrees whose
+    directory is gone is pruned and listed.
     """
     async with write_lock(repo_path):
-        return await in_thread(lambda: _cleanup_sync(repo_path, base_dir, live_paths))
+        live = live_paths()
+        return await in_thread(lambda: _cleanup_sync(repo_path, base_dir, live))
 
 
 async def commit_all(worktree_path: str, message: str) -> str | None:

@@ -1,33 +1,33 @@
 """The executor interface: how the pool runs an agent, wherever it runs.
 
-An executor takes a run spec and returns a handle to cancel and await; it can
-deal with runs a previous daemon left behind, and reports its capacity. The
+An executor takes a run spec and returns a handle to cancel and await; it
+deals with runs a previous daemon left behind, and reports its capacity. The
 local executor (the default) runs agents as supervised process trees on this
-machine; a remote one (e.g. Ray) would implement the same protocol.
+machine, in tasks of the pool's nursery.
+
+Each run is a failure boundary: whatever goes wrong inside one (an agent's
+output, a bug of ours while supervising it) ends that run with a result, and
+never escapes into the nursery that every other run shares.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable
+import time
 from typing import Any, Protocol
 
 import psutil
 import trio
 
-from corral.models import AgentLifecycle, EndReason, LogEntry
+from corral.models import AgentLifecycle, EndReason, ErrorCategory, LogEntry
 from corrald.process import cgroups
-from corrald.process.run import (
-    AgentRun,
-    RunResult,
-    RunSpec,
-    RunStats,
-    SampleHub,
-    kill_stale,
-    run_agent,
-)
+from corrald.process.run import AgentRun, kill_stale, run_agent
+from corrald.process.sampler import SampleHub
+from corrald.process.spec import RunEvents, RunResult, RunSpec, RunStats
+from corrald.process.terminate import TerminationStage
 
-EventCallback = Callable[[str, dict[str, Any]], None]
+log = logging.getLogger(__name__)
 
 
 class RunHandle(Protocol):
@@ -37,6 +37,9 @@ class RunHandle(Protocol):
     create_time: float | None
     lifecycle: AgentLifecycle
     stats: RunStats
+
+    @property
+    def stage(self) -> TerminationStage: ...
 
     def cancel(self, reason: EndReason = EndReason.CANCELLED, detail: str = "") -> None: ...
     async def wait(self) -> RunResult: ...
@@ -48,9 +51,10 @@ class Executor(Protocol):
     """Runs agents: submit, stream events, cancel with a grace, wait, reattach, capacity."""
 
     name: str
+    hub: SampleHub
 
-    async def submit(self, spec: RunSpec, on_event: EventCallback) -> RunHandle:
-        """Start a run; events (log, activity, tokens, rate_limit, violation) go to `on_event`."""
+    async def submit(self, spec: RunSpec, events: RunEvents) -> RunHandle:
+        """Start a run; what it reports goes to `events`. Raises only if it could not start."""
         ...
 
     def reattach(self, pid: int, create_time: float) -> bool:
@@ -81,8 +85,8 @@ class LocalExecutor:
             "cgroup": cgroups.detect().to_wire(),
         }
 
-    async def submit(self, spec: RunSpec, on_event: EventCallback) -> AgentRun:
-        run: AgentRun = await self.nursery.start(_run, spec, on_event, self.hub)
+    async def submit(self, spec: RunSpec, events: RunEvents) -> AgentRun:
+        run: AgentRun = await self.nursery.start(_bounded_run, spec, events, self.hub)
         return run
 
     def reattach(self, pid: int, create_time: float) -> bool:
@@ -97,7 +101,40 @@ class LocalExecutor:
         return f"LocalExecutor({self.hub!r})"
 
 
-async def _run(spec: RunSpec, on_event: EventCallback, hub: SampleHub, *, task_status: Any) -> None:
-    # run_agent hands its AgentRun back through `started`; its return value is
-    # the same result `AgentRun.wait()` gives.
-    await run_agent(spec, on_event=on_event, hub=hub, task_status=task_status)
+async def _bounded_run(
+    spec: RunSpec, events: RunEvents, hub: SampleHub, *, task_status: trio.TaskStatus[AgentRun]
+) -> None:
+    """`run_agent` as a failure boundary: once started, nothing it raises leaves this task."""
+    started: list[AgentRun] = []
+
+    class _Started:
+        def started(self, run: AgentRun) -> None:
+            started.append(run)
+            task_status.started(run)
+
+    try:
+        await run_agent(spec, events=events, hub=hub, task_status=_Started())  # type: ignore[arg-type]
+    except Exception as exc:
+        if not started:
+            raise  # nursery.start re-raises it in submit: the caller handles it
+        log.exception("agent %s: the run failed inside corral", spec.agent_id)
+        run = started[0]
+        why = f"internal error: {type(exc).__name__}: {exc}"[:500]
+        try:
+            run.note(why)
+        except Exception:  # the log itself may be what failed
+            log.exception("agent %s: could not note the failure", spec.agent_id)
+        run.finish(
+            run.result
+            or RunResult(
+                exit_code=None,
+                end_reason=EndReason.FAILED,
+                error_category=ErrorCategory.INTERNAL,
+                error=why,
+                tokens=run.stats.tokens,
+                cost=run.stats.cost,
+                rate_limited=False,
+                rate_limit_reset=None,
+                ended_at=time.time(),
+            )
+        )

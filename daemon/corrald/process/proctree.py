@@ -113,31 +113,6 @@ def _direct_children(pid: int) -> list[int]:
     return out
 
 
-def _descendant_pids(pid: int) -> list[int]:
-    """`pid` and every process below it, parents before children."""
-    seen: list[int] = [pid]
-    queue = collections.deque([pid])
-    visited = {pid}
-    while queue:
-        for child in _direct_children(queue.popleft()):
-            if child not in visited:
-                visited.add(child)
-                seen.append(child)
-                queue.append(child)
-    return seen
-
-
-def tree(pid: int) -> list[psutil.Process]:
-    """The live process `pid` and all its descendants (empty if `pid` is gone)."""
-    out: list[psutil.Process] = []
-    for p in _descendant_pids(pid):
-        try:
-            out.append(psutil.Process(p))
-        except psutil.Error:
-            continue
-    return out
-
-
 def is_alive(proc: psutil.Process) -> bool:
     """True if `proc` (same pid *and* create_time) still runs; zombies count as dead."""
     try:

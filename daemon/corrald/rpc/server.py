@@ -22,13 +22,16 @@ import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic
+from typing import Any, Generic, TypeVar
 
 import trio
 
 from corral import errors
 from corrald.rpc.dispatch import Ctx, Dispatcher, Registry
 from corrald.rpc.framing import FrameReader, Framing, encode
+
+#: The per-connection state handlers keep (the server never looks inside it).
+S = TypeVar("S")
 
 log = logging.getLogger("corrald.rpc.server")
 
@@ -40,15 +43,6 @@ class Limits:
     frame_timeout_secs: float = 10.0
     shutdown_grace_secs: float = 10.0
     max_inflight_per_connection: int = 64
-
-
-def default_socket_path() -> Path:
-    """`$CORRAL_SOCKET`, else `$XDG_RUNTIME_DIR/corral/corrald.sock`."""
-    env = os.environ.get("CORRAL_SOCKET")
-    if env:
-        return Path(env)
-    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/corral-{os.getuid()}"
-    return Path(runtime) / "corral" / "corrald.sock"
 
 
 class AlreadyRunning(RuntimeError):
@@ -99,12 +93,12 @@ def peer_uid(stream: trio.SocketStream) -> tuple[int, int]:
     return pid, uid
 
 
-class Connection:
-    """One client connection: framing, serialised writes, per-connection state."""
+class Connection(Generic[S]):
+    """One client connection: framing, serialised writes, pushes, the handlers' state."""
 
     _ids = 0
 
-    def __init__(self, stream: trio.SocketStream, server: Server[Any]) -> None:
+    def __init__(self, stream: trio.SocketStream, server: Server[Any, S]) -> None:
         Connection._ids += 1
         self.id = Connection._ids
         self.stream = stream
@@ -112,11 +106,12 @@ class Connection:
         self.reader = FrameReader(server.limits.max_frame_bytes)
         self.peer_pid = 0
         self.closed = False
-        self.state: dict[str, Any] = {}  # per-connection state for method handlers
+        self.state: S = server.new_state()  # the method handlers' own, opaque here
         self.on_close: list[Callable[[], object]] = []
+        self.pushes = 0  # push tasks (subscriptions) running on this connection
         self._send_lock = trio.Lock()
         self._inflight = trio.Semaphore(server.limits.max_inflight_per_connection)
-        self.background: trio.Nursery | None = None  # pushes (events); ends with the connection
+        self._background: trio.Nursery | None = None  # pushes; they end with the connection
 
     @property
     def framing(self) -> Framing:
@@ -136,6 +131,9 @@ class Connection:
             )
             for m in messages
         )
+        return await self._write(data)
+
+    async def _write(self, data: bytes) -> bool:
         try:  # no scheduler pass when nobody else is writing (the common case)
             self._send_lock.acquire_nowait()
         except trio.WouldBlock:
@@ -151,6 +149,24 @@ class Connection:
             self._send_lock.release()
         return True
 
+    async def send_raw(self, bodies: list[bytes]) -> bool:
+        """Write already-encoded JSON messages (event bursts) with one system call."""
+        framing = self.framing if self.framing is not Framing.UNKNOWN else Framing.NDJSON
+        return await self._write(b"".join(encode(framing, body) for body in bodies))
+
+    def push(self, fn: Callable[[], Awaitable[object]]) -> None:
+        """Run `fn` (a subscription's delivery) for as long as the connection lives."""
+        assert self._background is not None, "push() is for handlers of a live connection"
+
+        async def counted() -> None:
+            self.pushes += 1
+            try:
+                await fn()
+            finally:
+                self.pushes -= 1
+
+        self._background.start_soon(counted)
+
     async def notify(self, method: str, params: Any) -> bool:
         return await self.send({"jsonrpc": "2.0", "method": method, "params": params})
 
@@ -162,12 +178,12 @@ class Connection:
         # requests that create them; requests always run to completion (their
         # answers are dropped if the peer left).
         async with trio.open_nursery() as background:
-            self.background = background
+            self._background = background
             async with trio.open_nursery() as requests:
                 clean_eof = await self._read_loop(requests)
             # After a clean EOF (a half-close, as `nc` does) the peer may still
             # read: its subscriptions go on until a write fails or they end.
-            if not clean_eof or not self.state.get("subscriptions"):
+            if not clean_eof or not self.pushes:
                 background.cancel_scope.cancel()
 
     async def _read_loop(self, requests: trio.Nursery) -> bool:
@@ -255,19 +271,25 @@ def _guess_id(frame: bytes) -> Any:
     return decoded.get("id") if isinstance(decoded, dict) else None
 
 
-class Server(Generic[Ctx]):
-    """Accepts connections and answers JSON-RPC on them until shut down."""
+class Server(Generic[Ctx, S]):
+    """Accepts connections and answers JSON-RPC on them until shut down.
+
+    `make_ctx(conn)` builds what a handler gets for one request;
+    `new_state()` builds each connection's handler state.
+    """
 
     def __init__(
         self,
         registry: Registry[Ctx],
-        make_ctx: Callable[[Connection], Ctx],
+        make_ctx: Callable[[Connection[S]], Ctx],
+        new_state: Callable[[], S],
         limits: Limits | None = None,
     ) -> None:
         self.dispatcher = Dispatcher(registry)
         self.make_ctx = make_ctx
+        self.new_state = new_state
         self.limits = limits or Limits()
-        self.connections: set[Connection] = set()
+        self.connections: set[Connection[S]] = set()
         self.inflight = 0
         self.idle = trio.Event()
         self.shutting_down = False
@@ -320,7 +342,7 @@ class Server(Generic[Ctx]):
             await listener.aclose()
 
     async def _handle(self, stream: trio.SocketStream) -> None:
-        conn = Connection(stream, self)
+        conn: Connection[S] = Connection(stream, self)
         try:
             conn.peer_pid, uid = peer_uid(stream)
             if uid != os.getuid():

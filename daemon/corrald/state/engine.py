@@ -1,20 +1,58 @@
-"""Sessions: one scheduler per repository run, its durable state and its events.
+"""The engine: the one writer of the store and the one publisher of events.
 
-The engine owns the in-memory state (one `Scheduler` per session), writes
-every change to the store before returning, and publishes an event for it.
-RPC handlers call it; it knows nothing about sockets.
+Every state change goes through `Engine._change`: one SQLite transaction
+holding the rows and the events that announce them, then, once it has
+committed, the events go out and the pool is woken. If the transaction fails
+(a full disk, a read-only file), nothing is announced and the session's
+in-memory state (its `Scheduler` and `Session`) is rebuilt from the store,
+so memory and disk never disagree.
+
+The engine knows nothing of sockets, processes or git: the pool asks it to
+record what its runs do, the RPC methods ask it for everything else.
+Time comes from `clock` (epoch seconds) so tests can drive it.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
+import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 from corral import errors
+from corral.events import (
+    AgentActivityPayload,
+    AgentRateLimitPayload,
+    AgentStatusPayload,
+    AgentTokensPayload,
+    ConflictsDetectedPayload,
+    ConflictsResolvedPayload,
+    LogPayload,
+    MergeCompletedPayload,
+    Payload,
+    SessionCreatedPayload,
+    SessionReinitPayload,
+    SessionStatusPayload,
+    TaskStatusPayload,
+    ViolationPayload,
+    WorktreeAllocatedPayload,
+    WorktreeCleanupPayload,
+    WorktreeReleasedPayload,
+)
 from corral.models import (
+    Agent,
+    AgentActivity,
+    AgentLifecycle,
+    CleanupReport,
+    CompletedAgent,
+    ConflictResolutionResult,
+    EndReason,
     ErrorCategory,
+    MergeReport,
     SchedulerConfig,
     SchedulerStats,
     Session,
@@ -22,24 +60,41 @@ from corral.models import (
     Task,
     TaskSpec,
     TaskStatus,
+    Violation,
+    WorktreeAllocation,
     check_task_id,
 )
+from corrald.core.outcome import Disposition, Outcome
 from corrald.core.scheduler import Scheduler
-from corrald.state.events import EventBus
+from corrald.state.events import EventBus, Record, Subscription
 from corrald.state.store import Store
 
-log = logging.getLogger("corrald.state.engine")
+log = logging.getLogger("corrald.engine")
 
-ACTIVE_STATUSES = (SessionStatus.RUNNING, SessionStatus.PAUSED, SessionStatus.STOPPING)
+#: Finished agents kept for `parallel_poll_completed`.
+COMPLETED_KEPT = 10_000
+#: Violations kept for `parallel_check_violations`.
+VIOLATIONS_KEPT = 1000
+#: Longest log line carried by an event; bounds the replay window's memory.
+EVENT_LINE_CAP = 2000
+
+_ALLOWED_FROM: dict[SessionStatus, set[SessionStatus]] = {
+    SessionStatus.RUNNING: {
+        SessionStatus.IDLE,
+        SessionStatus.PAUSED,
+        SessionStatus.COMPLETED,
+        SessionStatus.FAILED,
+    },
+    SessionStatus.PAUSED: {SessionStatus.RUNNING},
+}
 
 
 class SessionState:
-    """A session's model and its scheduler (the live task state)."""
+    """A session's model and its scheduler (the live task state), as last committed."""
 
     def __init__(self, session: Session, scheduler: Scheduler) -> None:
         self.session = session
         self.scheduler = scheduler
-        self.running_agents: set[str] = set()
 
     @property
     def id(self) -> str:
@@ -49,8 +104,20 @@ class SessionState:
         return f"SessionState({self.id}, {self.session.status.value}, {self.scheduler!r})"
 
 
+class _Batch:
+    """What one change publishes: events made inside its transaction."""
+
+    def __init__(self, bus: EventBus) -> None:
+        self.bus = bus
+        self.records: list[Record] = []
+        self.touched: dict[str, SessionState] = {}
+
+    def publish(self, session_id: str | None, payload: Payload) -> None:
+        self.records.append(self.bus.make(session_id, payload))
+
+
 class Engine:
-    """Sessions and tasks, durable and observable."""
+    """Sessions, tasks and attempts: durable first, then observable."""
 
     def __init__(
         self, store: Store, bus: EventBus, *, clock: Callable[[], float] = time.time
@@ -59,10 +126,114 @@ class Engine:
         self.bus = bus
         self.clock = clock
         self.sessions: dict[str, SessionState] = {}
-        self.on_change: list[Callable[[SessionState], None]] = []  # pool wakes up on these
+        self.on_change: list[Callable[[SessionState], None]] = []  # the pool wakes on these
+        self.completed: collections.deque[tuple[int, CompletedAgent]] = collections.deque(
+            maxlen=COMPLETED_KEPT
+        )
+        self.violations: collections.deque[Violation] = collections.deque(maxlen=VIOLATIONS_KEPT)
+        self._completed_seq = 0
+        self._batch: _Batch | None = None
         for session in store.sessions():
-            tasks = store.tasks(session.id)
-            self.sessions[session.id] = SessionState(session, Scheduler(session.config, tasks))
+            state = self._restore(session)
+            self.sessions[session.id] = state
+
+    def _restore(self, session: Session) -> SessionState:
+        """Rebuild a session from its rows; derived status changes are written back."""
+        stored = self.store.tasks(session.id)
+        before = {t.id: t.status for t in stored}
+        scheduler = Scheduler(session.config, stored, aborted=session.aborted)
+        moved = [t for t in scheduler.tasks() if before.get(t.id) is not t.status]
+        if moved:  # e.g. pending with every dependency done: ready, as it should have been
+            with self.store.transaction():
+                self.store.put_tasks(session.id, moved)
+        return SessionState(session, scheduler)
+
+    # --- the one way state changes --------------------------------------------------
+    @contextmanager
+    def _change(self, *states: SessionState) -> Iterator[_Batch]:
+        """One transaction; its events go out after the commit; on failure memory follows disk.
+
+        Nested changes join the outermost one (one commit, one fan-out).
+        """
+        if self._batch is not None:
+            for state in states:
+                self._batch.touched[state.id] = state
+            yield self._batch
+            return
+        batch = self._batch = _Batch(self.bus)
+        for state in states:
+            batch.touched[state.id] = state
+        try:
+            with self.store.transaction():
+                yield batch
+        except BaseException as exc:
+            self._batch = None
+            # Domain errors are raised before anything changes (the scheduler
+            # validates first), so only other failures need the reload.
+            if not isinstance(exc, errors.CorralError):
+                for state in batch.touched.values():
+                    self._reload(state)
+            if isinstance(exc, sqlite3.Error):
+                raise errors.StorageError(
+                    f"the state file could not be written: {exc}", {"cause": str(exc)}
+                ) from exc
+            raise
+        self._batch = None
+        self.bus.fan_out(batch.records)
+        for state in batch.touched.values():
+            for callback in self.on_change:
+                callback(state)
+
+    def _reload(self, state: SessionState) -> None:
+        """After a failed transaction: the session as the store has it."""
+        for session in self.store.sessions():
+            if session.id == state.id:
+                fresh = self._restore(session)
+                state.session, state.scheduler = fresh.session, fresh.scheduler
+                return
+        self.sessions.pop(state.id, None)  # it was being created
+
+    def _tasks_changed(self, batch: _Batch, state: SessionState, changed: Sequence[Task]) -> None:
+        """Write changed tasks, announce each, and settle the session's own status."""
+        if not changed:
+            return
+        self.store.put_tasks(state.id, changed)
+        for task in changed:
+            batch.publish(
+                state.id,
+                TaskStatusPayload(
+                    task_id=task.id,
+                    status=task.status,
+                    attempts=task.attempts,
+                    error=task.error,
+                    error_category=task.error_category,
+                ),
+            )
+        if state.scheduler.aborted and not state.session.aborted:
+            state.session.aborted = True
+            self.store.put_session(state.session)
+        self._settle_finished(batch, state)
+
+    def _settle_finished(self, batch: _Batch, state: SessionState) -> None:
+        """A running session with nothing left to do is completed (or failed)."""
+        if state.session.status is SessionStatus.RUNNING and state.scheduler.is_finished():
+            failed = any(
+                t.status in (TaskStatus.FAILED, TaskStatus.BLOCKED) for t in state.scheduler.tasks()
+            )
+            self._set_session_status(
+                batch, state, SessionStatus.FAILED if failed else SessionStatus.COMPLETED
+            )
+
+    def _set_session_status(
+        self,
+        batch: _Batch,
+        state: SessionState,
+        status: SessionStatus,
+        payload: type[SessionStatusPayload] = SessionStatusPayload,
+    ) -> None:
+        state.session.status = status
+        self.store.put_session(state.session)
+        batch.publish(state.id, payload(status=status))
 
     # --- lookup -------------------------------------------------------------------
     def session(self, session_id: str | None) -> SessionState:
@@ -76,144 +247,28 @@ class Engine:
             raise errors.SessionNotFound(f"no session {session_id!r}", {"sessionId": session_id})
         return state
 
-    # --- persistence + events -------------------------------------------------------
-    def _save_session(self, state: SessionState, event: str = "session.status") -> None:
-        self.store.put_session(state.session)
-        self.bus.publish(event, state.id, {"status": state.session.status.value})
+    def agent(self, agent_id: str) -> Agent:
+        """An agent's stored row; AgentNotFound if there is none."""
+        agent = self.store.agent(agent_id)
+        if agent is None:
+            raise errors.AgentNotFound(f"no agent {agent_id!r}", {"agentId": agent_id})
+        return agent
 
-    def commit_tasks(self, state: SessionState, changed: Sequence[Task]) -> None:
-        """Persist changed tasks, publish their new status, wake the runner."""
-        if not changed:
-            return
-        with self.store.transaction():
-            self.store.put_tasks(state.id, changed)
-            for task in changed:
-                self.bus.publish(
-                    "task.status",
-                    state.id,
-                    {
-                        "taskId": task.id,
-                        "status": task.status.value,
-                        "attempts": task.attempts,
-                        **({"error": task.error} if task.error else {}),
-                        **(
-                            {"errorCategory": task.error_category.value}
-                            if task.error_category
-                            else {}
-                        ),
-                    },
-                )
-            self._maybe_finish(state)
-        for callback in self.on_change:
-            callback(state)
+    def agents(self, session_id: str) -> list[Agent]:
+        return self.store.agents(session_id)
 
-    def _maybe_finish(self, state: SessionState) -> None:
-        session = state.session
-        if session.status is SessionStatus.RUNNING and state.scheduler.is_finished():
-            failed = any(
-                t.status in (TaskStatus.FAILED, TaskStatus.BLOCKED) for t in state.scheduler.tasks()
-            )
-            session.status = SessionStatus.FAILED if failed else SessionStatus.COMPLETED
-            self._save_session(state)
+    def left_running(self) -> list[tuple[Agent, float | None]]:
+        """Agents whose row says they run, with their process start time (after a restart)."""
+        return self.store.live_agent_pids()
 
-    # --- sessions -------------------------------------------------------------------------
-    def init_session(self, config: SchedulerConfig, root: str, session_id: str | None) -> Session:
-        """Create a session on the repository whose main work tree is `root` (resolved)."""
-        if session_id is not None:
-            check_task_id(session_id)
-            existing = self.sessions.get(session_id)
-            if existing is not None:
-                if existing.running_agents:
-                    raise errors.SessionBusy(
-                        f"session {session_id} has {len(existing.running_agents)} running agents;"
-                        " stop them first",
-                        {"sessionId": session_id, "agents": sorted(existing.running_agents)},
-                    )
-                existing.session.config = config
-                existing.session.repo_path = root
-                existing.session.status = SessionStatus.IDLE
-                existing.scheduler.config = config
-                with self.store.transaction():
-                    self._save_session(existing, "session.reinit")
-                return existing.session
-        else:
-            session_id = f"s-{uuid.uuid4().hex[:8]}"
-        session = Session(
-            id=session_id,
-            repo_path=root,
-            config=config,
-            status=SessionStatus.IDLE,
-            created_at=self.clock(),
-        )
-        state = SessionState(session, Scheduler(config))
-        with self.store.transaction():
-            self.sessions[session_id] = state
-            self._save_session(state, "session.created")
-        return session
-
-    def set_status(self, session_id: str | None, status: SessionStatus) -> Session:
-        state = self.session(session_id)
-        current = state.session.status
-        allowed = {
-            SessionStatus.RUNNING: {
-                SessionStatus.IDLE,
-                SessionStatus.PAUSED,
-                SessionStatus.COMPLETED,
-                SessionStatus.FAILED,
-            },
-            SessionStatus.PAUSED: {SessionStatus.RUNNING},
-        }
-        if current is not status and current not in allowed.get(status, set()):
-            raise errors.InvalidStateTransition(
-                f"session {state.id} is {current.value}; cannot become {status.value}",
-                {"sessionId": state.id, "from": current.value, "to": status.value},
-            )
-        if current is not status:
-            state.session.status = status
-            with self.store.transaction():
-                self._save_session(state)
-                self._maybe_finish(state)
-            for callback in self.on_change:
-                callback(state)
-        return state.session
-
-    # --- tasks ------------------------------------------------------------------------------
-    def add_tasks(self, session_id: str | None, specs: Sequence[TaskSpec]) -> list[Task]:
-        state = self.session(session_id)
-        added = state.scheduler.add_tasks(specs, self.clock())
-        if state.session.status in (SessionStatus.COMPLETED, SessionStatus.FAILED):
-            state.session.status = SessionStatus.RUNNING
-            self.store.put_session(state.session)
-        self.commit_tasks(state, added)
-        return added
+    def allocations(self, session_id: str | None = None) -> list[WorktreeAllocation]:
+        return self.store.allocations(session_id)
 
     def list_tasks(self, session_id: str | None, status: TaskStatus | None) -> list[Task]:
         return self.session(session_id).scheduler.tasks(status)
 
     def get_task(self, session_id: str | None, task_id: str) -> Task:
         return self.session(session_id).scheduler.get(task_id)
-
-    def complete_task(
-        self, session_id: str | None, task_id: str, actual_tokens: int | None = None
-    ) -> list[Task]:
-        state = self.session(session_id)
-        changed = state.scheduler.complete(task_id, self.clock(), actual_tokens)
-        self.commit_tasks(state, changed)
-        return changed
-
-    def fail_task(
-        self, session_id: str | None, task_id: str, error: str, category: ErrorCategory
-    ) -> list[Task]:
-        state = self.session(session_id)
-        changed = state.scheduler.fail(task_id, self.clock(), error, category)
-        self.commit_tasks(state, changed)
-        return changed
-
-    def cancel_task(self, session_id: str | None, task_id: str) -> list[Task]:
-        state = self.session(session_id)
-        changed = state.scheduler.cancel(task_id, self.clock())
-        self.commit_tasks(state, changed)
-        return changed
 
     def stats(self, session_id: str | None) -> SchedulerStats:
         state = self.session(session_id)
@@ -234,6 +289,385 @@ class Engine:
             strategy=state.session.config.strategy,
             session_status=state.session.status,
         )
+
+    def poll_completed(self, cursor: int) -> tuple[list[CompletedAgent], int]:
+        """Agents that finished after `cursor`, and the new cursor."""
+        return [c for seq, c in self.completed if seq > cursor], self._completed_seq
+
+    def session_violations(self, state: SessionState) -> list[Violation]:
+        mine = {a.id for a in self.store.agents(state.id)}
+        return [v for v in self.violations if v.agent_id in mine]
+
+    def subscribe(
+        self, topics: list[str] | None, session_id: str | None, since_seq: int | None
+    ) -> Subscription:
+        if session_id is not None:
+            self.session(session_id)
+        return self.bus.subscribe(topics, session_id, since_seq)
+
+    def unsubscribe(self, subscription_id: str) -> bool:
+        return self.bus.unsubscribe(subscription_id)
+
+    @property
+    def event_seq(self) -> int:
+        """The newest event's seq."""
+        return self.bus.seq
+
+    @property
+    def oldest_event(self) -> int:
+        """The oldest seq a subscriber may resume after (minus one)."""
+        return self.bus.oldest
+
+    @property
+    def subscribers(self) -> int:
+        return len(self.bus.subscribers)
+
+    # --- sessions -------------------------------------------------------------------
+    def init_session(self, config: SchedulerConfig, root: str, session_id: str | None) -> Session:
+        """Create a session on the repository whose main work tree is `root` (resolved).
+
+        An existing `session_id` gets the new config and keeps its tasks,
+        unless agents are running (SessionBusy).
+        """
+        if session_id is not None:
+            check_task_id(session_id)
+            existing = self.sessions.get(session_id)
+            if existing is not None:
+                running = self.store.live_agents(session_id)
+                if running:
+                    raise errors.SessionBusy(
+                        f"session {session_id} has {len(running)} running agents; stop them first",
+                        {"sessionId": session_id, "agents": running},
+                    )
+                with self._change(existing) as batch:
+                    existing.session.config = config
+                    existing.session.repo_path = root
+                    existing.scheduler.config = config
+                    self._set_session_status(
+                        batch, existing, SessionStatus.IDLE, SessionReinitPayload
+                    )
+                return existing.session
+        else:
+            session_id = f"s-{uuid.uuid4().hex[:8]}"
+        session = Session(
+            id=session_id,
+            repo_path=root,
+            config=config,
+            status=SessionStatus.IDLE,
+            created_at=self.clock(),
+        )
+        state = SessionState(session, Scheduler(config))
+        self.sessions[session_id] = state
+        with self._change(state) as batch:
+            self._set_session_status(batch, state, SessionStatus.IDLE, SessionCreatedPayload)
+        return session
+
+    def set_status(self, session_id: str | None, status: SessionStatus) -> Session:
+        """Start (running) or pause a session. InvalidStateTransition otherwise."""
+        state = self.session(session_id)
+        current = state.session.status
+        if current is not status and current not in _ALLOWED_FROM.get(status, set()):
+            raise errors.InvalidStateTransition(
+                f"session {state.id} is {current.value}; cannot become {status.value}",
+                {"sessionId": state.id, "from": current.value, "to": status.value},
+            )
+        if current is not status:
+            with self._change(state) as batch:
+                self._set_session_status(batch, state, status)
+                self._settle_finished(batch, state)
+        return state.session
+
+    # --- tasks ------------------------------------------------------------------------
+    def add_tasks(self, session_id: str | None, specs: Sequence[TaskSpec]) -> list[Task]:
+        """Add a batch of tasks, all or nothing; a finished session runs again."""
+        state = self.session(session_id)
+        with self._change(state) as batch:
+            added = state.scheduler.add_tasks(specs, self.clock())
+            if state.session.status in (SessionStatus.COMPLETED, SessionStatus.FAILED):
+                self._set_session_status(batch, state, SessionStatus.RUNNING)
+            self._tasks_changed(batch, state, added)
+        return added
+
+    def _apply(self, state: SessionState, fn: Callable[[Scheduler], list[Task]]) -> list[Task]:
+        with self._change(state) as batch:
+            changed = fn(state.scheduler)
+            self._tasks_changed(batch, state, changed)
+        return changed
+
+    def complete_task(
+        self, session_id: str | None, task_id: str, actual_tokens: int | None = None
+    ) -> list[Task]:
+        now = self.clock()
+        return self._apply(
+            self.session(session_id), lambda s: s.complete(task_id, now, actual_tokens)
+        )
+
+    def fail_task(
+        self, session_id: str | None, task_id: str, error: str, category: ErrorCategory
+    ) -> list[Task]:
+        now = self.clock()
+        return self._apply(
+            self.session(session_id), lambda s: s.fail(task_id, now, error, category)
+        )
+
+    def cancel_task(self, session_id: str | None, task_id: str) -> list[Task]:
+        now = self.clock()
+        return self._apply(self.session(session_id), lambda s: s.cancel(task_id, now))
+
+    def retry_task(self, session_id: str | None, task_id: str) -> list[Task]:
+        return self._apply(self.session(session_id), lambda s: s.retry(task_id))
+
+    def promote_due(self, state: SessionState) -> None:
+        """Tasks whose backoff or rate-limit wait is over become ready."""
+        now = self.clock()
+        due = state.scheduler.next_wakeup()
+        if due is not None and due <= now:
+            self._apply(state, lambda s: s.promote_due(now))
+
+    # --- attempts (what the pool's runs do) ---------------------------------------------
+    def start_attempt(self, state: SessionState, task_id: str, agent_id: str) -> Agent:
+        """The task goes in_progress with a new agent row (lifecycle starting)."""
+        with self._change(state) as batch:
+            task = state.scheduler.start(task_id, self.clock(), agent_id)
+            config = state.session.config
+            agent = Agent(
+                id=agent_id,
+                session_id=state.id,
+                task_id=task.id,
+                agent_type=task.agent_type or config.agent_type,
+                started_at=time.time(),
+                iteration_count=task.attempts,
+                branch=task.branch or "",
+                worktree_path=task.worktree_path or "",
+            )
+            self.store.put_agent(agent)
+            self._tasks_changed(batch, state, [task])
+            self._agent_status(batch, agent)
+        return agent
+
+    def record_allocation(self, state: SessionState, alloc: WorktreeAllocation) -> None:
+        """A worktree was created or reused for `alloc.task_id` (called under the repo lock)."""
+        with self._change(state) as batch:
+            self.store.put_allocation(alloc)
+            try:  # worktree_allocate may name a task the session does not have
+                task: Task | None = state.scheduler.get(alloc.task_id)
+            except errors.TaskNotFound:
+                task = None
+            if task is not None and (task.branch, task.worktree_path) != (
+                alloc.branch,
+                alloc.worktree_path,
+            ):
+                task.branch, task.worktree_path = alloc.branch, alloc.worktree_path
+                self.store.put_tasks(state.id, [task])
+            batch.publish(state.id, WorktreeAllocatedPayload.model_validate(alloc.to_wire()))
+
+    def release_allocation(self, state: SessionState, worktree_path: str) -> None:
+        """The worktree at `worktree_path` was removed (its branch is kept)."""
+        with self._change(state) as batch:
+            for alloc in self.store.allocations(state.id):
+                if alloc.worktree_path == worktree_path:
+                    self.store.delete_allocation(state.id, alloc.task_id)
+                    batch.publish(state.id, WorktreeReleasedPayload.model_validate(alloc.to_wire()))
+
+    def agent_spawned(
+        self,
+        state: SessionState,
+        agent: Agent,
+        *,
+        pid: int | None,
+        create_time: float | None,
+        lifecycle: AgentLifecycle,
+    ) -> Agent:
+        """The agent's process exists (pid and start time are what a restart kills by)."""
+        row = agent.model_copy(update={"process_id": pid, "lifecycle": lifecycle})
+        with self._change(state) as batch:
+            self.store.put_agent(row, create_time)
+            self._agent_status(batch, row)
+        return row
+
+    def finish_attempt(
+        self,
+        state: SessionState,
+        agent: Agent,
+        outcome: Outcome,
+        *,
+        exit_code: int | None = None,
+        tokens: int = 0,
+        cost: float = 0.0,
+        ended_at: float | None = None,
+        rate_limit_reset: float | None = None,
+    ) -> Agent:
+        """Record how an attempt ended and move its task on, in one transaction.
+
+        Only the task's current attempt moves the task; a stale attempt (the
+        task was cancelled or restarted meanwhile) only closes its own row.
+        """
+        now = self.clock()
+        row = agent.model_copy(
+            update={
+                "exit_code": exit_code,
+                "end_reason": outcome.end_reason,
+                "lifecycle": outcome.lifecycle,
+                "tokens": tokens,
+                "cost": cost,
+                "ended_at": ended_at or time.time(),
+                "status": AgentActivity.IDLE,
+            }
+        )
+        with self._change(state) as batch:
+            task = state.scheduler.get(agent.task_id)
+            changed: list[Task] = []
+            if task.status is TaskStatus.IN_PROGRESS and task.assigned_agent == agent.id:
+                changed = self._dispose(state.scheduler, task.id, outcome, tokens, rate_limit_reset)
+            self.store.put_agent(row)
+            self._tasks_changed(batch, state, changed)
+            self._agent_status(batch, row)
+        self._completed_seq += 1
+        self.completed.append(
+            (
+                self._completed_seq,
+                CompletedAgent(
+                    agent_id=row.id,
+                    task_id=row.task_id,
+                    session_id=state.id,
+                    success=outcome.success,
+                    exit_code=exit_code,
+                    end_reason=outcome.end_reason,
+                    error=outcome.error,
+                    tokens=tokens,
+                    cost=cost,
+                    ended_at=row.ended_at or now,
+                ),
+            )
+        )
+        return row
+
+    def _dispose(
+        self,
+        scheduler: Scheduler,
+        task_id: str,
+        outcome: Outcome,
+        tokens: int,
+        rate_limit_reset: float | None,
+    ) -> list[Task]:
+        now = self.clock()
+        match outcome.disposition:
+            case Disposition.REQUEUE:
+                return [scheduler.requeue(task_id)]
+            case Disposition.CANCEL:
+                return scheduler.cancel(task_id, now)
+            case Disposition.RATE_LIMITED:
+                return scheduler.rate_limited(task_id, now, rate_limit_reset)
+            case Disposition.COMPLETE:
+                return scheduler.complete(task_id, now, tokens or None)
+            case Disposition.FAIL:
+                category = outcome.category or ErrorCategory.UNKNOWN
+                return scheduler.fail(task_id, now, outcome.error or "failed", category)
+
+    def agent_lost(self, agent: Agent, *, killed: bool) -> None:
+        """After a restart: an agent the previous daemon left; its task goes back to ready."""
+        row = agent.model_copy(
+            update={
+                "lifecycle": AgentLifecycle.KILLED if killed else AgentLifecycle.EXITED,
+                "end_reason": EndReason.LOST,
+                "ended_at": time.time(),
+            }
+        )
+        state = self.sessions.get(agent.session_id)
+        with self._change(*([state] if state else [])) as batch:
+            self.store.put_agent(row)
+            if state is not None:
+                try:
+                    task = state.scheduler.get(agent.task_id)
+                except errors.TaskNotFound:
+                    task = None
+                if task is not None and task.status is TaskStatus.IN_PROGRESS:
+                    self._tasks_changed(batch, state, [state.scheduler.requeue(task.id)])
+            self._agent_status(batch, row)
+
+    def _agent_status(self, batch: _Batch, agent: Agent) -> None:
+        batch.publish(
+            agent.session_id,
+            AgentStatusPayload(
+                agent_id=agent.id,
+                task_id=agent.task_id,
+                lifecycle=agent.lifecycle,
+                end_reason=agent.end_reason,
+                pid=agent.process_id,
+            ),
+        )
+
+    # --- live figures: announced, not stored (the row gets them when the run ends) ------
+    def _announce(self, session_id: str | None, payload: Payload) -> None:
+        self.bus.fan_out([self.bus.make(session_id, payload)])
+
+    def agent_log(self, agent: Agent, offset: int, stream: str, line: str, at: float) -> None:
+        truncated = len(line) > EVENT_LINE_CAP  # the whole line stays in the ring and log file
+        self._announce(
+            agent.session_id,
+            LogPayload(
+                agent_id=agent.id,
+                task_id=agent.task_id,
+                offset=offset,
+                stream=stream,
+                line=line[:EVENT_LINE_CAP] if truncated else line,
+                at=at,
+                truncated=truncated,
+            ),
+        )
+
+    def agent_activity(self, agent: Agent, activity: AgentActivity) -> None:
+        self._announce(
+            agent.session_id,
+            AgentActivityPayload(agent_id=agent.id, task_id=agent.task_id, activity=activity),
+        )
+
+    def agent_tokens(self, agent: Agent, tokens: int, cost: float) -> None:
+        self._announce(
+            agent.session_id,
+            AgentTokensPayload(agent_id=agent.id, task_id=agent.task_id, tokens=tokens, cost=cost),
+        )
+
+    def agent_rate_limit(self, agent: Agent, reset_at: float | None, detail: str) -> None:
+        self._announce(
+            agent.session_id,
+            AgentRateLimitPayload(
+                agent_id=agent.id, task_id=agent.task_id, reset_at=reset_at, detail=detail
+            ),
+        )
+
+    def violation(self, session_id: str, violation: Violation) -> None:
+        """A limit was hit (per agent or per session); kept and announced."""
+        self.violations.append(violation)
+        with self._change() as batch:
+            batch.publish(session_id, ViolationPayload.model_validate(violation.to_wire()))
+
+    # --- reports of git operations ----------------------------------------------------
+    def _report(self, state: SessionState, payload: Payload) -> None:
+        with self._change() as batch:
+            batch.publish(state.id, payload)
+
+    def worktrees_cleaned(self, state: SessionState, report: CleanupReport) -> None:
+        self._report(state, WorktreeCleanupPayload.model_validate(report.to_wire()))
+
+    def conflicts_detected(
+        self, state: SessionState, branches: list[str], target: str | None, found: Sequence[Any]
+    ) -> None:
+        self._report(
+            state,
+            ConflictsDetectedPayload(
+                branches=branches,
+                target=target,
+                conflicts=sum(1 for c in found if not c.auto_resolvable),
+                overlaps=sum(1 for c in found if c.auto_resolvable),
+            ),
+        )
+
+    def conflict_resolved(self, state: SessionState, result: ConflictResolutionResult) -> None:
+        self._report(state, ConflictsResolvedPayload.model_validate(result.to_wire()))
+
+    def merged(self, state: SessionState, report: MergeReport) -> None:
+        self._report(state, MergeCompletedPayload.model_validate(report.to_wire()))
 
     def __repr__(self) -> str:
         return f"Engine(sessions={len(self.sessions)}, {self.bus!r})"

@@ -1,31 +1,64 @@
 """Numbered events, a bounded replay window, and subscribers that cannot slow us.
 
-Every event gets the next `seq`. The last `window` events stay in memory so a
-client that reconnects with `sinceSeq` gets exactly what it missed. State
-events (everything but log lines) are also written to the store, so the window
-survives a restart; seq numbers are reserved in blocks in the store's meta
-table, so they never repeat across restarts (they may skip).
+An event is encoded to JSON once, when it is made (`Record`), and kept as
+those bytes: the window, the subscribers' queues and a replay from SQLite
+all hold the same bytes, and delivery writes them as they are.
 
-Publishing never blocks: each subscriber has a bounded queue, and one that
-falls behind gets a final `lagged` notice and is dropped.
+Publishing is in two steps so that nothing is announced before it is
+durable: `make` numbers and encodes an event (and, for state events, writes
+it into the store's current transaction); `fan_out` appends it to the window
+and offers it to subscribers, which the engine does once the transaction has
+committed. Log lines are not state: they are never stored, only fanned out.
+
+Seq numbers are reserved in blocks in the store's meta table, so they never
+repeat across restarts (they may skip). Each subscriber has a bounded queue;
+one that falls behind gets a final `lagged` notice and is dropped.
 """
 
 from __future__ import annotations
 
 import collections
 import itertools
+import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import trio
 
 from corral import errors
-from corral.models import Event
+from corral.events import Payload, event_type
 from corrald.state.store import Store
 
 SEQ_BLOCK = 10_000
 UNPERSISTED = frozenset({"log"})
+
+
+class Record:
+    """One event: its filter keys and its encoded JSON (`{seq, type, sessionId, payload, at}`)."""
+
+    __slots__ = ("data", "seq", "session_id", "type")
+
+    def __init__(self, seq: int, type_: str, session_id: str | None, data: bytes) -> None:
+        self.seq = seq
+        self.type = type_
+        self.session_id = session_id
+        self.data = data
+
+    def decoded(self) -> dict[str, Any]:
+        """The event as a JSON object (tests and the rare consumer that needs one)."""
+        value: dict[str, Any] = json.loads(self.data)
+        return value
+
+    def __repr__(self) -> str:
+        return f"Record({self.seq}, {self.type}, {self.session_id})"
+
+
+def encode(seq: int, type_: str, session_id: str | None, payload: Payload, at: float) -> bytes:
+    """The wire form of an event, built around the payload's own JSON."""
+    head = json.dumps({"seq": seq, "type": type_, "sessionId": session_id}, separators=(",", ":"))
+    body = payload.model_dump_json(by_alias=True, exclude_none=True)
+    return f'{head[:-1]},"payload":{body},"at":{at!r}}}'.encode()
 
 
 class Subscription:
@@ -37,10 +70,10 @@ class Subscription:
         self.id = f"sub-{next(self._ids)}"
         self.topics = topics
         self.session_id = session_id
-        self.send, self.receive = trio.open_memory_channel[Event](capacity)
+        self.send, self.receive = trio.open_memory_channel[Record](capacity)
         self.lagged = False
 
-    def wants(self, event: Event) -> bool:
+    def wants(self, event: Record) -> bool:
         if self.topics is not None and not _topic_match(self.topics, event.type):
             return False
         return self.session_id is None or event.session_id in (None, self.session_id)
@@ -50,13 +83,13 @@ class Subscription:
         return f"Subscription({self.id}, queued={stats.current_buffer_used}, lagged={self.lagged})"
 
 
-def _topic_match(topics: set[str], event_type: str) -> bool:
+def _topic_match(topics: set[str], event_type_: str) -> bool:
     # "task" matches "task.status"; exact names match themselves.
-    return event_type in topics or event_type.split(".", 1)[0] in topics
+    return event_type_ in topics or event_type_.split(".", 1)[0] in topics
 
 
 class EventBus:
-    """Publishes events to subscribers and keeps the replay window."""
+    """Numbers events, keeps the replay window, fans out to subscribers."""
 
     def __init__(
         self,
@@ -67,19 +100,18 @@ class EventBus:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
-        self.window: collections.deque[Event] = collections.deque(maxlen=window)
+        self.window: collections.deque[Record] = collections.deque(maxlen=window)
         self.queue_size = queue_size
         self.clock = clock
         self.subscribers: dict[str, Subscription] = {}
-        self.dropped = 0
         self._seq = 0
         self._reserved = 0
         if store is not None:
             self._seq = int(store.get_meta("event_seq_reserved") or 0)
             self._reserved = self._seq
             # Replay what survived the restart (state events only).
-            for event in store.events_after(self._seq - window, window):
-                self.window.append(event)
+            for seq, type_, session_id, data in store.events_after(self._seq - window, window):
+                self.window.append(Record(seq, type_, session_id, data.encode()))
 
     @property
     def seq(self) -> int:
@@ -90,31 +122,43 @@ class EventBus:
         """The oldest seq a client may resume after (sinceSeq >= oldest - 1)."""
         return self.window[0].seq if self.window else self._seq + 1
 
-    def publish(self, type_: str, session_id: str | None, payload: dict[str, Any]) -> Event:
-        """Number, retain and fan out one event. Never blocks."""
+    def make(self, session_id: str | None, payload: Payload) -> Record:
+        """Number and encode an event; a state event is also written to the store.
+
+        Call inside the store transaction that makes the change, then
+        `fan_out` once it has committed.
+        """
         self._seq += 1
         if self.store is not None and self._seq > self._reserved:
             self._reserved = self._seq + SEQ_BLOCK
             self.store.set_meta("event_seq_reserved", str(self._reserved))
-        event = Event(
-            seq=self._seq, type=type_, session_id=session_id, payload=payload, at=self.clock()
+        type_ = event_type(payload)
+        record = Record(
+            self._seq,
+            type_,
+            session_id,
+            encode(self._seq, type_, session_id, payload, self.clock()),
         )
-        self.window.append(event)
         if self.store is not None and type_ not in UNPERSISTED:
-            self.store.put_event(event)
-            if self._seq % 1000 == 0:
+            self.store.put_event(record.seq, type_, session_id, record.data.decode())
+            if record.seq % 1000 == 0:
                 self.store.prune_events(self.window.maxlen or 50_000)
-        for sub in list(self.subscribers.values()):
-            if sub.wants(event):
-                self._offer(sub, event)
-        return event
+        return record
 
-    def _offer(self, sub: Subscription, event: Event) -> None:
+    def fan_out(self, records: Iterable[Record]) -> None:
+        """Retain `records` in the window and offer them to every subscriber. Never blocks."""
+        subscribers = self.subscribers
+        for record in records:
+            self.window.append(record)
+            for sub in list(subscribers.values()):
+                if sub.wants(record):
+                    self._offer(sub, record)
+
+    def _offer(self, sub: Subscription, event: Record) -> None:
         try:
             sub.send.send_nowait(event)
         except trio.WouldBlock:
             sub.lagged = True
-            self.dropped += 1
             self.unsubscribe(sub.id)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.unsubscribe(sub.id)
@@ -165,7 +209,7 @@ BURST = 512
 
 async def pump(
     sub: Subscription,
-    deliver: Callable[[list[Event]], Awaitable[bool]],
+    deliver: Callable[[list[Record]], Awaitable[bool]],
     on_lag: Callable[[], Awaitable[Any]],
 ) -> None:
     """Deliver a subscription's events until it ends; tell the client if it lagged.

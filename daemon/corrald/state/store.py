@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from corral.models import Agent, Event, Session, Task, WorktreeAllocation
+from corral.models import Agent, Session, Task, WorktreeAllocation
 
 SCHEMA_VERSION = 1
 
@@ -120,7 +120,10 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """One atomic commit; nested use joins the outer transaction."""
+        """One atomic commit; nested use joins the outer transaction.
+
+        Only the engine opens transactions (it is the store's one writer).
+        """
         if self.db.in_transaction:
             yield
             return
@@ -212,6 +215,14 @@ class Store:
         rows = self.db.execute(sql + " ORDER BY rowid", args)
         return [Agent.model_validate_json(r[0]) for r in rows]
 
+    def live_agents(self, session_id: str) -> list[str]:
+        """Ids of the session's agents whose row says they have not ended."""
+        rows = self.db.execute(
+            "SELECT id FROM attempts WHERE live = 1 AND session_id = ? ORDER BY rowid",
+            (session_id,),
+        )
+        return [str(r[0]) for r in rows]
+
     def live_agent_pids(self) -> list[tuple[Agent, float | None]]:
         rows = self.db.execute("SELECT data, pid_started FROM attempts WHERE live = 1")
         return [(Agent.model_validate_json(r[0]), r[1]) for r in rows]
@@ -240,17 +251,20 @@ class Store:
         return [WorktreeAllocation.model_validate_json(r[0]) for r in rows]
 
     # --- events -------------------------------------------------------------------------
-    def put_event(self, event: Event) -> None:
+    def put_event(self, seq: int, type_: str, session_id: str | None, data: str) -> None:
+        """Store one event's encoded JSON (`data` is what subscribers are sent)."""
         self.db.execute(
             "INSERT INTO events(seq, type, session_id, data) VALUES(?, ?, ?, ?)",
-            (event.seq, event.type, event.session_id, _dump(event)),
+            (seq, type_, session_id, data),
         )
 
-    def events_after(self, seq: int, limit: int) -> list[Event]:
+    def events_after(self, seq: int, limit: int) -> list[tuple[int, str, str | None, str]]:
+        """(seq, type, session id, encoded JSON) of the stored events after `seq`."""
         rows = self.db.execute(
-            "SELECT data FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+            "SELECT seq, type, session_id, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            (seq, limit),
         )
-        return [Event.model_validate_json(r[0]) for r in rows]
+        return [(int(r[0]), str(r[1]), r[2], str(r[3])) for r in rows]
 
     def prune_events(self, keep: int) -> None:
         self.db.execute(

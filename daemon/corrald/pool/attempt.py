@@ -1,0 +1,158 @@
+"""One attempt at one task: worktree, agent type, spawn, wait, auto-commit.
+
+`run_attempt` goes through the `AttemptStage`s in order (the pool adds the
+last, `finishing`) and returns how the attempt ended; the pool records that
+(`pool.finish`). Interrupted at any
+stage (stopped, cancelled, the daemon shutting down), it leaves no process
+behind and the pool records a requeue, so no retry is spent and the task
+keeps its worktree and branch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Protocol
+
+from corral import errors
+from corral.models import (
+    AgentActivity,
+    EndReason,
+    ErrorCategory,
+    LogEntry,
+    Violation,
+    WorktreeAllocation,
+)
+from corrald.agents.parsers import make_parser
+from corrald.agents.types import AgentTypeConfig, build_argv, build_prompt, resolve_type
+from corrald.git import worktrees
+from corrald.pool.finish import AttemptEnd
+from corrald.pool.records import AttemptStage, Run
+from corrald.process.executor import Executor
+from corrald.process.spec import RunSpec
+from corrald.state.engine import Engine, SessionState
+
+StageHook = Callable[[Run, AttemptStage], Awaitable[None]]
+
+
+class AttemptContext(Protocol):
+    """What an attempt needs from the pool."""
+
+    engine: Engine
+    custom_types: dict[str, AgentTypeConfig]
+    base_env: dict[str, str]
+    log_cap_bytes: int
+    stage_hooks: list[StageHook]
+
+    @property
+    def executor(self) -> Executor: ...
+
+    def log_path(self, session_id: str, agent_id: str) -> Path: ...
+
+    async def allocate(
+        self, state: SessionState, agent_id: str, task_id: str, branch: str | None
+    ) -> WorktreeAllocation: ...
+
+
+class _Sink:
+    """What the run reports, announced by the engine as the agent's live figures."""
+
+    def __init__(self, engine: Engine, run: Run) -> None:
+        self.engine = engine
+        self.run = run
+
+    def log(self, entry: LogEntry) -> None:
+        self.engine.agent_log(self.run.agent, entry.offset, entry.stream, entry.line, entry.at)
+
+    def activity(self, activity: AgentActivity) -> None:
+        self.engine.agent_activity(self.run.agent, activity)
+
+    def tokens(self, tokens: int, cost: float) -> None:
+        self.engine.agent_tokens(self.run.agent, tokens, cost)
+
+    def rate_limit(self, reset_at: float | None, detail: str) -> None:
+        self.engine.agent_rate_limit(self.run.agent, reset_at, detail)
+
+    def violation(self, violation: Violation) -> None:
+        self.engine.violation(self.run.state.id, violation)
+
+
+async def enter_stage(ctx: AttemptContext, run: Run, stage: AttemptStage) -> None:
+    """Move `run` to `stage`; the context's stage hooks see each step (tests cancel there)."""
+    run.stage = stage
+    for hook in ctx.stage_hooks:
+        await hook(run, stage)
+
+
+async def run_attempt(ctx: AttemptContext, run: Run) -> AttemptEnd:
+    """Run one attempt to its end (see the module docstring)."""
+    state, engine = run.state, ctx.engine
+    config = state.session.config
+    task = state.scheduler.get(run.task_id)
+    await enter_stage(ctx, run, AttemptStage.ALLOCATING)
+    try:
+        alloc = await ctx.allocate(state, run.agent_id, task.id, task.branch)
+    except errors.CorralError as exc:
+        return AttemptEnd.not_started(f"worktree: {exc.message}", ErrorCategory.UNKNOWN)
+    try:
+        kind = resolve_type(run.agent.agent_type, ctx.custom_types)
+        parser = make_parser(kind.parser, config.completion_marker)
+    except errors.CorralError as exc:
+        return AttemptEnd.not_started(exc.message, ErrorCategory.UNKNOWN)
+    await enter_stage(ctx, run, AttemptStage.SPAWNING)
+    if run.stop is not None:
+        return AttemptEnd.not_started("stopped before it started", ErrorCategory.CANCELLED)
+    prompt = build_prompt(task.title, task.description, config.completion_marker)
+    argv = build_argv(
+        kind, prompt=prompt, task_id=task.id, worktree=alloc.worktree_path, model=config.model
+    )
+    spec = RunSpec(
+        agent_id=run.agent_id,
+        task_id=task.id,
+        argv=argv,
+        cwd=alloc.worktree_path,
+        env={
+            **ctx.base_env,
+            **kind.env,
+            "CORRAL_TASK_ID": task.id,
+            "CORRAL_SESSION_ID": state.id,
+            "CORRAL_WORKTREE": alloc.worktree_path,
+        },
+        stdin_data=prompt.encode() if kind.prompt_via == "stdin" else None,
+        limits=config.resource_limits,
+        log_path=ctx.log_path(state.id, run.agent_id),
+        log_cap_bytes=ctx.log_cap_bytes,
+        parser=parser,
+        completion_marker=config.completion_marker,
+    )
+    handle = await ctx.executor.submit(spec, _Sink(engine, run))
+    run.handle = handle
+    if run.stop is not None:
+        handle.cancel(EndReason.CANCELLED, "stopped before it started")
+    run.agent = engine.agent_spawned(
+        state,
+        run.agent.model_copy(update={"worktree_path": alloc.worktree_path, "branch": alloc.branch}),
+        pid=handle.pid,
+        create_time=handle.create_time,
+        lifecycle=handle.lifecycle,
+    )
+    await enter_stage(ctx, run, AttemptStage.RUNNING)
+    result = await handle.wait()
+    if result.success and config.auto_commit and run.stop is None:
+        await enter_stage(ctx, run, AttemptStage.COMMITTING)
+        try:
+            commit = await worktrees.commit_all(
+                alloc.worktree_path, f"{task.title}\n\ncorral task {task.id}, agent {run.agent_id}"
+            )
+        except errors.CorralError as exc:
+            result = dataclasses.replace(
+                result,
+                end_reason=EndReason.FAILED,
+                error_category=ErrorCategory.UNKNOWN,
+                error=f"auto-commit failed: {exc.message}",
+            )
+        else:
+            if commit is not None:
+                handle.note(f"auto-committed {commit[:12]} on {alloc.branch}")
+    return AttemptEnd(result)

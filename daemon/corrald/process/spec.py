@@ -1,0 +1,110 @@
+"""What a run is given (`RunSpec`), what it reports as it goes (`RunEvents`), how it ended.
+
+Shared by the runner (`process.run`), the executors and the pool, so none of
+them needs another's internals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from corral.models import (
+    AgentActivity,
+    EndReason,
+    ErrorCategory,
+    LogEntry,
+    ResourceLimits,
+    Violation,
+)
+from corrald.agents.output import OutputParser
+
+#: Environment variable set in every agent; finds descendants that escaped.
+MARK_ENV = "CORRAL_RUN_TOKEN"
+
+
+@dataclass(kw_only=True)
+class RunSpec:
+    """Everything needed to run one agent attempt.
+
+    `env` is the complete environment of the agent (the caller merges the
+    daemon's environment and the agent type's). `parser` is a fresh parser
+    for this run; it also watches for the completion marker.
+    """
+
+    agent_id: str
+    argv: list[str]
+    cwd: str
+    env: dict[str, str]
+    stdin_data: bytes | None
+    limits: ResourceLimits
+    log_path: Path
+    parser: OutputParser
+    log_cap_bytes: int = 10 * 1024 * 1024
+    ring_lines: int = 2000
+    completion_marker: str | None = None
+    task_id: str = ""
+    use_cgroup: bool = True
+    pids_max: int | None = 4096
+
+
+@dataclass
+class RunResult:
+    """How one run ended."""
+
+    exit_code: int | None
+    end_reason: EndReason
+    error_category: ErrorCategory | None
+    error: str | None
+    tokens: int
+    cost: float
+    rate_limited: bool
+    rate_limit_reset: float | None
+    ended_at: float
+
+    @property
+    def success(self) -> bool:
+        return self.end_reason is EndReason.OK
+
+
+@dataclass
+class RunStats:
+    """Live figures of one run (updated by the sampler and the output readers)."""
+
+    cpu_percent: float = 0.0
+    memory_mb: float = 0.0
+    tokens: int = 0
+    cost: float = 0.0
+    activity: AgentActivity = AgentActivity.IDLE
+    lines: int = 0
+    bytes_out: int = 0
+
+
+class RunEvents(Protocol):
+    """What a run reports while it runs. A failing sink never stops the run."""
+
+    def log(self, entry: LogEntry) -> None: ...
+    def activity(self, activity: AgentActivity) -> None: ...
+    def tokens(self, tokens: int, cost: float) -> None: ...
+    def rate_limit(self, reset_at: float | None, detail: str) -> None: ...
+    def violation(self, violation: Violation) -> None: ...
+
+
+class NoEvents:
+    """A sink that ignores everything (tests and tools that only want the result)."""
+
+    def log(self, entry: LogEntry) -> None:
+        pass
+
+    def activity(self, activity: AgentActivity) -> None:
+        pass
+
+    def tokens(self, tokens: int, cost: float) -> None:
+        pass
+
+    def rate_limit(self, reset_at: float | None, detail: str) -> None:
+        pass
+
+    def violation(self, violation: Violation) -> None:
+        pass
