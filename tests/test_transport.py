@@ -1,9 +1,19 @@
-"""The client transport: NDJSON decoding and the event-resume state machine (sans-I/O)."""
+"""The client transport: NDJSON decoding and the event-resume state machine.
+
+The first part is sans-I/O (bytes in, messages out); the second drives the
+same machine over real sockets against a real daemon: a restart and a
+`lagged` drop must neither lose nor repeat an event.
+"""
 
 from __future__ import annotations
 
 import itertools
 import json
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,8 +21,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from corral import errors
+from corral.client import AsyncClient, Client, _Socket
 from corral.models import Event
 from corral.transport import MAX_FRAME, Decoder, Subscription, encode, request
+from tests.daemon_proc import DaemonProcess
 
 # --- the decoder --------------------------------------------------------------------------
 
@@ -287,3 +299,160 @@ def test_an_answer_without_a_seq_is_a_lost_connection() -> None:
     sub.subscribe()
     with pytest.raises(errors.ConnectionLost):
         sub.receive({"jsonrpc": "2.0", "result": True, "id": 1})
+
+
+# --- on real sockets ------------------------------------------------------------------------
+
+
+def _tasks(n: int, prefix: str) -> list[dict[str, str]]:
+    return [{"id": f"{prefix}{i}", "title": f"task {i}"} for i in range(n)]
+
+
+def _wait(condition: Any, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_a_lagged_subscriber_resubscribes_on_its_connection_from_its_last_seq(
+    repo: Path,
+) -> None:
+    # One batch publishes all its events at once: more than the queue holds, so
+    # the daemon drops the subscriber (lagged) and the machine resumes it.
+    with DaemonProcess(config="[daemon]\nsubscriber_queue = 1000\n") as d:
+        with d.client() as c:
+            c.init_parallel_scheduler(repo_path=str(repo))
+        sub = Subscription(["task"])
+        got: list[Event] = []
+        sent: list[dict[str, Any]] = []
+        with _Socket.open(d.socket, 20.0) as conn:
+            sub.new_connection()
+            conn.send(sub.subscribe())
+            while not sub.active:
+                sub.receive(conn.receive())
+            with d.client() as c:
+                c.parallel_add_tasks(tasks=_tasks(1500, "a"))
+            while len(got) < 1500:
+                if sub.wants_subscribe:
+                    sent.append(sub.subscribe())
+                    conn.send(sent[-1])
+                event = sub.receive(conn.receive())
+                if event is not None:
+                    got.append(event)
+        assert sub.lagged >= 1, "the daemon never dropped the subscriber: test did not test"
+        assert [e.payload["taskId"] for e in got] == [f"a{i}" for i in range(1500)]
+        seqs = [e.seq for e in got]
+        assert seqs == sorted(set(seqs))
+        assert sent and all("sinceSeq" in r["params"] for r in sent)
+
+
+def test_client_events_deliver_every_event_once_through_lagged(repo: Path) -> None:
+    with DaemonProcess(config="[daemon]\nsubscriber_queue = 1000\n") as d:
+        with d.client() as c:
+            c.init_parallel_scheduler(repo_path=str(repo))
+        got: list[Event] = []
+        done = threading.Event()
+
+        def collect() -> None:
+            for event in Client(d.socket).events(topics=["task"], reconnect=False):
+                got.append(event)
+                if len(got) == 3000:
+                    done.set()
+                    return
+
+        threading.Thread(target=collect, daemon=True).start()
+        with d.client() as c:
+            _wait(lambda: c.daemon_status().subscribers == 1, "the subscriber")
+            c.parallel_add_tasks(tasks=_tasks(1500, "a"))
+            # One batch at a time: the replay after a drop must fit the queue.
+            _wait(lambda: len(got) == 1500, "the first batch")
+            c.parallel_add_tasks(tasks=_tasks(1500, "b"))
+        assert done.wait(30), f"got {len(got)} events"
+        ids = [e.payload["taskId"] for e in got]
+        assert ids == [f"a{i}" for i in range(1500)] + [f"b{i}" for i in range(1500)]
+
+
+def test_client_events_resume_across_a_restart_without_repeats(repo: Path) -> None:
+    got: list[Event] = []
+    with DaemonProcess() as d:
+        with d.client() as c:
+            c.init_parallel_scheduler(repo_path=str(repo), session_id="s")
+
+        def collect() -> None:
+            for event in Client(d.socket).events(topics=["task"]):
+                got.append(event)
+                if len(got) == 10:
+                    return
+
+        reader = threading.Thread(target=collect, daemon=True)
+        reader.start()
+        with d.client() as c:
+            _wait(lambda: c.daemon_status().subscribers == 1, "the subscriber")
+            c.parallel_add_tasks(tasks=_tasks(5, "before"))
+        _wait(lambda: len(got) == 5, "the first five events")
+        d.kill()  # no goodbye: the reader sees its connection drop
+        d.start()  # the same socket and state
+        with d.client() as c:
+            c.parallel_add_tasks(tasks=_tasks(5, "after"))
+        reader.join(30)
+        assert not reader.is_alive(), f"got {[e.payload for e in got]}"
+    ids = [e.payload["taskId"] for e in got]
+    assert ids == [f"before{i}" for i in range(5)] + [f"after{i}" for i in range(5)]
+    assert len({e.seq for e in got}) == 10
+
+
+async def test_async_events_resume_after_the_connection_drops(repo: Path) -> None:
+    import contextlib
+
+    import trio
+
+    with DaemonProcess() as d:
+        with d.client() as c:
+            c.init_parallel_scheduler(repo_path=str(repo))
+            start = c.daemon_status().event_seq
+            c.parallel_add_tasks(tasks=_tasks(3, "x"))
+        seen: list[Event] = []
+        stream = AsyncClient(d.socket).events(topics=["task"], since_seq=start)
+        with trio.fail_after(30):
+            async with contextlib.aclosing(stream) as events:
+                async for event in events:
+                    seen.append(event)
+                    if len(seen) == 3:
+                        d.kill()  # the stream's connection drops; it must resume
+                        d.start()
+                        with d.client() as c:
+                            c.parallel_add_tasks(tasks=_tasks(3, "y"))
+                    if len(seen) == 6:
+                        break
+    ids = [e.payload["taskId"] for e in seen]
+    assert ids == [f"x{i}" for i in range(3)] + [f"y{i}" for i in range(3)]
+
+
+def test_client_connection_errors_reset_the_connection() -> None:
+    # A peer that answers garbage first: that call fails with ConnectionLost, and
+    # the next call connects afresh instead of reading a stream out of step.
+    path = Path(tempfile.mkdtemp(prefix="tr", dir="/tmp")) / "garbage.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen(4)
+    accepted: list[socket.socket] = []
+
+    def serve() -> None:
+        for garbage in (True, False):
+            conn, _ = server.accept()
+            accepted.append(conn)
+            ident = json.loads(conn.recv(1 << 16))["id"]
+            conn.sendall(b"not json\n" if garbage else encode({"result": ident, "id": ident}))
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        c = Client(path, timeout=10)
+        with pytest.raises(errors.ConnectionLost, match="not JSON"):
+            c.call("anything")
+        assert c.call("anything") == 2
+        c.close()
+    finally:
+        server.close()
+        for conn in accepted:
+            conn.close()

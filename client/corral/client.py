@@ -16,10 +16,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
-import json
 import os
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, Generic, TypeVar, overload
@@ -48,21 +48,15 @@ from corral.models import (
     Violation,
     WorktreeAllocation,
 )
+from corral.paths import socket_path
+from corral.transport import MAX_FRAME, Decoder, Subscription, encode, request
+
+__all__ = ["MAX_FRAME", "AsyncClient", "Client", "socket_path"]
 
 R = TypeVar("R")
 
-MAX_FRAME = 64 * 1024 * 1024
-
-
-def socket_path(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """`explicit`, else `$CORRAL_SOCKET`, else `$XDG_RUNTIME_DIR/corral/corrald.sock`."""
-    if explicit:
-        return Path(explicit)
-    env = os.environ.get("CORRAL_SOCKET")
-    if env:
-        return Path(env)
-    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/corral-{os.getuid()}"
-    return Path(runtime) / "corral" / "corrald.sock"
+#: connect() errors that mean nobody is listening (as opposed to, say, EACCES).
+_NOT_LISTENING = (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTSOCK)
 
 
 def _params(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -95,31 +89,6 @@ def _not_running(path: Path, exc: OSError) -> errors.DaemonNotRunning:
         " (foreground) or `systemctl --user enable --now corrald.socket`.",
         {"socket": str(path)},
     )
-
-
-class _Resume:
-    """Where an event stream is: the last seq delivered, so a reconnect resumes there."""
-
-    def __init__(self, since_seq: int | None) -> None:
-        self.last = since_seq
-
-    def subscribed(self, answer: dict[str, Any]) -> None:
-        if self.last is None:
-            self.last = int(answer["seq"])
-
-    def accept(self, message: dict[str, Any]) -> Event | None:
-        """The new event in `message`, if any; a `lagged` notice ends the stream."""
-        if message.get("method") == "event":
-            event = Event.model_validate(message["params"])
-            if event.seq > (self.last or 0):
-                self.last = event.seq
-                return event
-        elif message.get("method") == "lagged":
-            raise errors.ConnectionLost(
-                "the daemon dropped this subscriber: it fell behind",
-                message.get("params") or {},
-            )
-        return None
 
 
 class _Rpc(Generic[R]):
@@ -234,21 +203,27 @@ class Client(_Methods):
 
     def call(self, method: str, **params: Any) -> Any:
         """Call `method` with named params and return its raw JSON result."""
+        return self._request(method, _params(params))
+
+    def _request(self, method: str, params: dict[str, Any]) -> Any:
         with self._lock:
             sock = self.connect()._sock
             assert sock is not None
             request_id = next(self._ids)
-            sock.send(
-                {"jsonrpc": "2.0", "method": method, "params": _params(params), "id": request_id}
-            )
-            while True:
-                message = sock.receive()
-                if message.get("id") == request_id:
-                    return _result(message)
-                if "method" in message:
-                    self.notifications.append(message)
-                elif message.get("id") is None and "error" in message:
-                    raise errors.CorralError.from_wire(message["error"])
+            try:
+                sock.send(request(method, params, request_id))
+                while True:
+                    message = sock.receive()
+                    if message.get("id") == request_id:
+                        return _result(message)
+                    if "method" in message:
+                        self.notifications.append(message)
+                    elif message.get("id") is None and "error" in message:
+                        raise errors.CorralError.from_wire(message["error"])
+            except (errors.ConnectionLost, errors.FrameTooLarge):
+                # The stream is out of step or gone: the next call connects afresh.
+                self.close()
+                raise
 
     def events(
         self,
@@ -262,23 +237,18 @@ class Client(_Methods):
 
         Uses a connection of its own. After a dropped connection (daemon
         restart) it reconnects and resumes from the last seq it yielded, so
-        nothing is missed or repeated.
+        nothing is missed or repeated; after a `lagged` notice it resubscribes
+        the same way. `reconnect=False` raises `ConnectionLost` instead.
         """
-        where = _Resume(since_seq)
+        sub = Subscription(topics, session_id, since_seq)
         while True:
             try:
-                with Client(self.path, timeout=None) as sub:
-                    where.subscribed(
-                        sub.call(
-                            "events_subscribe",
-                            topics=topics,
-                            session_id=session_id,
-                            since_seq=where.last,
-                        )
-                    )
-                    assert sub._sock is not None
+                with _Socket.open(self.path, None) as conn:
+                    sub.new_connection()
                     while True:
-                        event = where.accept(sub._sock.receive())
+                        if sub.wants_subscribe:
+                            conn.send(sub.subscribe())
+                        event = sub.receive(conn.receive())
                         if event is not None:
                             yield event
             except (errors.ConnectionLost, errors.DaemonNotRunning):
@@ -291,8 +261,6 @@ class Client(_Methods):
 
 
 def _wait_for_socket(path: Path, timeout: float = 30.0) -> None:
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -304,56 +272,124 @@ def _wait_for_socket(path: Path, timeout: float = 30.0) -> None:
 
 
 class _Socket:
-    """A blocking NDJSON connection."""
+    """A blocking NDJSON connection: a Unix socket and the transport's decoder."""
 
-    def __init__(self, sock: socket.socket, path: Path) -> None:
+    def __init__(self, sock: socket.socket, path: Path, max_frame: int = MAX_FRAME) -> None:
         self.sock = sock
         self.path = path
-        self.buf = bytearray()
+        self.timeout = sock.gettimeout()
+        self.decoder = Decoder(max_frame)
 
     @classmethod
     def open(cls, path: Path, timeout: float | None) -> _Socket:
+        """Connect; `DaemonNotRunning` when nothing listens on `path`."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:
             sock.connect(str(path))
         except OSError as exc:
             sock.close()
-            if exc.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTSOCK):
+            if exc.errno in _NOT_LISTENING:
                 raise _not_running(path, exc) from None
             raise
         return cls(sock, path)
 
     def send(self, message: dict[str, Any]) -> None:
         try:
-            self.sock.sendall(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+            self.sock.sendall(encode(message))
         except OSError as exc:
             raise errors.ConnectionLost(f"send failed: {exc}") from exc
 
     def receive(self) -> dict[str, Any]:
-        while True:
-            nl = self.buf.find(b"\n")
-            if nl >= 0:
-                line = bytes(self.buf[:nl])
-                del self.buf[: nl + 1]
-                if line.strip():
-                    decoded: dict[str, Any] = json.loads(line)
-                    return decoded
-                continue
+        """The next message; `ConnectionLost` when the connection ends or times out."""
+        while (message := self.decoder.next_message()) is None:
+            if not self._fill():
+                raise errors.ConnectionLost("timed out waiting for corrald")
+        return message
+
+    def poll(self, timeout: float) -> dict[str, Any] | None:
+        """The next message if one comes within `timeout`, else None (a read that can stop)."""
+        message = self.decoder.next_message()
+        if message is None:
+            self.sock.settimeout(timeout)
             try:
-                chunk = self.sock.recv(1 << 16)
-            except TimeoutError as exc:
-                raise errors.ConnectionLost("timed out waiting for corrald") from exc
-            except OSError as exc:
-                raise errors.ConnectionLost(str(exc)) from exc
-            if not chunk:
-                raise errors.ConnectionLost("corrald closed the connection")
-            self.buf += chunk
-            if len(self.buf) > MAX_FRAME:
-                raise errors.FrameTooLarge("answer larger than the client's frame limit")
+                if self._fill():
+                    message = self.decoder.next_message()
+            finally:
+                self.sock.settimeout(self.timeout)
+        return message
+
+    def _fill(self) -> bool:
+        """Read once into the decoder; False if the socket's timeout ran out first."""
+        try:
+            chunk = self.sock.recv(1 << 16)
+        except TimeoutError:
+            return False
+        except OSError as exc:
+            raise errors.ConnectionLost(str(exc)) from exc
+        if not chunk:
+            raise errors.ConnectionLost("corrald closed the connection")
+        self.decoder.feed(chunk)
+        return True
 
     def close(self) -> None:
         self.sock.close()
+
+    def __enter__(self) -> _Socket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"_Socket({self.path}, {self.decoder!r})"
+
+
+class _AsyncSocket:
+    """A trio NDJSON connection: a Unix socket stream and the transport's decoder."""
+
+    def __init__(self, stream: trio.SocketStream, path: Path, max_frame: int = MAX_FRAME) -> None:
+        self.stream = stream
+        self.path = path
+        self.decoder = Decoder(max_frame)
+        self._send_lock = trio.Lock()  # requests may be sent from several tasks
+
+    @classmethod
+    async def open(cls, path: Path) -> _AsyncSocket:
+        """Connect; `DaemonNotRunning` when nothing listens on `path`."""
+        try:
+            stream = await trio.open_unix_socket(str(path))
+        except OSError as exc:
+            if exc.errno in _NOT_LISTENING:
+                raise _not_running(path, exc) from None
+            raise
+        return cls(stream, path)
+
+    async def send(self, message: dict[str, Any]) -> None:
+        data = encode(message)
+        try:
+            async with self._send_lock:
+                await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise errors.ConnectionLost(str(exc)) from exc
+
+    async def receive(self) -> dict[str, Any]:
+        """The next message; `ConnectionLost` when the connection ends."""
+        while (message := self.decoder.next_message()) is None:
+            try:
+                chunk = await self.stream.receive_some(1 << 16)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise errors.ConnectionLost(str(exc)) from exc
+            if not chunk:
+                raise errors.ConnectionLost("corrald closed the connection")
+            self.decoder.feed(chunk)
+        return message
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+    def __repr__(self) -> str:
+        return f"_AsyncSocket({self.path}, {self.decoder!r})"
 
 
 class AsyncClient(_Methods):
@@ -361,52 +397,38 @@ class AsyncClient(_Methods):
 
     def __init__(self, socket: str | os.PathLike[str] | None = None) -> None:
         self.path = socket_path(socket)
-        self._stream: trio.SocketStream | None = None
+        self._conn: _AsyncSocket | None = None
         self._ids = itertools.count(1)
         self._waiting: dict[int, trio.MemorySendChannel[dict[str, Any]]] = {}
-        self._send_lock = trio.Lock()
+        self._lost: errors.CorralError | None = None  # why the reader stopped
         self._nursery_cm: Any = None
         self._push_send, self.pushes = trio.open_memory_channel[dict[str, Any]](10_000)
-        self._closed = False
 
     async def __aenter__(self) -> AsyncClient:
-        try:
-            self._stream = await trio.open_unix_socket(str(self.path))
-        except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTSOCK):
-                raise _not_running(self.path, exc) from None
-            raise
+        self._conn = await _AsyncSocket.open(self.path)
         self._nursery_cm = trio.open_nursery()
         nursery = await self._nursery_cm.__aenter__()
         nursery.start_soon(self._reader)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self._closed = True
-        if self._stream is not None:
-            await self._stream.aclose()
+        if self._conn is not None:
+            await self._conn.aclose()
         await self._nursery_cm.__aexit__(None, None, None)
 
     async def _reader(self) -> None:
-        assert self._stream is not None
-        buf = bytearray()
+        assert self._conn is not None
         try:
             while True:
-                try:
-                    chunk = await self._stream.receive_some(1 << 16)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    break
-                if not chunk:
-                    break
-                buf += chunk
-                while (nl := buf.find(b"\n")) >= 0:
-                    line = bytes(buf[:nl])
-                    del buf[: nl + 1]
-                    if line.strip():
-                        self._route(json.loads(line))
+                self._route(await self._conn.receive())
+        except (errors.ConnectionLost, errors.FrameTooLarge) as exc:
+            self._lost = exc  # closed, or out of step: every waiter is told below
         finally:
+            if self._lost is None:
+                self._lost = errors.ConnectionLost("corrald closed the connection")
             for waiter in self._waiting.values():
                 waiter.close()
+            self._waiting.clear()
             self._push_send.close()
 
     def _route(self, message: dict[str, Any]) -> None:
@@ -425,30 +447,30 @@ class AsyncClient(_Methods):
                 pending.send_nowait(message)
             self._waiting.clear()
 
+    def _gone(self) -> errors.CorralError:
+        lost = self._lost or errors.ConnectionLost()
+        return type(lost)(lost.message, lost.data)  # a fresh one per caller
+
     async def call(self, method: str, **params: Any) -> Any:
         """Call `method` with named params and return its raw JSON result."""
-        if self._stream is None:
+        return await self._request(method, _params(params))
+
+    async def _request(self, method: str, params: dict[str, Any]) -> Any:
+        if self._conn is None:
             raise errors.ConnectionLost("AsyncClient is not connected; use `async with`")
+        if self._lost is not None:
+            raise self._gone()
         request_id = next(self._ids)
         send, receive = trio.open_memory_channel[dict[str, Any]](1)
         self._waiting[request_id] = send
-        body = (
-            json.dumps(
-                {"jsonrpc": "2.0", "method": method, "params": _params(params), "id": request_id},
-                separators=(",", ":"),
-            ).encode()
-            + b"\n"
-        )
         try:
-            async with self._send_lock:
-                await self._stream.send_all(body)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            self._waiting.pop(request_id, None)
-            raise errors.ConnectionLost(str(exc)) from exc
-        try:
-            message = await receive.receive()
-        except trio.EndOfChannel:
-            raise errors.ConnectionLost("corrald closed the connection") from None
+            await self._conn.send(request(method, params, request_id))
+            try:
+                message = await receive.receive()
+            except trio.EndOfChannel:
+                raise self._gone() from None
+        finally:
+            self._waiting.pop(request_id, None)  # answered, failed or cancelled
         return _result(message)
 
     async def events(
@@ -465,52 +487,28 @@ class AsyncClient(_Methods):
         so the connection closes as soon as you stop. It holds no nursery or
         cancel scope across a `yield` (trio forbids that in generators).
         """
-        where = _Resume(since_seq)
+        sub = Subscription(topics, session_id, since_seq)
         while True:
-            stream: trio.SocketStream | None = None
+            conn: _AsyncSocket | None = None
             try:
-                try:
-                    stream = await trio.open_unix_socket(str(self.path))
-                except OSError as exc:
-                    raise _not_running(self.path, exc) from None
-                params = _params(
-                    {"topics": topics, "session_id": session_id, "since_seq": where.last}
-                )
-                request = {
-                    "jsonrpc": "2.0",
-                    "method": "events_subscribe",
-                    "params": params,
-                    "id": 0,
-                }
-                await stream.send_all(json.dumps(request).encode() + b"\n")
-                buf = bytearray()
+                conn = await _AsyncSocket.open(self.path)
+                sub.new_connection()
                 while True:
-                    try:
-                        chunk = await stream.receive_some(1 << 16)
-                    except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                        raise errors.ConnectionLost(str(exc)) from exc
-                    if not chunk:
-                        raise errors.ConnectionLost("corrald closed the connection")
-                    buf += chunk
-                    while (nl := buf.find(b"\n")) >= 0:
-                        message = json.loads(bytes(buf[:nl]) or b"{}")
-                        del buf[: nl + 1]
-                        if message.get("id") == 0:
-                            where.subscribed(_result(message))
-                            continue
-                        event = where.accept(message)
-                        if event is not None:
-                            yield event
+                    if sub.wants_subscribe:
+                        await conn.send(sub.subscribe())
+                    event = sub.receive(await conn.receive())
+                    if event is not None:
+                        yield event
             except (errors.ConnectionLost, errors.DaemonNotRunning):
                 if not reconnect:
                     raise
                 await _await_socket(self.path)
             finally:
-                if stream is not None:
-                    await stream.aclose()
+                if conn is not None:
+                    await conn.aclose()
 
     def __repr__(self) -> str:
-        return f"AsyncClient({self.path}, connected={self._stream is not None})"
+        return f"AsyncClient({self.path}, connected={self._conn is not None})"
 
 
 async def _await_socket(path: Path) -> None:
