@@ -10,10 +10,7 @@ branches, so it is recomputed only when a task completes, not every tick.
 from __future__ import annotations
 
 import contextlib
-import errno
-import json
 import queue
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -28,7 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from corral import errors
-from corral.client import Client, socket_path
+from corral.client import Client, _Socket
 from corral.models import (
     Agent,
     ConflictMatrix,
@@ -42,6 +39,8 @@ from corral.models import (
     TaskStatus,
     Violation,
 )
+from corral.paths import socket_path
+from corral.transport import Subscription
 
 FINISHED = (SessionStatus.COMPLETED, SessionStatus.FAILED)
 #: The events a view redraws on (log lines are far too many to redraw on).
@@ -55,8 +54,10 @@ class EventFeed:
 
     `Client.events()` blocks in `recv` forever, which a command cannot stop
     cleanly; this feed polls its socket with a short timeout so `close()`
-    ends its thread at once. After a dropped connection or a `lagged` notice
-    it resubscribes from the last seq it queued: nothing is missed or repeated.
+    ends its thread at once. It drives `transport.Subscription`: after a
+    dropped connection it reconnects, and after a `lagged` notice it
+    resubscribes, from the last seq it queued, so nothing is missed or
+    repeated.
     """
 
     def __init__(
@@ -69,11 +70,16 @@ class EventFeed:
         self.topics = topics
         self.session_id = session_id
         self.queue: queue.Queue[Event] = queue.Queue()
-        self.last_seq: int | None = None
         self.error: errors.CorralError | None = None
+        self._sub = Subscription(topics, session_id)
         self._subscribed = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="corral-events", daemon=True)
+
+    @property
+    def last_seq(self) -> int | None:
+        """The seq of the last event queued (where a resubscription resumes)."""
+        return self._sub.last_seq
 
     def start(self, timeout: float = 10.0) -> EventFeed:
         """Start the thread and return once subscribed (raise if that failed)."""
@@ -107,79 +113,46 @@ class EventFeed:
         except queue.Empty:
             return out
 
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    conn = _Socket.open(self.path, 5.0)
+                except errors.DaemonNotRunning:
+                    if not self._subscribed.is_set():
+                        raise  # never got going: start() reports it
+                    self._stop.wait(0.1)  # a restart: wait for the daemon to be back
+                    continue
+                with conn:
+                    self._follow(conn)
+        except errors.CorralError as exc:
+            self._fail(exc)
+        except OSError as exc:
+            self._fail(errors.ConnectionLost(str(exc)))
+
+    def _follow(self, conn: _Socket) -> None:
+        """Subscribe on `conn` and queue its events until it drops or the feed stops."""
+        sub = self._sub
+        sub.new_connection()
+        try:
+            while not self._stop.is_set():
+                if sub.wants_subscribe:
+                    conn.send(sub.subscribe())
+                message = conn.poll(0.2)
+                if message is None:
+                    continue
+                event = sub.receive(message)
+                if sub.active:
+                    self._subscribed.set()
+                if event is not None:
+                    self.queue.put(event)
+        except errors.ConnectionLost:
+            return  # reconnect and resume
+
     def _fail(self, error: errors.CorralError) -> None:
         self.error = error
         self._stop.set()
         self._subscribed.set()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.settimeout(5.0)
-                try:
-                    sock.connect(str(self.path))
-                except OSError as exc:
-                    if not self._subscribed.is_set():
-                        return self._fail(
-                            errors.DaemonNotRunning(
-                                f"corrald is not running on {self.path} ({exc.strerror})",
-                                {"socket": str(self.path)},
-                            )
-                        )
-                    if exc.errno not in (errno.ENOENT, errno.ECONNREFUSED):
-                        return self._fail(errors.ConnectionLost(str(exc)))
-                    self._stop.wait(0.1)
-                    continue
-                self._session(sock)
-            finally:
-                sock.close()
-        return None
-
-    def _session(self, sock: socket.socket) -> None:
-        params: dict[str, Any] = {}
-        if self.topics is not None:
-            params["topics"] = self.topics
-        if self.session_id is not None:
-            params["sessionId"] = self.session_id
-        if self.last_seq is not None:
-            params["sinceSeq"] = self.last_seq
-        request = {"jsonrpc": "2.0", "id": 1, "method": "events_subscribe", "params": params}
-        try:
-            sock.sendall(json.dumps(request).encode() + b"\n")
-        except OSError:
-            return
-        sock.settimeout(0.2)
-        buf = bytearray()
-        while not self._stop.is_set():
-            try:
-                chunk = sock.recv(1 << 16)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if not chunk:
-                return
-            buf += chunk
-            while (nl := buf.find(b"\n")) >= 0:
-                line, buf = bytes(buf[:nl]), buf[nl + 1 :]
-                if not line.strip():
-                    continue
-                message = json.loads(line)
-                if message.get("id") == 1:
-                    if message.get("error"):
-                        return self._fail(errors.CorralError.from_wire(message["error"]))
-                    if self.last_seq is None:
-                        self.last_seq = int(message["result"]["seq"])
-                    self._subscribed.set()
-                elif message.get("method") == "event":
-                    event = Event.model_validate(message["params"])
-                    if event.seq > (self.last_seq or 0):
-                        self.last_seq = event.seq
-                        self.queue.put(event)
-                elif message.get("method") == "lagged":
-                    return  # resubscribe from last_seq
-        return None
 
     def __repr__(self) -> str:
         return f"EventFeed({self.path}, topics={self.topics}, last_seq={self.last_seq})"
