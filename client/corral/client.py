@@ -1,8 +1,11 @@
 """Thin clients for corrald: `Client` (blocking) and `AsyncClient` (trio).
 
-Both speak newline-delimited JSON-RPC 2.0 over the daemon's Unix socket,
-return the wire models, and raise the `corral.errors` class of each error
-code. Typed methods are declared once (`_Methods`) and shared by both.
+Both speak newline-delimited JSON-RPC 2.0 over the daemon's Unix socket
+(framed by `corral.transport`), return the wire models, and raise the
+`corral.errors` class of each error code. Typed methods are declared once
+(`_Methods`) and shared by both: each takes its keyword arguments from the
+method's params model in `corral.params`, so mypy checks their names.
+`call(method, **params)` is the untyped way to call anything.
 
     with Client() as c:
         print(c.daemon_status().pid)
@@ -22,10 +25,10 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
 import trio
-from pydantic import BaseModel, TypeAdapter
+from pydantic import TypeAdapter
 
 from corral import errors
 from corral.models import (
@@ -41,40 +44,55 @@ from corral.models import (
     LogEntry,
     MergeConflict,
     MergeReport,
+    NoParams,
+    Params,
     PoolStats,
     SchedulerStats,
     Session,
     Task,
     Violation,
     WorktreeAllocation,
+    to_jsonable,
+)
+from corral.params import (
+    AddTaskParams,
+    AddTasksParams,
+    AgentRef,
+    AllocateParams,
+    CompleteParams,
+    DeallocateByAgentParams,
+    DeallocateParams,
+    DetectParams,
+    FailParams,
+    InitParams,
+    ListAgentsParams,
+    ListTasksParams,
+    LogsParams,
+    MatrixParams,
+    MergeParams,
+    PairParams,
+    ResolveParams,
+    SessionParams,
+    SummaryParams,
+    TaskRef,
+    UnsubscribeParams,
 )
 from corral.paths import socket_path
 from corral.transport import MAX_FRAME, Decoder, Subscription, encode, request
 
 __all__ = ["MAX_FRAME", "AsyncClient", "Client", "socket_path"]
 
+P = ParamSpec("P")
 R = TypeVar("R")
 
 #: connect() errors that mean nobody is listening (as opposed to, say, EACCES).
 _NOT_LISTENING = (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTSOCK)
 
 
-def _params(kwargs: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in kwargs.items():
-        if value is None:
-            continue
-        if isinstance(value, BaseModel):
-            value = value.model_dump(mode="json", by_alias=True, exclude_none=True)
-        elif isinstance(value, list):
-            value = [
-                v.model_dump(mode="json", by_alias=True, exclude_none=True)
-                if isinstance(v, BaseModel)
-                else v
-                for v in value
-            ]
-        out[key] = value
-    return out
+def _params(kwargs: dict[str, Any], aliases: dict[str, str] | None = None) -> dict[str, Any]:
+    """Keyword arguments as wire params: renamed by `aliases`, None dropped, models dumped."""
+    names = aliases or {}
+    return {names.get(k, k): to_jsonable(v) for k, v in kwargs.items() if v is not None}
 
 
 def _result(message: dict[str, Any]) -> Any:
@@ -91,85 +109,104 @@ def _not_running(path: Path, exc: OSError) -> errors.DaemonNotRunning:
     )
 
 
-class _Rpc(Generic[R]):
-    """A typed RPC method usable on both clients (a descriptor)."""
+class _Rpc(Generic[P, R]):
+    """One daemon method on both clients (a descriptor): its params model and result type.
 
-    def __init__(self, name: str, result: Any) -> None:
+    The method takes the keyword arguments of `params` (a `corral.params`
+    model), whose constructor signature `P` captures, so mypy checks their
+    names. Values are not validated here; the daemon is the authority and
+    answers -32602. Each keyword is sent under its field's wire (camelCase)
+    name, None is left out, and models are dumped. The answer is validated
+    as `result`.
+    """
+
+    def __init__(self, name: str, params: Callable[P, Params], result: type[R]) -> None:
         self.name = name
+        self.model = cast("type[Params]", params)
         self.adapter: TypeAdapter[R] = TypeAdapter(result)
+        self.aliases = {n: f.alias or n for n, f in self.model.model_fields.items()}
 
     @overload
-    def __get__(self, obj: Client, owner: Any) -> Callable[..., R]: ...
+    def __get__(self, obj: Client, owner: Any) -> Callable[P, R]: ...
     @overload
-    def __get__(self, obj: AsyncClient, owner: Any) -> Callable[..., Awaitable[R]]: ...
+    def __get__(self, obj: AsyncClient, owner: Any) -> Callable[P, Awaitable[R]]: ...
     @overload
-    def __get__(self, obj: None, owner: Any) -> _Rpc[R]: ...
+    def __get__(self, obj: None, owner: Any) -> _Rpc[P, R]: ...
 
     def __get__(self, obj: Any, owner: Any) -> Any:
         if obj is None:
             return self
-        name, adapter = self.name, self.adapter
+        name, adapter, aliases = self.name, self.adapter, self.aliases
         if isinstance(obj, AsyncClient):
 
-            async def call_async(**kwargs: Any) -> R:
-                return adapter.validate_python(await obj.call(name, **kwargs))
+            async def call_async(*args: P.args, **kwargs: P.kwargs) -> R:
+                _keywords_only(name, args)
+                return adapter.validate_python(await obj._request(name, _params(kwargs, aliases)))
 
             return call_async
 
-        def call_sync(**kwargs: Any) -> R:
-            return adapter.validate_python(obj.call(name, **kwargs))
+        def call_sync(*args: P.args, **kwargs: P.kwargs) -> R:
+            _keywords_only(name, args)
+            return adapter.validate_python(obj._request(name, _params(kwargs, aliases)))
 
         return call_sync
 
+    def __repr__(self) -> str:
+        return f"_Rpc({self.name!r}, {self.model.__name__})"
+
+
+def _keywords_only(name: str, args: tuple[object, ...]) -> None:
+    if args:  # what a params model's constructor says too
+        raise TypeError(f"{name}() takes keyword arguments only")
+
 
 class _Methods:
-    """Every daemon method with its result type. Params are keyword arguments."""
+    """Every daemon method with its params model and result type. Params are keywords."""
 
-    daemon_status = _Rpc[DaemonStatus]("daemon_status", DaemonStatus)
-    daemon_shutdown = _Rpc[bool]("daemon_shutdown", bool)
-    rpc_discover = _Rpc[dict[str, Any]]("rpc.discover", dict[str, Any])
-    init_parallel_scheduler = _Rpc[Session]("init_parallel_scheduler", Session)
-    session_list = _Rpc[list[Session]]("session_list", list[Session])
-    session_get = _Rpc[Session]("session_get", Session)
-    session_start = _Rpc[Session]("session_start", Session)
-    session_pause = _Rpc[Session]("session_pause", Session)
-    session_resume = _Rpc[Session]("session_resume", Session)
-    parallel_add_task = _Rpc[Task]("parallel_add_task", Task)
-    parallel_add_tasks = _Rpc[list[Task]]("parallel_add_tasks", list[Task])
-    parallel_list_tasks = _Rpc[list[Task]]("parallel_list_tasks", list[Task])
-    parallel_get_task = _Rpc[Task]("parallel_get_task", Task)
-    parallel_complete_task = _Rpc[list[Task]]("parallel_complete_task", list[Task])
-    parallel_fail_task = _Rpc[list[Task]]("parallel_fail_task", list[Task])
-    parallel_cancel_task = _Rpc[list[Task]]("parallel_cancel_task", list[Task])
-    parallel_schedule_next = _Rpc[Assignment]("parallel_schedule_next", Assignment)
-    parallel_stop_all = _Rpc[list[Task]]("parallel_stop_all", list[Task])
-    parallel_get_scheduler_stats = _Rpc[SchedulerStats](
-        "parallel_get_scheduler_stats", SchedulerStats
+    daemon_status = _Rpc("daemon_status", NoParams, DaemonStatus)
+    daemon_shutdown = _Rpc("daemon_shutdown", NoParams, bool)
+    rpc_discover = _Rpc("rpc.discover", NoParams, dict[str, Any])
+    init_parallel_scheduler = _Rpc("init_parallel_scheduler", InitParams, Session)
+    session_list = _Rpc("session_list", NoParams, list[Session])
+    session_get = _Rpc("session_get", SessionParams, Session)
+    session_start = _Rpc("session_start", SessionParams, Session)
+    session_pause = _Rpc("session_pause", SessionParams, Session)
+    session_resume = _Rpc("session_resume", SessionParams, Session)
+    parallel_add_task = _Rpc("parallel_add_task", AddTaskParams, Task)
+    parallel_add_tasks = _Rpc("parallel_add_tasks", AddTasksParams, list[Task])
+    parallel_list_tasks = _Rpc("parallel_list_tasks", ListTasksParams, list[Task])
+    parallel_get_task = _Rpc("parallel_get_task", TaskRef, Task)
+    parallel_complete_task = _Rpc("parallel_complete_task", CompleteParams, list[Task])
+    parallel_fail_task = _Rpc("parallel_fail_task", FailParams, list[Task])
+    parallel_cancel_task = _Rpc("parallel_cancel_task", TaskRef, list[Task])
+    parallel_schedule_next = _Rpc("parallel_schedule_next", SessionParams, Assignment)
+    parallel_stop_all = _Rpc("parallel_stop_all", SessionParams, list[Task])
+    parallel_get_scheduler_stats = _Rpc(
+        "parallel_get_scheduler_stats", SessionParams, SchedulerStats
     )
-    parallel_get_pool_stats = _Rpc[PoolStats]("parallel_get_pool_stats", PoolStats)
-    parallel_check_violations = _Rpc[list[Violation]]("parallel_check_violations", list[Violation])
-    parallel_get_agent_logs = _Rpc[list[LogEntry]]("parallel_get_agent_logs", list[LogEntry])
-    parallel_poll_completed = _Rpc[list[CompletedAgent]](
-        "parallel_poll_completed", list[CompletedAgent]
+    parallel_get_pool_stats = _Rpc("parallel_get_pool_stats", SessionParams, PoolStats)
+    parallel_check_violations = _Rpc("parallel_check_violations", SessionParams, list[Violation])
+    parallel_get_agent_logs = _Rpc("parallel_get_agent_logs", LogsParams, list[LogEntry])
+    parallel_poll_completed = _Rpc("parallel_poll_completed", NoParams, list[CompletedAgent])
+    parallel_list_agents = _Rpc("parallel_list_agents", ListAgentsParams, list[Agent])
+    parallel_get_agent = _Rpc("parallel_get_agent", AgentRef, Agent)
+    worktree_allocate = _Rpc("worktree_allocate", AllocateParams, WorktreeAllocation)
+    worktree_deallocate = _Rpc("worktree_deallocate", DeallocateParams, bool)
+    worktree_deallocate_by_agent = _Rpc(
+        "worktree_deallocate_by_agent", DeallocateByAgentParams, bool
     )
-    parallel_list_agents = _Rpc[list[Agent]]("parallel_list_agents", list[Agent])
-    parallel_get_agent = _Rpc[Agent]("parallel_get_agent", Agent)
-    worktree_allocate = _Rpc[WorktreeAllocation]("worktree_allocate", WorktreeAllocation)
-    worktree_deallocate = _Rpc[bool]("worktree_deallocate", bool)
-    worktree_deallocate_by_agent = _Rpc[bool]("worktree_deallocate_by_agent", bool)
-    worktree_get_allocations = _Rpc[list[WorktreeAllocation]](
-        "worktree_get_allocations", list[WorktreeAllocation]
+    worktree_get_allocations = _Rpc(
+        "worktree_get_allocations", SessionParams, list[WorktreeAllocation]
     )
-    worktree_cleanup_orphaned = _Rpc[CleanupReport]("worktree_cleanup_orphaned", CleanupReport)
-    conflicts_detect = _Rpc[list[MergeConflict]]("conflicts_detect", list[MergeConflict])
-    conflicts_can_merge_safely = _Rpc[bool]("conflicts_can_merge_safely", bool)
-    conflicts_get_summary = _Rpc[ConflictSummary]("conflicts_get_summary", ConflictSummary)
-    conflicts_matrix = _Rpc[ConflictMatrix]("conflicts_matrix", ConflictMatrix)
-    conflicts_resolve = _Rpc[ConflictResolutionResult](
-        "conflicts_resolve", ConflictResolutionResult
-    )
-    merge_completed_branches = _Rpc[MergeReport]("merge_completed_branches", MergeReport)
-    events_unsubscribe = _Rpc[bool]("events_unsubscribe", bool)
+    worktree_cleanup_orphaned = _Rpc("worktree_cleanup_orphaned", SessionParams, CleanupReport)
+    conflicts_detect = _Rpc("conflicts_detect", DetectParams, list[MergeConflict])
+    conflicts_can_merge_safely = _Rpc("conflicts_can_merge_safely", PairParams, bool)
+    conflicts_get_summary = _Rpc("conflicts_get_summary", SummaryParams, ConflictSummary)
+    conflicts_matrix = _Rpc("conflicts_matrix", MatrixParams, ConflictMatrix)
+    conflicts_resolve = _Rpc("conflicts_resolve", ResolveParams, ConflictResolutionResult)
+    merge_completed_branches = _Rpc("merge_completed_branches", MergeParams, MergeReport)
+    # events_subscribe is not here: it needs a connection of its own (see `events()`).
+    events_unsubscribe = _Rpc("events_unsubscribe", UnsubscribeParams, bool)
 
 
 class Client(_Methods):
