@@ -274,8 +274,9 @@ class Client(_Methods):
 
         Uses a connection of its own. After a dropped connection (daemon
         restart) it reconnects and resumes from the last seq it yielded, so
-        nothing is missed or repeated; after a `lagged` notice it resubscribes
-        the same way. `reconnect=False` raises `ConnectionLost` instead.
+        nothing is missed or repeated; with `reconnect=False` it raises
+        `ConnectionLost` instead. A `lagged` notice (this reader fell behind)
+        resubscribes from the last seq on the same connection either way.
         """
         sub = Subscription(topics, session_id, since_seq)
         while True:
@@ -520,6 +521,7 @@ class AsyncClient(_Methods):
     ) -> AsyncIterator[Event]:
         """Subscribe and yield events, resuming after reconnects (own connection).
 
+        The same rules as `Client.events` (both drive `transport.Subscription`).
         Use it as `async with contextlib.aclosing(client.events()) as stream:`
         so the connection closes as soon as you stop. It holds no nursery or
         cancel scope across a `yield` (trio forbids that in generators).
