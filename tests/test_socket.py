@@ -181,6 +181,10 @@ async def test_200_concurrent_clients(daemon: DaemonProcess) -> None:
         async with AsyncClient(daemon.socket) as c:
             connected += 1
             if connected == count:
+                # connect() returns once the kernel queued us; wait until the
+                # daemon has accepted every one of them.
+                while (await c.daemon_status()).connections < count:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
                 all_connected.set()
             await all_connected.wait()
             status = await c.daemon_status()

@@ -18,7 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from corral import errors
 from corral.cli import main
+from corral.models import Event
+from corral.watch import EventFeed
 from tests.daemon_proc import DaemonProcess
 from tests.test_pool import agent_config, wait_for
 
@@ -107,3 +110,45 @@ def test_watch_once_draws_one_frame(
     out = capsys.readouterr().out
     assert "alpha-task" in out and "beta-task" in out and "running agents (fake)" in out
     assert "conflict" in out
+
+
+# --- the event feed behind the views ---------------------------------------------------------
+
+
+def _take(feed: EventFeed, n: int, timeout: float = 20.0) -> list[Event]:
+    got: list[Event] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        got += feed.get(0.2)
+    return got
+
+
+def test_event_feed_queues_each_event_once_across_a_restart(repo: Path) -> None:
+    with DaemonProcess() as d:
+        with d.client() as c:
+            c.init_parallel_scheduler(repo_path=str(repo), session_id="s")
+        with EventFeed(d.socket, ["task"], "s") as feed:
+            with d.client() as c:
+                c.parallel_add_tasks(tasks=[{"id": f"a{i}", "title": "a"} for i in range(3)])
+            got = _take(feed, 3)
+            d.kill()
+            d.start()  # same socket and state: the feed reconnects and resumes by itself
+            with d.client() as c:
+                c.parallel_add_tasks(tasks=[{"id": f"b{i}", "title": "b"} for i in range(3)])
+            got += _take(feed, 3)
+            assert feed.last_seq == got[-1].seq
+            assert feed.get(0.05) == []  # nothing repeated after the last one either
+        assert [e.payload["taskId"] for e in got] == [f"{p}{i}" for p in "ab" for i in range(3)]
+
+
+def test_event_feed_start_fails_fast_without_a_daemon_and_close_is_prompt(
+    daemon: DaemonProcess,
+) -> None:
+    absent = daemon.dir / "absent.sock"
+    with pytest.raises(errors.DaemonNotRunning):
+        EventFeed(absent, ["task"]).start()
+    feed = EventFeed(daemon.socket, ["task"]).start()
+    t0 = time.monotonic()
+    feed.close()
+    assert time.monotonic() - t0 < 2.0  # it polls; it does not sit in recv
+    assert not feed._thread.is_alive()

@@ -36,10 +36,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from corral import watch
 from corral.client import Client
 from corral.launch import DaemonStartError, LocalDaemon
 from corral.models import Event
+from corral.watch import Mode, follow, print_summary, summarize
 
 #: The repository the demo starts from.
 FILES: dict[str, str] = {
@@ -223,7 +223,7 @@ def _peak_parallel(agents: list[dict[str, Any]]) -> int:
     return max((sum(1 for s, e in spans if s <= start < e) for start, _ in spans), default=0)
 
 
-def run_plan(c: Client, repo: Path, console: Console, mode: watch.Mode) -> dict[str, Any]:
+def run_plan(c: Client, repo: Path, console: Console, mode: Mode) -> dict[str, Any]:
     """Run the demo plan on `repo` through the daemon and collect what happened."""
     history: dict[str, list[str]] = {}
 
@@ -236,7 +236,7 @@ def run_plan(c: Client, repo: Path, console: Console, mode: watch.Mode) -> dict[
     started = time.monotonic()
     session = c.init_parallel_scheduler(repo_path=str(repo), session_id="demo", config=CONFIG)
     c.parallel_add_tasks(session_id=session.id, tasks=TASKS)
-    watch.follow(
+    follow(
         c,
         session.id,
         console,
@@ -246,7 +246,7 @@ def run_plan(c: Client, repo: Path, console: Console, mode: watch.Mode) -> dict[
         start=lambda: c.session_start(session_id=session.id),
     )
     run_secs = time.monotonic() - started
-    summary = watch.summarize(c, session.id, run_secs)
+    summary = summarize(c, session.id, run_secs)
     agents = [a.to_wire() for a in c.parallel_list_agents(session_id=session.id)]
     violations = c.parallel_check_violations(session_id=session.id)
     tasks = {t["id"]: t for t in summary["tasks"]}
@@ -317,7 +317,7 @@ def run_plan(c: Client, repo: Path, console: Console, mode: watch.Mode) -> dict[
 def _print(console: Console, result: dict[str, Any]) -> None:
     s = result["session"]
     console.print()
-    watch.print_summary(console, s)
+    print_summary(console, s)
     console.print(f"at most {result['peakParallel']} agents ran at once", highlight=False)
     for k in result["memoryKilled"]:
         console.print(
@@ -377,7 +377,7 @@ def run_demo(console: Console, *, as_json: bool = False, cleanup: bool = False) 
         log_path=root / "corrald.log",
         config_path=config_path,
     )
-    mode: watch.Mode = "quiet" if as_json else "live" if console.is_terminal else "plain"
+    mode: Mode = "quiet" if as_json else "live" if console.is_terminal else "plain"
     try:
         repo = make_repo(root / "repo")
         if not as_json:

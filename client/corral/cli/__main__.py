@@ -1,0 +1,7 @@
+"""`python -m corral.cli`: the same as the `corral` entry point."""
+
+import sys
+
+from corral.cli import main
+
+sys.exit(main())

@@ -1,0 +1,99 @@
+"""Tasks: `corral add`, `tasks`, `stop`."""
+
+from __future__ import annotations
+
+import argparse
+
+from corral.cli.common import (
+    EXIT_OK,
+    TASK_COLUMNS,
+    Out,
+    UsageError,
+    command,
+    connect,
+    progress,
+    session_arg,
+    task_rows,
+)
+from corral.models import TaskStatus, check_task_id
+from corral.plan import slugify
+
+
+def _add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("title", help="what the agent should do (its prompt's first line)")
+    session_arg(parser)
+    parser.add_argument("--id", help="task id (default: made from the title)")
+    parser.add_argument("--desc", default="", help="longer description for the prompt")
+    parser.add_argument("--priority", type=int, default=0, help="lower runs first (default 0)")
+    parser.add_argument(
+        "--after", nargs="+", default=[], metavar="ID", help="tasks that must complete first"
+    )
+    parser.add_argument("--agent", metavar="TYPE", help="agent type for this task only")
+
+
+@command("add", "add a task to a session", _add_args)
+def cmd_add(args: argparse.Namespace, out: Out) -> int:
+    task_id = args.id or slugify(args.title)
+    try:
+        check_task_id(task_id)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    with connect(args) as c:
+        task = c.parallel_add_task(
+            session_id=args.session,
+            id=task_id,
+            title=args.title,
+            description=args.desc,
+            priority=args.priority,
+            dependencies=args.after,
+            agent_type=args.agent,
+        )
+    if out.as_json:
+        out.data(task)
+    else:
+        out.line(f"added task [bold]{task.id}[/] ({task.status.value})")
+    return EXIT_OK
+
+
+def _tasks_args(parser: argparse.ArgumentParser) -> None:
+    session_arg(parser)
+    parser.add_argument(
+        "--status", choices=[s.value for s in TaskStatus], help="only tasks in this status"
+    )
+
+
+@command("tasks", "list a session's tasks", _tasks_args)
+def cmd_tasks(args: argparse.Namespace, out: Out) -> int:
+    with connect(args) as c:
+        tasks = c.parallel_list_tasks(session_id=args.session, status=args.status)
+    if out.as_json:
+        out.data(tasks)
+    else:
+        out.table("tasks", TASK_COLUMNS, task_rows(tasks))
+    return EXIT_OK
+
+
+def _stop_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("task", nargs="?", help="cancel only this task (its dependents block)")
+    session_arg(parser)
+
+
+@command(
+    "stop",
+    "pause the session and stop its running agents (their tasks go back to ready;"
+    " `corral resume` goes on), or cancel one TASK",
+    _stop_args,
+)
+def cmd_stop(args: argparse.Namespace, out: Out) -> int:
+    with connect(args) as c:
+        if args.task:
+            with progress(out, f"cancelling {args.task}"):
+                changed = c.parallel_cancel_task(session_id=args.session, task_id=args.task)
+        else:  # the daemon pauses a running session first, so nothing restarts
+            with progress(out, "stopping agents"):
+                changed = c.parallel_stop_all(session_id=args.session)
+    if out.as_json:
+        out.data(changed)
+    else:
+        out.table("changed tasks", TASK_COLUMNS, task_rows(changed))
+    return EXIT_OK

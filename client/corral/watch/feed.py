@@ -1,0 +1,124 @@
+"""Events for the views: a subscription on a thread of its own that a command can stop."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from pathlib import Path
+
+from corral import errors
+from corral.client import _Socket
+from corral.models import Event
+from corral.paths import socket_path
+from corral.transport import Subscription
+
+__all__ = ["EventFeed"]
+
+
+class EventFeed:
+    """Subscribe on a connection of its own and queue the events; stoppable.
+
+    `Client.events()` blocks in `recv` forever, which a command cannot stop
+    cleanly; this feed polls its socket with a short timeout so `close()`
+    ends its thread at once. It drives `transport.Subscription`: after a
+    dropped connection it reconnects, and after a `lagged` notice it
+    resubscribes, from the last seq it queued, so nothing is missed or
+    repeated.
+    """
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        topics: list[str] | None = None,
+        session_id: str | None = None,
+    ) -> None:
+        self.path = socket_path(path)
+        self.topics = topics
+        self.session_id = session_id
+        self.queue: queue.Queue[Event] = queue.Queue()
+        self.error: errors.CorralError | None = None
+        self._sub = Subscription(topics, session_id)
+        self._subscribed = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="corral-events", daemon=True)
+
+    @property
+    def last_seq(self) -> int | None:
+        """The seq of the last event queued (where a resubscription resumes)."""
+        return self._sub.last_seq
+
+    def start(self, timeout: float = 10.0) -> EventFeed:
+        """Start the thread and return once subscribed (raise if that failed)."""
+        self._thread.start()
+        if not self._subscribed.wait(timeout):
+            self.close()
+            raise errors.ConnectionLost("timed out subscribing to events")
+        if self.error is not None:
+            self.close()
+            raise self.error
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5.0)
+
+    def __enter__(self) -> EventFeed:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def get(self, timeout: float) -> list[Event]:
+        """Wait up to `timeout` for events; return every one queued (maybe none)."""
+        out: list[Event] = []
+        try:
+            out.append(self.queue.get(timeout=timeout))
+            while True:
+                out.append(self.queue.get_nowait())
+        except queue.Empty:
+            return out
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    conn = _Socket.open(self.path, 5.0)
+                except errors.DaemonNotRunning:
+                    if not self._subscribed.is_set():
+                        raise  # never got going: start() reports it
+                    self._stop.wait(0.1)  # a restart: wait for the daemon to be back
+                    continue
+                with conn:
+                    self._follow(conn)
+        except errors.CorralError as exc:
+            self._fail(exc)
+        except OSError as exc:
+            self._fail(errors.ConnectionLost(str(exc)))
+
+    def _follow(self, conn: _Socket) -> None:
+        """Subscribe on `conn` and queue its events until it drops or the feed stops."""
+        sub = self._sub
+        sub.new_connection()
+        try:
+            while not self._stop.is_set():
+                if sub.wants_subscribe:
+                    conn.send(sub.subscribe())
+                message = conn.poll(0.2)
+                if message is None:
+                    continue
+                event = sub.receive(message)
+                if sub.active:
+                    self._subscribed.set()
+                if event is not None:
+                    self.queue.put(event)
+        except errors.ConnectionLost:
+            return  # reconnect and resume
+
+    def _fail(self, error: errors.CorralError) -> None:
+        self.error = error
+        self._stop.set()
+        self._subscribed.set()
+
+    def __repr__(self) -> str:
+        return f"EventFeed({self.path}, topics={self.topics}, last_seq={self.last_seq})"

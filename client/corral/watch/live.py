@@ -1,0 +1,121 @@
+"""Following a session: the live view (`corral watch`), and plain or quiet progress lines.
+
+A view is a `render.Snapshot` redrawn when events arrive (a `feed.EventFeed`
+on a background thread) and on a 1 s tick, so runtimes advance and a missed
+event costs at most a second. The conflict matrix is a merge per pair of
+branches, so it is recomputed only when a task completes, not every tick.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Literal
+
+from rich.console import Console
+from rich.live import Live
+
+from corral.client import Client
+from corral.models import Event, SessionStatus
+from corral.watch.feed import EventFeed
+from corral.watch.render import Snapshot, fetch_matrix, gather, render
+
+__all__ = ["FINISHED", "VIEW_TOPICS", "Mode", "follow", "watch"]
+
+FINISHED = (SessionStatus.COMPLETED, SessionStatus.FAILED)
+#: The events a view redraws on (log lines are far too many to redraw on).
+VIEW_TOPICS = ["task", "agent", "violation", "session", "conflicts", "merge"]
+
+Mode = Literal["live", "plain", "quiet"]
+
+
+def follow(
+    c: Client,
+    session_id: str,
+    console: Console,
+    *,
+    mode: Mode,
+    until_finished: bool = True,
+    show_tasks: bool = False,
+    on_event: Callable[[Event], None] | None = None,
+    start: Callable[[], object] | None = None,
+) -> Snapshot:
+    """Show a session until it completes or fails (or forever), return the last snapshot.
+
+    `live` redraws a rich Live view; `plain` prints one line per task status
+    change (for logs and pipes); `quiet` prints nothing. `start` is called
+    once subscribed, so `on_event` sees every event of a run it starts.
+    Ctrl-C propagates.
+    """
+    started = time.time()
+    matrix = fetch_matrix(c, session_id) if mode == "live" else None
+    with EventFeed(c.path, VIEW_TOPICS, session_id) as feed:
+        if start is not None:
+            start()
+        snap = gather(c, session_id, matrix)
+        live: Live | None = None
+        if mode == "live":
+            compact = console.size.height < 40
+            live = Live(
+                render(snap, tasks=show_tasks, started=started, compact=compact),
+                console=console,
+                refresh_per_second=8,
+                transient=False,
+            )
+            live.start()
+        try:
+            while not (until_finished and snap.session.status in FINISHED):
+                events = feed.get(timeout=1.0)
+                for event in events:
+                    if on_event is not None:
+                        on_event(event)
+                    if mode == "plain":
+                        _plain_line(console, event)
+                completed = any(
+                    e.type == "task.status" and e.payload.get("status") == "completed"
+                    for e in events
+                )
+                if mode == "live" and completed:
+                    matrix = fetch_matrix(c, session_id)
+                snap = gather(c, session_id, matrix)
+                if live is not None:
+                    compact = console.size.height < 40
+                    live.update(render(snap, tasks=show_tasks, started=started, compact=compact))
+        finally:
+            if live is not None:
+                live.stop()
+    return snap
+
+
+def _plain_line(console: Console, event: Event) -> None:
+    p = event.payload
+    stamp = time.strftime("%H:%M:%S", time.localtime(event.at or time.time()))
+    if event.type == "task.status":
+        extra = f" ({p['error']})" if p.get("error") and p.get("status") != "completed" else ""
+        console.print(
+            f"{stamp} task {p.get('taskId')}: {p.get('status')}"
+            f" (attempts {p.get('attempts', 0)}){extra}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    elif event.type == "violation":
+        console.print(
+            f"{stamp} limit {p.get('kind')} on {p.get('taskId')}: {p.get('value')} >"
+            f" {p.get('limit')} → {p.get('action')}",
+            highlight=False,
+        )
+    elif event.type == "session.status":
+        console.print(f"{stamp} session: {p.get('status')}", highlight=False)
+
+
+def watch(path: str | None, session_id: str | None, *, once: bool, console: Console) -> int:
+    """`corral watch`: a live view of one session until Ctrl-C (or one frame with `once`)."""
+    with Client(path) as c:
+        sid = c.session_get(session_id=session_id).id
+        if once:
+            console.print(render(gather(c, sid, fetch_matrix(c, sid)), tasks=True))
+            return 0
+        with contextlib.suppress(KeyboardInterrupt):
+            follow(c, sid, console, mode="live", until_finished=False, show_tasks=True)
+    return 0

@@ -1,0 +1,101 @@
+"""What a finished run did: `summarize` (a JSON-ready dict) and its table (`print_summary`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from corral.client import Client
+from corral.models import Agent, TaskStatus
+from corral.watch.render import STATUS_STYLE, duration
+
+__all__ = ["print_summary", "summarize"]
+
+
+def summarize(c: Client, session_id: str, wall_secs: float | None = None) -> dict[str, Any]:
+    """What a finished run did: per task outcome and attempts, time, tokens, cost, failures."""
+    session = c.session_get(session_id=session_id)
+    tasks = c.parallel_list_tasks(session_id=session_id)
+    agents = c.parallel_list_agents(session_id=session_id)
+    by_task: dict[str, list[Agent]] = {}
+    for a in agents:
+        by_task.setdefault(a.task_id, []).append(a)
+    starts = [a.started_at for a in agents]
+    ends = [a.ended_at for a in agents if a.ended_at is not None]
+    if wall_secs is None:
+        wall_secs = (max(ends) - min(starts)) if starts and ends else 0.0
+    counts: dict[str, int] = {}
+    for t in tasks:
+        counts[t.status.value] = counts.get(t.status.value, 0) + 1
+    return {
+        "sessionId": session.id,
+        "repoPath": session.repo_path,
+        "status": session.status.value,
+        "ok": bool(tasks) and all(t.status is TaskStatus.COMPLETED for t in tasks),
+        "wallSecs": round(wall_secs, 2),
+        "counts": counts,
+        "tokens": sum(a.tokens for a in agents),
+        "cost": round(sum(a.cost for a in agents), 6),
+        "tasks": [
+            {
+                "id": t.id,
+                "status": t.status.value,
+                "attempts": len(by_task.get(t.id, [])),
+                "branch": t.branch,
+                "endReasons": [
+                    a.end_reason.value if a.end_reason else None for a in by_task.get(t.id, [])
+                ],
+                "secs": round(
+                    sum((a.ended_at or a.started_at) - a.started_at for a in by_task.get(t.id, [])),
+                    2,
+                ),
+                "tokens": sum(a.tokens for a in by_task.get(t.id, [])),
+                "dependencies": t.dependencies,
+                "startedAt": t.started_at,
+                "completedAt": t.completed_at,
+                **({"error": t.error} if t.error else {}),
+                **({"errorCategory": t.error_category.value} if t.error_category else {}),
+            }
+            for t in tasks
+        ],
+        "failures": [
+            {
+                "taskId": t.id,
+                "status": t.status.value,
+                "errorCategory": t.error_category.value if t.error_category else None,
+                "error": t.error,
+            }
+            for t in tasks
+            if t.status is not TaskStatus.COMPLETED
+        ],
+    }
+
+
+def print_summary(console: Console, summary: dict[str, Any]) -> None:
+    """The human form of `summarize`."""
+    table = Table(
+        title=f"session {summary['sessionId']}: {summary['status']}", title_justify="left"
+    )
+    for column in ("task", "status", "attempts", "end reasons", "time", "tokens", "error"):
+        table.add_column(column)
+    for t in summary["tasks"]:
+        style = STATUS_STYLE.get(TaskStatus(t["status"]), "")
+        table.add_row(
+            t["id"],
+            Text(t["status"], style=style),
+            str(t["attempts"]),
+            ", ".join(r or "-" for r in t["endReasons"]),
+            duration(t["secs"]),
+            str(t["tokens"]),
+            f"{t.get('errorCategory', '')} {t.get('error', '')}".strip(),
+        )
+    console.print(table)
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(summary["counts"].items()))
+    console.print(
+        f"{len(summary['tasks'])} tasks ({counts}) in {duration(summary['wallSecs'])};"
+        f" {summary['tokens']} tokens, ${summary['cost']:.4f}",
+        highlight=False,
+    )
