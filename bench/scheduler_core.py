@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / d) for d in ("daemon", "client")]
 
-from corral.models import SchedulerConfig, Strategy, Task, TaskSpec, TaskStatus  # noqa: E402
+from corral.models import SchedulerConfig, Strategy, Task, TaskSpec, TaskState  # noqa: E402
 from corrald.core.scheduler import Scheduler  # noqa: E402
 
 
@@ -70,7 +70,7 @@ def _naive_key(s: Scheduler, strategy: Strategy) -> Callable[[Task], tuple[int, 
         return lambda t: (-(t.estimated_tokens or 0), t.priority, index[t.id])
     if strategy is Strategy.DEPENDENCY_FIRST:
         # Counts given for free: the naive side only pays for the scan.
-        counts = {t.id: s.dependents_count(t.id) for t in s.tasks(TaskStatus.READY)}
+        counts = {t.id: s.dependents_count(t.id) for t in s.tasks(TaskState.READY)}
         return lambda t: (-counts[t.id], t.priority, index[t.id])
     return lambda t: (index[t.id],)
 
@@ -97,7 +97,7 @@ def core_latency(
         naive: list[float] = []
         for _ in range(naive_decisions):
             t0 = clock()
-            min((t for t in tasks if t.status is TaskStatus.READY), key=key)
+            min((t for t in tasks if t.state is TaskState.READY), key=key)
             naive.append(clock() - t0)
         p50, p99 = _pct(ours, 0.5), _pct(ours, 0.99)
         n50, n99 = _pct(naive, 0.5), _pct(naive, 0.99)

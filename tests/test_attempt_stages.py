@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from corral.models import SchedulerConfig, TaskSpec, TaskStatus
+from corral.models import SchedulerConfig, TaskSpec, TaskState
 from corrald.agents.types import AgentTypeConfig
 from corrald.pool.pool import AgentPool
 from corrald.pool.records import AttemptStage, Run
@@ -97,11 +97,11 @@ def _consistent(h: Harness) -> None:
     """Memory and the file agree, nothing runs, nothing is open."""
     assert h.alive() == []
     assert len(h.pool.runs) == 0
-    memory = {t.id: (t.status, t.attempts) for t in h.engine.list_tasks("s", None)}
+    memory = {t.id: (t.state, t.attempts) for t in h.engine.list_tasks("s", None)}
     fresh = Engine(Store(h.store_path), EventBus(None))
-    on_disk = {t.id: (t.status, t.attempts) for t in fresh.list_tasks("s", None)}
+    on_disk = {t.id: (t.state, t.attempts) for t in fresh.list_tasks("s", None)}
     assert memory == on_disk
-    assert all(status is not TaskStatus.IN_PROGRESS for status, _ in on_disk.values())
+    assert all(status is not TaskState.IN_PROGRESS for status, _ in on_disk.values())
     assert fresh.store.live_agents("s") == []
     fresh.store.close()
 
@@ -128,10 +128,10 @@ async def test_stop_at_each_stage(tmp_path: Path, repo: Path, stage: AttemptStag
         task = h.engine.get_task("s", "t")
         if stage in (AttemptStage.COMMITTING, AttemptStage.FINISHING):
             # The agent had ended by itself: its work is kept, not redone.
-            assert (task.status, task.attempts) == (TaskStatus.COMPLETED, 1)
+            assert (task.state, task.attempts) == (TaskState.COMPLETED, 1)
             assert git(repo, "show", "corral/t:out.txt") == "done"
         else:
-            assert (task.status, task.attempts) == (TaskStatus.READY, 0)
+            assert (task.state, task.attempts) == (TaskState.READY, 0)
         (agent,) = h.engine.agents("s")
         assert agent.ended_at is not None and agent.end_reason is not None
         _consistent(h)
@@ -154,9 +154,9 @@ async def test_hard_cancel_at_each_stage(tmp_path: Path, repo: Path, stage: Atte
             await trio.sleep_forever()  # until the hook cancels everything
     task = h.engine.get_task("s", "t")
     if stage is AttemptStage.FINISHING:
-        assert (task.status, task.attempts) == (TaskStatus.COMPLETED, 1)
+        assert (task.state, task.attempts) == (TaskState.COMPLETED, 1)
     else:
-        assert (task.status, task.attempts) == (TaskStatus.READY, 0)
+        assert (task.state, task.attempts) == (TaskState.READY, 0)
     h.engine.store = Store(h.store_path)  # the harness closed its store on the way out
     _consistent(h)
     h.engine.store.close()

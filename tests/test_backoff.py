@@ -18,7 +18,7 @@ import pytest
 import trio
 import trio.testing
 
-from corral.models import Backoff, SchedulerConfig, SessionStatus, TaskSpec, TaskStatus
+from corral.models import Backoff, SchedulerConfig, SessionStatus, TaskSpec, TaskState
 from corrald.agents.types import AgentTypeConfig
 from corrald.pool.pool import AgentPool
 from corrald.state.engine import Engine, SessionState
@@ -42,13 +42,13 @@ async def test_retries_wait_out_their_backoff_in_virtual_time(
         worktree_base=tmp_path / "worktrees",
         custom_types={"flaky": AgentTypeConfig(argv=[sys.executable, str(PLAN_AGENT), str(plan)])},
     )
-    seen: list[tuple[TaskStatus, float]] = []
+    seen: list[tuple[TaskState, float]] = []
     done = trio.Event()
 
     def watch(state: SessionState) -> None:
         if not state.scheduler.tasks():  # the session was just created (every change wakes)
             return
-        status = state.scheduler.get("t").status
+        status = state.scheduler.get("t").state
         if not seen or seen[-1][0] is not status:
             seen.append((status, trio.current_time()))
         if state.session.status is SessionStatus.COMPLETED:
@@ -70,18 +70,18 @@ async def test_retries_wait_out_their_backoff_in_virtual_time(
         nursery.cancel_scope.cancel()
     store.close()
     task = engine.get_task("s", "t")
-    assert task.status is TaskStatus.COMPLETED and task.attempts == 3
+    assert task.state is TaskState.COMPLETED and task.attempts == 3
     statuses = [status for status, _ in seen]
     assert statuses == [
-        TaskStatus.READY,
-        TaskStatus.IN_PROGRESS,
-        TaskStatus.RETRY_WAIT,
-        TaskStatus.READY,
-        TaskStatus.IN_PROGRESS,
-        TaskStatus.RETRY_WAIT,
-        TaskStatus.READY,
-        TaskStatus.IN_PROGRESS,
-        TaskStatus.COMPLETED,
+        TaskState.READY,
+        TaskState.IN_PROGRESS,
+        TaskState.RETRY_WAIT,
+        TaskState.READY,
+        TaskState.IN_PROGRESS,
+        TaskState.RETRY_WAIT,
+        TaskState.READY,
+        TaskState.IN_PROGRESS,
+        TaskState.COMPLETED,
     ], seen
     times = [at for _, at in seen]
     # Failure -> next start: 60 s after the first failure, 180 s after the second.

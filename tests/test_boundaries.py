@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from corral import errors
-from corral.models import EndReason, ErrorCategory, ResourceLimits, TaskStatus
+from corral.models import EndReason, ErrorCategory, ResourceLimits, TaskState
 from corrald.agents.output import ParsedEvent, Stream
 from corrald.agents.parsers import PlainParser
 from corrald.process.run import run_agent
@@ -79,13 +79,13 @@ def test_hostile_output_ends_only_that_run(tmp_path: Path, repo: Path) -> None:
         tasks = {t.id: t for t in c.parallel_list_tasks()}
         agents = c.parallel_list_agents()
         assert d.running() and c.daemon_status().pid == d.pid
-    assert tasks["calm-1"].status is TaskStatus.COMPLETED
-    assert tasks["calm-2"].status is TaskStatus.COMPLETED
+    assert tasks["calm-1"].state is TaskState.COMPLETED
+    assert tasks["calm-2"].state is TaskState.COMPLETED
     hostile_runs = [a for a in agents if a.task_id == "hostile"]
     assert len(hostile_runs) == 1  # at most one attempt
     task = tasks["hostile"]
-    assert task.status in (TaskStatus.COMPLETED, TaskStatus.FAILED)
-    if task.status is TaskStatus.FAILED:
+    assert task.state in (TaskState.COMPLETED, TaskState.FAILED)
+    if task.state is TaskState.FAILED:
         assert task.error_category is ErrorCategory.INTERNAL, task
     assert sum(a.tokens for a in agents if a.task_id != "hostile") == 100
 
@@ -158,7 +158,7 @@ def test_abort_survives_kill_9_and_restart(tmp_path: Path, repo: Path) -> None:
             ]
         )
         c.session_start()
-        wait_for(lambda: c.parallel_get_task(task_id="boom").status is TaskStatus.FAILED, 30)
+        wait_for(lambda: c.parallel_get_task(task_id="boom").state is TaskState.FAILED, 30)
         wait_for(lambda: c.session_get().aborted, 10, "the session to be aborted")
         d.kill()
     with DaemonProcess(state, config=config) as d, d.client() as c:
@@ -170,6 +170,6 @@ def test_abort_survives_kill_9_and_restart(tmp_path: Path, repo: Path) -> None:
             c.parallel_schedule_next()
         assert c.session_start().status.value == "failed"
         tasks = {t.id: t for t in c.parallel_list_tasks()}
-        assert tasks["later-1"].status is TaskStatus.READY and tasks["later-1"].attempts == 0
-        assert tasks["later-2"].status is TaskStatus.READY and tasks["later-2"].attempts == 0
+        assert tasks["later-1"].state is TaskState.READY and tasks["later-1"].attempts == 0
+        assert tasks["later-2"].state is TaskState.READY and tasks["later-2"].attempts == 0
         assert [a.task_id for a in c.parallel_list_agents()] == ["boom"]

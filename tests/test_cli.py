@@ -161,12 +161,12 @@ def test_pause_resume_stop_and_logs_follow(
     assert cli.json("pause")["status"] == "paused"
     assert cli.json("resume")["status"] == "running"
     cancelled = cli.json("stop", "a")
-    assert [t["id"] for t in cancelled] == ["a"] and cancelled[0]["status"] == "cancelled"
+    assert [t["id"] for t in cancelled] == ["a"] and cancelled[0]["state"] == "cancelled"
     _, err = follow.communicate(timeout=20)
     assert follow.returncode == 0, err
 
     requeued = cli.json("stop")  # no TASK: pause, then stop every running agent
-    assert [(t["id"], t["status"]) for t in requeued] == [("b", "ready")]
+    assert [(t["id"], t["state"]) for t in requeued] == [("b", "ready")]
     assert cli.json("sessions")[0]["status"] == "paused"
     assert cli.json("agents", "--live") == []
 

@@ -92,7 +92,7 @@ def test_keywords_go_out_under_their_wire_names_without_nones(recorder: Recorder
         )
         c.parallel_list_tasks(session_id=None, status="ready")
         c.session_list()
-    assert task.id == "a" and task.status.value == "ready"
+    assert task.id == "a" and task.state.value == "ready"
     assert recorder.params() == [
         {"id": "a", "title": "t", "agentType": "fake", "sessionId": "s"},
         {"status": "ready"},
@@ -161,7 +161,7 @@ async def test_async_typed_methods(daemon: DaemonProcess, repo: Path) -> None:
         session = await c.init_parallel_scheduler(repo_path=str(repo), session_id="s")
         task = await c.parallel_add_task(session_id=session.id, id="a", title="t")
         assert task.id == "a"
-        tasks = await c.parallel_list_tasks(session_id="s", status="ready")
+        tasks = await c.parallel_list_tasks(session_id="s", state="ready")
         assert [t.id for t in tasks] == ["a"]
         with pytest.raises(errors.TaskNotFound):
             await c.parallel_get_task(session_id="s", task_id="nope")
@@ -174,7 +174,7 @@ from corral.client import AsyncClient, Client
 def ok(c: Client) -> None:
     c.parallel_add_task(id="a", title="t", dependencies=["b"], session_id=None)
     c.conflicts_detect(branches=[{"branch": "x"}], target="main")
-    reveal_type(c.parallel_list_tasks(status="ready"))
+    reveal_type(c.parallel_list_tasks(state="ready"))
 
 
 def typo(c: Client) -> None:

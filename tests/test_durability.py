@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from corral import errors
-from corral.models import TaskStatus
+from corral.models import TaskState
 from tests.daemon_proc import DaemonProcess
 from tests.test_pool import agent_config, assert_all_dead, wait_for
 
@@ -65,13 +65,13 @@ def test_kill_9_loses_nothing_acknowledged(repo: Path, tmp_path: Path) -> None:
         if task_id in running:
             # Its agent died with the daemon: back to ready, the attempt not
             # counted, worktree and branch kept.
-            assert after[task_id]["status"] == "ready"
+            assert after[task_id]["state"] == "ready"
             assert after[task_id]["attempts"] == task["attempts"] - 1
             assert after[task_id]["branch"] == task["branch"]
             assert after[task_id]["worktreePath"] == task["worktreePath"]
         else:
             assert after[task_id] == task
-    statuses = {t["status"] for t in after.values()}
+    statuses = {t["state"] for t in after.values()}
     assert {"completed", "retry_wait", "ready", "pending"} <= statuses
 
 
@@ -122,4 +122,4 @@ def test_session_errors(daemon: DaemonProcess, repo: Path, tmp_path: Path) -> No
             c.parallel_complete_task(session_id="one", task_id="t")
         with pytest.raises(errors.InvalidStateTransition):
             c.session_resume(session_id="one")
-        assert c.parallel_get_task(session_id="one", task_id="t").status is TaskStatus.READY
+        assert c.parallel_get_task(session_id="one", task_id="t").state is TaskState.READY

@@ -15,7 +15,7 @@ import pytest
 
 from corral import errors
 from corral.client import Client
-from corral.models import ErrorCategory, TaskStatus
+from corral.models import ErrorCategory, TaskState
 from tests.conftest import git
 from tests.daemon_proc import DaemonProcess
 
@@ -92,7 +92,7 @@ def test_dag_of_20_tasks_runs_in_order_with_commits_and_totals(
         wait_for(lambda: finished(c, "dag"), 90, "the DAG to finish")
         final = {t.id: t for t in c.parallel_list_tasks()}
         agents = c.parallel_list_agents()
-    assert all(t.status is TaskStatus.COMPLETED for t in final.values()), final
+    assert all(t.state is TaskState.COMPLETED for t in final.values()), final
     for spec in tasks:
         task = final[spec["id"]]
         for dep in spec["dependencies"]:
@@ -130,9 +130,7 @@ def test_rate_limited_task_parks_until_reset_then_runs_on_fallback(
         c.parallel_add_task(id="rl", title="rate limited")
         c.session_start()
         parked = wait_for(
-            lambda: (
-                (t := c.parallel_get_task(task_id="rl")).status is TaskStatus.RATE_LIMITED and t
-            ),
+            lambda: (t := c.parallel_get_task(task_id="rl")).state is TaskState.RATE_LIMITED and t,
             20,
             "the task to be parked",
         )
@@ -142,7 +140,7 @@ def test_rate_limited_task_parks_until_reset_then_runs_on_fallback(
         wait_for(lambda: finished(c, c.session_list()[0].id), 30, "the session to finish")
         task = c.parallel_get_task(task_id="rl")
         agents = c.parallel_list_agents()
-    assert task.status is TaskStatus.COMPLETED  # maxRetries 0, yet it ran again
+    assert task.state is TaskState.COMPLETED  # maxRetries 0, yet it ran again
     assert [a.agent_type for a in agents] == ["fake", "backup"]
     assert agents[1].started_at >= resets_at
 
@@ -159,7 +157,7 @@ def test_missing_executable_fails_the_task_with_a_clear_category(
         c.session_start()
         wait_for(lambda: finished(c, c.session_list()[0].id), 20)
         task = c.parallel_get_task(task_id="x")
-        assert task.status is TaskStatus.FAILED
+        assert task.state is TaskState.FAILED
         assert task.error_category is ErrorCategory.MISSING_EXECUTABLE
         assert "/nonexistent/agent-cli" in (task.error or "")
 
@@ -187,7 +185,7 @@ def test_stop_all_requeues_without_losing_work(
         c.session_pause()
         stopped = c.parallel_stop_all()
         assert {t.id for t in stopped} == {"a", "b"}
-        assert all(t.status is TaskStatus.READY and t.attempts == 0 for t in stopped)
+        assert all(t.state is TaskState.READY and t.attempts == 0 for t in stopped)
         for task in stopped:
             assert task.worktree_path is not None
             assert (Path(task.worktree_path) / "draft.txt").read_text() == "half done"
@@ -219,12 +217,12 @@ def test_total_memory_breach_requeues_the_newest_agent(
         second = c.parallel_schedule_next()
         assert second.task is not None and second.task.id == "new"
         requeued = wait_for(
-            lambda: (t := c.parallel_get_task(task_id="new")).status is TaskStatus.READY and t,
+            lambda: (t := c.parallel_get_task(task_id="new")).state is TaskState.READY and t,
             20,
             "the newest agent to be requeued",
         )
         assert requeued.attempts == 0
-        assert c.parallel_get_task(task_id="old").status is TaskStatus.IN_PROGRESS
+        assert c.parallel_get_task(task_id="old").state is TaskState.IN_PROGRESS
         kinds = [v.kind for v in c.parallel_check_violations()]
         assert "total_memory" in kinds
         c.parallel_cancel_task(task_id="old")
@@ -287,7 +285,7 @@ def test_daemon_killed_mid_run_recovers_everything(plan: Path, repo: Path, tmp_p
     assert_all_dead(tmp_path / "pids")  # ...until the new daemon kills them
     assert survivors
     for task in final:
-        assert task.status is TaskStatus.COMPLETED
+        assert task.state is TaskState.COMPLETED
         assert task.attempts == 1  # the killed attempt did not count
         for name, text in (("first.txt", "from attempt 1"), ("second.txt", "from attempt 2")):
             assert git(repo, "show", f"corral/{task.id}:{name}") == text

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from corral import errors
 from corral.models import (
-    TERMINAL_TASK_STATUSES,
+    TERMINAL_TASK_STATES,
     Backoff,
     ErrorCategory,
     ErrorStrategy,
@@ -29,11 +29,11 @@ from corral.models import (
     Strategy,
     Task,
     TaskSpec,
-    TaskStatus,
+    TaskState,
 )
 from corrald.core.scheduler import Scheduler
 
-S = TaskStatus
+S = TaskState
 SATISFIED = {S.COMPLETED, S.SKIPPED}
 
 
@@ -45,8 +45,8 @@ def config(**kw: Any) -> SchedulerConfig:
     return SchedulerConfig(**kw)
 
 
-def statuses(s: Scheduler) -> dict[str, TaskStatus]:
-    return {t.id: t.status for t in s.tasks()}
+def statuses(s: Scheduler) -> dict[str, TaskState]:
+    return {t.id: t.state for t in s.tasks()}
 
 
 def run_one(s: Scheduler, now: float = 0.0) -> Task:
@@ -73,13 +73,13 @@ def remaining_dependents(tasks: list[Task], tid: str) -> int:
         if c not in seen:
             seen.add(c)
             queue.extend(children[c])
-    return sum(1 for c in seen if by_id[c].status not in TERMINAL_TASK_STATUSES)
+    return sum(1 for c in seen if by_id[c].state not in TERMINAL_TASK_STATES)
 
 
 def reference_pick(tasks: list[Task], strategy: Strategy) -> str:
     """The id the strategy must start, by a naive scan; ``tasks`` in insertion order."""
     index = {t.id: i for i, t in enumerate(tasks)}
-    ready = [t for t in tasks if t.status is S.READY]
+    ready = [t for t in tasks if t.state is S.READY]
     key: Callable[[Task], tuple[int, ...]]
     if strategy is Strategy.PRIORITY:
         key = lambda t: (t.priority, index[t.id])  # noqa: E731
@@ -166,14 +166,14 @@ def simulate(
             tasks = s.tasks()
             by_id = {t.id: t for t in tasks}
             for d in task.dependencies:
-                assert by_id[d].status in SATISFIED, f"{task.id} started before {d}"
+                assert by_id[d].state in SATISFIED, f"{task.id} started before {d}"
             if check_order and check_rng.random() < check_order:
                 assert task.id == reference_pick(tasks, cfg.strategy)
             attempts = task.attempts
             s.start(task.id, now, agent_id=f"agent-{step}")
-            assert task.status is S.IN_PROGRESS and task.attempts == attempts + 1
+            assert task.state is S.IN_PROGRESS and task.attempts == attempts + 1
             trace.log.append(("start", task.id, now))
-            running = sum(1 for t in tasks if t.status is S.IN_PROGRESS)
+            running = sum(1 for t in tasks if t.state is S.IN_PROGRESS)
             assert running == s.counts()[S.IN_PROGRESS] <= limit
         running_tasks = s.in_progress()
         if not running_tasks:
@@ -191,7 +191,7 @@ def simulate(
         roll = rng.random()
         if roll < p_fail:
             changed = s.fail(victim.id, now, "boom", ErrorCategory.CRASH)
-            trace.log.append(("fail", victim.id, victim.status))
+            trace.log.append(("fail", victim.id, victim.state))
         elif roll < p_fail + p_rate:
             reset = rng.choice((None, now + 3.0))
             attempts = victim.attempts
@@ -202,7 +202,7 @@ def simulate(
             changed = s.complete(victim.id, now)
             trace.log.append(("done", victim.id))
         assert changed[0] is victim
-        assert Counter(t.status for t in s.tasks()) == +Counter(s.counts())
+        assert Counter(t.state for t in s.tasks()) == +Counter(s.counts())
     trace.scheduler = s
     return trace
 
@@ -213,22 +213,22 @@ def check_final(s: Scheduler, cfg: SchedulerConfig) -> None:
     assert s.is_finished()
     assert not s.in_progress()
     if not s.aborted:
-        assert all(t.status in TERMINAL_TASK_STATUSES for t in tasks.values())
+        assert all(t.state in TERMINAL_TASK_STATES for t in tasks.values())
     for t in tasks.values():
-        if t.status in SATISFIED:
-            assert all(tasks[d].status in SATISFIED for d in t.dependencies)
-        if t.status is S.FAILED and cfg.error_strategy is ErrorStrategy.RETRY:
+        if t.state in SATISFIED:
+            assert all(tasks[d].state in SATISFIED for d in t.dependencies)
+        if t.state is S.FAILED and cfg.error_strategy is ErrorStrategy.RETRY:
             assert t.attempts == cfg.max_retries + 1
-        if t.status is S.BLOCKED:
+        if t.state is S.BLOCKED:
             assert t.attempts == 0 and t.error_category is ErrorCategory.DEPENDENCY
             root = tasks[t.blocked_by or ""]
-            assert root.status in (S.FAILED, S.CANCELLED)
+            assert root.state in (S.FAILED, S.CANCELLED)
             assert reaches(tasks, t.id, root.id)
-        if t.status is S.SKIPPED:
+        if t.state is S.SKIPPED:
             assert cfg.error_strategy is ErrorStrategy.SKIP
     counts = s.counts()
     assert sum(counts.values()) == len(tasks)
-    assert counts == {st_: sum(1 for t in tasks.values() if t.status is st_) for st_ in S}
+    assert counts == {st_: sum(1 for t in tasks.values() if t.state is st_) for st_ in S}
 
 
 def reaches(tasks: dict[str, Task], start: str, target: str) -> bool:
@@ -291,7 +291,7 @@ def test_random_sessions_keep_every_invariant(d: dict[str, Any]) -> None:
     check_final(trace.scheduler, cfg)
     started = {entry[1] for entry in trace.log if entry[0] == "start"}
     for t in trace.scheduler.tasks():
-        assert (t.id in started) == (t.started_at is not None or t.status is S.COMPLETED)
+        assert (t.id in started) == (t.started_at is not None or t.state is S.COMPLETED)
 
 
 @settings(max_examples=120, deadline=None)
@@ -380,7 +380,7 @@ def test_new_tasks_start_ready_pending_or_blocked() -> None:
     s.complete("a", 1)
     s.fail("b", 1, "boom")
     added = s.add_tasks([spec("x", "a"), spec("y", "c"), spec("z", "a", "b"), spec("w", "z")], 2)
-    assert [t.status for t in added] == [S.READY, S.PENDING, S.BLOCKED, S.BLOCKED]
+    assert [t.state for t in added] == [S.READY, S.PENDING, S.BLOCKED, S.BLOCKED]
     assert added[2].blocked_by == "b" and added[3].blocked_by == "b"  # the root cause
     assert added[3].error_category is ErrorCategory.DEPENDENCY
     assert added[3].error == "dependency b failed"
@@ -496,7 +496,7 @@ def test_backoff_grows_by_the_multiplier_and_caps() -> None:
     for _ in range(5):
         s.start("a", now)
         (task,) = s.fail("a", now, "boom", ErrorCategory.CRASH)
-        assert task.status is S.RETRY_WAIT and task.error == "boom"
+        assert task.state is S.RETRY_WAIT and task.error == "boom"
         assert task.retry_at is not None and s.next_wakeup() == task.retry_at
         waits.append(task.retry_at - now)
         assert s.next_task(task.retry_at - 0.01) is None  # not due yet
@@ -504,22 +504,22 @@ def test_backoff_grows_by_the_multiplier_and_caps() -> None:
         assert s.next_task(now) is task
     assert waits == [5, 15, 45, 135, 300]
     s.start("a", now)
-    assert s.fail("a", now, "boom")[0].status is S.FAILED  # 6th attempt, retries spent
+    assert s.fail("a", now, "boom")[0].state is S.FAILED  # 6th attempt, retries spent
 
 
 def test_failing_for_good_blocks_every_transitive_dependent() -> None:
     s = Scheduler(config(max_retries=1))
     s.add_tasks([spec("a"), spec("b", "a"), spec("c", "b"), spec("d"), spec("e", "c", "d")], 0)
     run_one(s)
-    assert s.fail("a", 1, "x")[0].status is S.RETRY_WAIT
+    assert s.fail("a", 1, "x")[0].state is S.RETRY_WAIT
     s.promote_due(100)
     s.start("a", 100)
     changed = s.fail("a", 101, "again", ErrorCategory.TIMEOUT)
     assert [t.id for t in changed] == ["a", "b", "c", "e"]
-    assert [t.status for t in changed] == [S.FAILED, S.BLOCKED, S.BLOCKED, S.BLOCKED]
+    assert [t.state for t in changed] == [S.FAILED, S.BLOCKED, S.BLOCKED, S.BLOCKED]
     assert all(t.blocked_by == "a" and t.error == "dependency a failed" for t in changed[1:])
     assert s.get("a").error_category is ErrorCategory.TIMEOUT and s.get("a").attempts == 2
-    assert s.get("d").status is S.READY
+    assert s.get("d").state is S.READY
     assert not s.is_finished()
     run_one(s)
     s.complete("d", 102)
@@ -530,7 +530,7 @@ def test_a_missing_executable_is_not_retried() -> None:
     s = Scheduler(config(max_retries=3))
     s.add_tasks([spec("a")], 0)
     run_one(s)
-    assert s.fail("a", 1, "no such file", ErrorCategory.MISSING_EXECUTABLE)[0].status is S.FAILED
+    assert s.fail("a", 1, "no such file", ErrorCategory.MISSING_EXECUTABLE)[0].state is S.FAILED
 
 
 def test_rate_limit_keeps_the_retry_and_switches_to_the_fallback_agent() -> None:
@@ -538,20 +538,20 @@ def test_rate_limit_keeps_the_retry_and_switches_to_the_fallback_agent() -> None
     s.add_tasks([spec("a", agent_type="claude"), spec("b")], 0)
     run_one(s)
     (task,) = s.rate_limited("a", 10, reset_at=70)
-    assert task.status is S.RATE_LIMITED and task.attempts == 0
+    assert task.state is S.RATE_LIMITED and task.attempts == 0
     assert task.retry_at == 70 and task.agent_type == "codex"
     assert task.error_category is ErrorCategory.RATE_LIMIT
     assert s.next_wakeup() == 70
     assert s.promote_due(69) == []
     assert s.promote_due(70) == [task]
-    assert s.get("a").status is S.READY and s.get("a").retry_at is None
+    assert s.get("a").state is S.READY and s.get("a").retry_at is None
     # Without a reset time the backoff applies; it still is not a retry.
     s.start("a", 70)
     (task,) = s.rate_limited("a", 80, reset_at=None)
     assert task.retry_at == 85 and task.attempts == 0
     s.promote_due(85)
     s.start("a", 85)
-    assert s.fail("a", 90, "x")[0].status is S.FAILED  # max_retries=0: the only real try
+    assert s.fail("a", 90, "x")[0].state is S.FAILED  # max_retries=0: the only real try
 
 
 def test_skip_lets_dependents_proceed() -> None:
@@ -559,7 +559,7 @@ def test_skip_lets_dependents_proceed() -> None:
     s.add_tasks([spec("a"), spec("b", "a"), spec("c", "b")], 0)
     run_one(s)
     changed = s.fail("a", 1, "boom")
-    assert [(t.id, t.status) for t in changed] == [("a", S.SKIPPED), ("b", S.READY)]
+    assert [(t.id, t.state) for t in changed] == [("a", S.SKIPPED), ("b", S.READY)]
     assert changed[0].error == "boom"
     assert run_one(s).id == "b"
     s.complete("b", 2)
@@ -575,7 +575,7 @@ def test_abort_stops_new_starts_but_running_tasks_finish() -> None:
     run_one(s)
     run_one(s)
     changed = s.fail("a", 1, "boom")
-    assert [(t.id, t.status) for t in changed] == [("a", S.FAILED), ("d", S.BLOCKED)]
+    assert [(t.id, t.state) for t in changed] == [("a", S.FAILED), ("d", S.BLOCKED)]
     assert s.aborted
     assert s.next_task(1) is None
     with pytest.raises(errors.SessionAborted):
@@ -583,7 +583,7 @@ def test_abort_stops_new_starts_but_running_tasks_finish() -> None:
     assert not s.is_finished()  # b still runs
     s.complete("b", 2)
     assert s.is_finished()
-    assert s.get("c").status is S.READY  # never started
+    assert s.get("c").state is S.READY  # never started
     assert "aborted" in repr(s)
 
 
@@ -592,7 +592,7 @@ def test_cancel_blocks_dependents_and_refuses_terminal_tasks() -> None:
     s.add_tasks([spec("a"), spec("b", "a"), spec("c", "b"), spec("d")], 0)
     run_one(s)
     changed = s.cancel("a", 5)
-    assert [(t.id, t.status) for t in changed] == [
+    assert [(t.id, t.state) for t in changed] == [
         ("a", S.CANCELLED),
         ("b", S.BLOCKED),
         ("c", S.BLOCKED),
@@ -603,7 +603,7 @@ def test_cancel_blocks_dependents_and_refuses_terminal_tasks() -> None:
     with pytest.raises(errors.InvalidStateTransition) as exc:
         s.cancel("b", 6)
     assert exc.value.data == {"taskId": "b", "from": "blocked", "to": "cancelled"}
-    assert s.cancel("d", 6)[0].status is S.CANCELLED  # a ready task can be cancelled too
+    assert s.cancel("d", 6)[0].state is S.CANCELLED  # a ready task can be cancelled too
     assert s.is_finished()
 
 
@@ -634,7 +634,7 @@ def test_stop_all_requeues_keeping_work_and_retries() -> None:
     changed = [s.requeue(t.id) for t in s.in_progress()]
     assert [t.id for t in changed] == ["a", "b"]
     for t in changed:
-        assert t.status is S.READY and t.attempts == 0 and t.assigned_agent is None
+        assert t.state is S.READY and t.attempts == 0 and t.assigned_agent is None
         assert t.branch == f"corral/{t.id}" and t.worktree_path == f"/wt/{t.id}"
     assert s.counts()[S.IN_PROGRESS] == 0
     assert run_one(s).id == "a"  # back at its place in the order
@@ -662,9 +662,9 @@ def test_manual_retry_revives_the_task_and_what_it_blocked() -> None:
     assert [t.id for t in s.retry("x")] == ["x", "y"]  # z also waits on c, blocked by a
     with pytest.raises(errors.InvalidStateTransition):
         s.retry("x")  # now ready
-    assert s.get("x").status is S.READY and s.get("y").status is S.PENDING
+    assert s.get("x").state is S.READY and s.get("y").state is S.PENDING
     changed = s.retry("a")
-    assert [(t.id, t.status) for t in changed] == [
+    assert [(t.id, t.state) for t in changed] == [
         ("a", S.READY),
         ("b", S.PENDING),
         ("c", S.PENDING),
@@ -674,7 +674,7 @@ def test_manual_retry_revives_the_task_and_what_it_blocked() -> None:
     assert s.dependents_count("a") == 3 and s.dependents_count("x") == 2
     assert run_one(s).id == "a"
     s.complete("a", 3)
-    assert s.get("b").status is S.READY
+    assert s.get("b").state is S.READY
 
 
 def test_retry_of_a_ready_or_completed_task_is_refused() -> None:
@@ -701,7 +701,7 @@ def test_restore_rebuilds_indexes_from_persisted_tasks() -> None:
     s.fail(s.in_progress()[0].id, 2, "boom")
     persisted = [Task.model_validate(t.to_wire()) for t in s.tasks()]
     # A crash between writes could leave a pending task whose deps are all done.
-    persisted[1].status = S.PENDING
+    persisted[1].state = S.PENDING
     r = Scheduler(config(max_parallel=5), persisted)
     assert [t.id for t in r.tasks()] == ["a", "b", "c", "d", "e"]
     assert statuses(r) == statuses(s)

@@ -347,7 +347,7 @@ def test_in_flight_request_finishes_during_graceful_shutdown(tmp_path: Path, rep
             answer = slow.receive()
             assert answer["id"] == "stop"
             assert "error" not in answer, answer
-            assert [(t["id"], t["status"]) for t in answer["result"]] == [("t1", "ready")]
+            assert [(t["id"], t["state"]) for t in answer["result"]] == [("t1", "ready")]
             slow.assert_closed_by_peer()
         assert d.proc.wait(30) == 0, d.log()
         assert time.monotonic() - started < 8, d.log()  # the agent's grace, not the daemon's

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from corral import errors
-from corral.models import TaskStatus
+from corral.models import TaskState
 from tests.daemon_proc import DaemonProcess
 from tests.test_pool import agent_config, wait_for
 
@@ -75,5 +75,5 @@ def test_reinit_with_running_agents_is_refused_and_changes_nothing(
         assert busy.value.data["sessionId"] == "s" and len(busy.value.data["agents"]) == 1
         session = c.session_get(session_id="s")
         assert session.config.max_parallel == 2
-        assert c.parallel_get_task(task_id="t").status is TaskStatus.IN_PROGRESS
+        assert c.parallel_get_task(task_id="t").state is TaskState.IN_PROGRESS
         c.parallel_stop_all()

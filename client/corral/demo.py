@@ -38,7 +38,7 @@ from rich.table import Table
 
 from corral.client import Client
 from corral.launch import DaemonStartError, LocalDaemon
-from corral.models import Event
+from corral.models import Agent, Event
 from corral.watch import Mode, follow, print_summary, summarize
 
 #: The repository the demo starts from.
@@ -218,8 +218,8 @@ def daemon_config(root: Path, script: Path) -> str:
     )
 
 
-def _peak_parallel(agents: list[dict[str, Any]]) -> int:
-    spans = [(a["startedAt"], a.get("endedAt") or a["startedAt"]) for a in agents]
+def _peak_parallel(agents: list[Agent]) -> int:
+    spans = [(a.started_at, a.ended_at or a.started_at) for a in agents]
     return max((sum(1 for s, e in spans if s <= start < e) for start, _ in spans), default=0)
 
 
@@ -230,7 +230,7 @@ def run_plan(c: Client, repo: Path, console: Console, mode: Mode) -> dict[str, A
     def note(event: Event) -> None:
         if event.type == "task.status":
             history.setdefault(str(event.payload.get("taskId")), []).append(
-                str(event.payload.get("status"))
+                str(event.payload.get("state"))
             )
 
     started = time.monotonic()
@@ -247,7 +247,7 @@ def run_plan(c: Client, repo: Path, console: Console, mode: Mode) -> dict[str, A
     )
     run_secs = time.monotonic() - started
     summary = summarize(c, session.id, run_secs)
-    agents = [a.to_wire() for a in c.parallel_list_agents(session_id=session.id)]
+    agents = c.parallel_list_agents(session_id=session.id)
     violations = c.parallel_check_violations(session_id=session.id)
     tasks = {t["id"]: t for t in summary["tasks"]}
 
@@ -265,8 +265,9 @@ def run_plan(c: Client, repo: Path, console: Console, mode: Mode) -> dict[str, A
     rate_limited = []
     for task_id, seen in history.items():
         if "rate_limited" in seen:
-            tries = [a for a in agents if a["taskId"] == task_id]
-            parked = tries[1]["startedAt"] - tries[0]["endedAt"] if len(tries) > 1 else None
+            tries = [a for a in agents if a.task_id == task_id]
+            ended = tries[0].ended_at
+            parked = tries[1].started_at - ended if len(tries) > 1 and ended else None
             rate_limited.append(
                 {
                     "taskId": task_id,

@@ -25,7 +25,9 @@ from corral.models import (
     ErrorCategory,
     MergeReport,
     SessionStatus,
+    TaskState,
     TaskStatus,
+    Timestamp,
     Violation,
     Wire,
     WorktreeAllocation,
@@ -50,7 +52,8 @@ class SessionReinitPayload(SessionStatusPayload):
 
 class TaskStatusPayload(Payload):
     task_id: str
-    status: TaskStatus
+    state: TaskState
+    status: TaskStatus  # the seed's, derived from state
     attempts: int = 0
     error: str | None = None
     error_category: ErrorCategory | None = None
@@ -80,7 +83,7 @@ class AgentTokensPayload(Payload):
 class AgentRateLimitPayload(Payload):
     agent_id: str
     task_id: str
-    reset_at: float | None = None
+    reset_at: Timestamp | None = None
     detail: str = ""
 
 
@@ -92,7 +95,7 @@ class LogPayload(Payload):
     offset: int
     stream: str
     line: str
-    at: float
+    at: Timestamp
     truncated: bool = False
 
 
@@ -132,7 +135,7 @@ class EventBase(Wire):
 
     seq: int
     session_id: str | None = None
-    at: float = 0.0
+    at: Timestamp = 0.0
 
 
 class SessionStatusEvent(EventBase):

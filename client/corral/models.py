@@ -5,15 +5,31 @@ use); Python attributes are snake_case; both spellings are accepted on input.
 Enum values are snake_case strings. Result models ignore unknown fields so an
 older client keeps working against a newer daemon; parameter models forbid
 them so a typo is a clear -32602 instead of a silent no-op.
+
+Timestamps are epoch seconds (floats) in Python and RFC 3339 strings on the
+wire (`2026-12-01T19:30:23.123456Z`), as the seed's TypeScript types say;
+either form is accepted on input.
 """
 
 from __future__ import annotations
 
+import math
 import re
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    computed_field,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 TASK_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -30,6 +46,35 @@ def check_task_id(value: str) -> str:
 
 
 TaskId = Annotated[str, AfterValidator(check_task_id)]
+
+
+def rfc3339(value: float) -> str:
+    """Epoch seconds as an RFC 3339 UTC timestamp with microseconds (`...Z`)."""
+    return datetime.fromtimestamp(value, UTC).isoformat(timespec="microseconds")[:-6] + "Z"
+
+
+def _epoch(value: Any) -> Any:
+    """An RFC 3339 string (with its offset) or a number, as epoch seconds."""
+    if isinstance(value, str):
+        try:
+            stamp = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"not an RFC 3339 timestamp: {value[:40]!r}") from None
+        if stamp.tzinfo is None:
+            raise ValueError(f"timestamp without a UTC offset: {value[:40]!r}")
+        return stamp.timestamp()
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("timestamp must be finite")
+    return value
+
+
+#: A point in time: epoch seconds in Python, an RFC 3339 string on the wire.
+Timestamp = Annotated[
+    float,
+    BeforeValidator(_epoch),
+    PlainSerializer(rfc3339, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -80,7 +125,9 @@ class SessionStatus(StrEnum):
     FAILED = "failed"
 
 
-class TaskStatus(StrEnum):
+class TaskState(StrEnum):
+    """corral's own task states (`Task.state`); the seed's coarser `status` derives from it."""
+
     PENDING = "pending"
     READY = "ready"
     IN_PROGRESS = "in_progress"
@@ -94,18 +141,44 @@ class TaskStatus(StrEnum):
 
     @property
     def terminal(self) -> bool:
-        return self in TERMINAL_TASK_STATUSES
+        return self in TERMINAL_TASK_STATES
 
 
-TERMINAL_TASK_STATUSES = frozenset(
+TERMINAL_TASK_STATES = frozenset(
     {
-        TaskStatus.COMPLETED,
-        TaskStatus.FAILED,
-        TaskStatus.BLOCKED,
-        TaskStatus.CANCELLED,
-        TaskStatus.SKIPPED,
+        TaskState.COMPLETED,
+        TaskState.FAILED,
+        TaskState.BLOCKED,
+        TaskState.CANCELLED,
+        TaskState.SKIPPED,
     }
 )
+
+
+class TaskStatus(StrEnum):
+    """The seed's task status: `pending | in_progress | completed | failed`, never more."""
+
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+#: How each state shows in the seed's status. Waiting to start (ready, backing
+#: off, parked on a rate limit) is pending; a task that will not complete
+#: (blocked, cancelled, skipped past a failure) is failed.
+SEED_STATUS: dict[TaskState, TaskStatus] = {
+    TaskState.PENDING: TaskStatus.PENDING,
+    TaskState.READY: TaskStatus.PENDING,
+    TaskState.RETRY_WAIT: TaskStatus.PENDING,
+    TaskState.RATE_LIMITED: TaskStatus.PENDING,
+    TaskState.IN_PROGRESS: TaskStatus.IN_PROGRESS,
+    TaskState.COMPLETED: TaskStatus.COMPLETED,
+    TaskState.FAILED: TaskStatus.FAILED,
+    TaskState.BLOCKED: TaskStatus.FAILED,
+    TaskState.CANCELLED: TaskStatus.FAILED,
+    TaskState.SKIPPED: TaskStatus.FAILED,
+}
 
 
 class ErrorCategory(StrEnum):
@@ -230,7 +303,7 @@ class Session(Wire):
     repo_path: str
     config: SchedulerConfig
     status: SessionStatus
-    created_at: float
+    created_at: Timestamp
     aborted: bool = False  # a failure under errorStrategy "abort": no new task starts
 
 
@@ -254,18 +327,33 @@ class Task(Wire):
     dependencies: list[str] = Field(default_factory=list)
     estimated_tokens: int | None = None
     actual_tokens: int | None = None
-    status: TaskStatus = TaskStatus.PENDING
+    state: TaskState = TaskState.PENDING
     attempts: int = 0
     assigned_agent: str | None = None
     branch: str | None = None
     worktree_path: str | None = None
     error: str | None = None
     error_category: ErrorCategory | None = None
-    started_at: float | None = None
-    completed_at: float | None = None
+    started_at: Timestamp | None = None
+    completed_at: Timestamp | None = None
     agent_type: str | None = None
-    retry_at: float | None = None
+    retry_at: Timestamp | None = None
     blocked_by: str | None = None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def status(self) -> TaskStatus:
+        """The seed's status, derived from `state`."""
+        return SEED_STATUS[self.state]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _state_from_status(cls, data: Any) -> Any:
+        # Rows written before `state` existed, and older peers, carry the
+        # fine-grained value in `status`.
+        if isinstance(data, dict) and "state" not in data and "status" in data:
+            data = {**data, "state": data["status"]}
+        return data
 
 
 class Agent(Wire):
@@ -283,8 +371,8 @@ class Agent(Wire):
     cost: float = 0.0
     exit_code: int | None = None
     end_reason: EndReason | None = None
-    started_at: float
-    ended_at: float | None = None
+    started_at: Timestamp
+    ended_at: Timestamp | None = None
     cpu_percent: float = 0.0
     memory_mb: float = 0.0
 
@@ -332,7 +420,7 @@ class Violation(Wire):
     value: float
     limit: float
     action: str
-    at: float
+    at: Timestamp
 
 
 class WorktreeAllocation(Wire):
@@ -342,7 +430,7 @@ class WorktreeAllocation(Wire):
     worktree_path: str
     branch: str
     base_branch: str
-    created_at: float
+    created_at: Timestamp
 
 
 class CleanupReport(Wire):
@@ -469,14 +557,14 @@ class CompletedAgent(Wire):
     error: str | None = None
     tokens: int = 0
     cost: float = 0.0
-    ended_at: float
+    ended_at: Timestamp
 
 
 class LogEntry(Wire):
     offset: int
     stream: str  # stdout | stderr | daemon
     line: str
-    at: float
+    at: Timestamp
 
 
 class CgroupFeatures(Wire):
@@ -514,4 +602,4 @@ class Event(Wire):
     type: str
     session_id: str | None = None
     payload: dict[str, Any] = Field(default_factory=dict)
-    at: float = 0.0
+    at: Timestamp = 0.0

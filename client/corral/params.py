@@ -20,6 +20,7 @@ from corral.models import (
     SchedulerConfig,
     TaskId,
     TaskSpec,
+    TaskState,
     TaskStatus,
 )
 
@@ -95,6 +96,7 @@ class FailParams(TaskRef):
 
 class ListTasksParams(Params):
     session_id: str | None = None
+    state: TaskState | None = None
     status: TaskStatus | None = None
 
 

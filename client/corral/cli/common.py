@@ -104,7 +104,7 @@ def task_rows(tasks: Sequence[Task]) -> list[list[Any]]:
     return [
         [
             t.id,
-            t.status.value,
+            t.state.value,
             t.priority,
             ", ".join(t.dependencies),
             t.attempts,

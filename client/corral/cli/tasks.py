@@ -15,7 +15,7 @@ from corral.cli.common import (
     session_arg,
     task_rows,
 )
-from corral.models import TaskStatus, check_task_id
+from corral.models import TaskState, check_task_id
 from corral.plan import slugify
 
 
@@ -51,21 +51,21 @@ def cmd_add(args: argparse.Namespace, out: Out) -> int:
     if out.as_json:
         out.data(task)
     else:
-        out.line(f"added task [bold]{task.id}[/] ({task.status.value})")
+        out.line(f"added task [bold]{task.id}[/] ({task.state.value})")
     return EXIT_OK
 
 
 def _tasks_args(parser: argparse.ArgumentParser) -> None:
     session_arg(parser)
     parser.add_argument(
-        "--status", choices=[s.value for s in TaskStatus], help="only tasks in this status"
+        "--status", choices=[s.value for s in TaskState], help="only tasks in this status"
     )
 
 
 @command("tasks", "list a session's tasks", _tasks_args)
 def cmd_tasks(args: argparse.Namespace, out: Out) -> int:
     with connect(args) as c:
-        tasks = c.parallel_list_tasks(session_id=args.session, status=args.status)
+        tasks = c.parallel_list_tasks(session_id=args.session, state=args.status)
     if out.as_json:
         out.data(tasks)
     else:

@@ -73,7 +73,7 @@ def follow(
                     if mode == "plain":
                         _plain_line(console, event)
                 completed = any(
-                    e.type == "task.status" and e.payload.get("status") == "completed"
+                    e.type == "task.status" and e.payload.get("state") == "completed"
                     for e in events
                 )
                 if mode == "live" and completed:
@@ -92,9 +92,9 @@ def _plain_line(console: Console, event: Event) -> None:
     p = event.payload
     stamp = time.strftime("%H:%M:%S", time.localtime(event.at or time.time()))
     if event.type == "task.status":
-        extra = f" ({p['error']})" if p.get("error") and p.get("status") != "completed" else ""
+        extra = f" ({p['error']})" if p.get("error") and p.get("state") != "completed" else ""
         console.print(
-            f"{stamp} task {p.get('taskId')}: {p.get('status')}"
+            f"{stamp} task {p.get('taskId')}: {p.get('state')}"
             f" (attempts {p.get('attempts', 0)}){extra}",
             highlight=False,
             soft_wrap=True,

@@ -26,7 +26,7 @@ from corral.models import (
     SchedulerStats,
     Session,
     Task,
-    TaskStatus,
+    TaskState,
     Violation,
 )
 
@@ -88,13 +88,13 @@ def fetch_matrix(c: Client, session_id: str) -> ConflictMatrix | None:
 # --- rendering ------------------------------------------------------------------------
 
 STATUS_STYLE = {
-    TaskStatus.COMPLETED: "green",
-    TaskStatus.IN_PROGRESS: "cyan",
-    TaskStatus.FAILED: "red",
-    TaskStatus.BLOCKED: "red",
-    TaskStatus.CANCELLED: "yellow",
-    TaskStatus.RETRY_WAIT: "yellow",
-    TaskStatus.RATE_LIMITED: "magenta",
+    TaskState.COMPLETED: "green",
+    TaskState.IN_PROGRESS: "cyan",
+    TaskState.FAILED: "red",
+    TaskState.BLOCKED: "red",
+    TaskState.CANCELLED: "yellow",
+    TaskState.RETRY_WAIT: "yellow",
+    TaskState.RATE_LIMITED: "magenta",
 }
 
 
@@ -192,7 +192,7 @@ def render(
     ):
         value = getattr(stats, label)
         if value or label in ("total", "completed", "in_progress"):
-            style = STATUS_STYLE.get(TaskStatus(label), "") if label != "total" else "bold"
+            style = STATUS_STYLE.get(TaskState(label), "") if label != "total" else "bold"
             counts.append(f"{label} ", style="dim")
             counts.append(f"{value}  ", style=style)
     pool = Text(
@@ -249,12 +249,12 @@ def render(
 
 def render_tasks(tasks: Iterable[Task]) -> Text:
     """Task ids grouped by status, one line per status."""
-    by: dict[TaskStatus, list[str]] = {}
+    by: dict[TaskState, list[str]] = {}
     for t in tasks:
         label = t.id if t.attempts <= 1 else f"{t.id} (attempt {t.attempts})"
-        by.setdefault(t.status, []).append(label)
+        by.setdefault(t.state, []).append(label)
     text = Text()
-    for status in TaskStatus:
+    for status in TaskState:
         if status in by:
             text.append(f"{status.value:>12} ", style=STATUS_STYLE.get(status, "dim"))
             text.append(" ".join(by[status]) + "\n")

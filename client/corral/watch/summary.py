@@ -9,7 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from corral.client import Client
-from corral.models import Agent, TaskStatus
+from corral.models import Agent, TaskState
 from corral.watch.render import STATUS_STYLE, duration
 
 __all__ = ["print_summary", "summarize"]
@@ -29,12 +29,12 @@ def summarize(c: Client, session_id: str, wall_secs: float | None = None) -> dic
         wall_secs = (max(ends) - min(starts)) if starts and ends else 0.0
     counts: dict[str, int] = {}
     for t in tasks:
-        counts[t.status.value] = counts.get(t.status.value, 0) + 1
+        counts[t.state.value] = counts.get(t.state.value, 0) + 1
     return {
         "sessionId": session.id,
         "repoPath": session.repo_path,
         "status": session.status.value,
-        "ok": bool(tasks) and all(t.status is TaskStatus.COMPLETED for t in tasks),
+        "ok": bool(tasks) and all(t.state is TaskState.COMPLETED for t in tasks),
         "wallSecs": round(wall_secs, 2),
         "counts": counts,
         "tokens": sum(a.tokens for a in agents),
@@ -42,7 +42,7 @@ def summarize(c: Client, session_id: str, wall_secs: float | None = None) -> dic
         "tasks": [
             {
                 "id": t.id,
-                "status": t.status.value,
+                "status": t.state.value,
                 "attempts": len(by_task.get(t.id, [])),
                 "branch": t.branch,
                 "endReasons": [
@@ -64,12 +64,12 @@ def summarize(c: Client, session_id: str, wall_secs: float | None = None) -> dic
         "failures": [
             {
                 "taskId": t.id,
-                "status": t.status.value,
+                "status": t.state.value,
                 "errorCategory": t.error_category.value if t.error_category else None,
                 "error": t.error,
             }
             for t in tasks
-            if t.status is not TaskStatus.COMPLETED
+            if t.state is not TaskState.COMPLETED
         ],
     }
 
@@ -82,7 +82,7 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     for column in ("task", "status", "attempts", "end reasons", "time", "tokens", "error"):
         table.add_column(column)
     for t in summary["tasks"]:
-        style = STATUS_STYLE.get(TaskStatus(t["status"]), "")
+        style = STATUS_STYLE.get(TaskState(t["status"]), "")
         table.add_row(
             t["id"],
             Text(t["status"], style=style),

@@ -9,7 +9,7 @@ from corral.models import (
     MergeConflict,
     MergeReport,
     Task,
-    TaskStatus,
+    TaskState,
 )
 from corral.params import (
     BranchRef,
@@ -29,16 +29,16 @@ from corrald.state.engine import SessionState
 
 #: Tasks whose branch may hold work worth checking for conflicts.
 _WITH_WORK = (
-    TaskStatus.COMPLETED,
-    TaskStatus.IN_PROGRESS,
-    TaskStatus.READY,
-    TaskStatus.RETRY_WAIT,
-    TaskStatus.RATE_LIMITED,
+    TaskState.COMPLETED,
+    TaskState.IN_PROGRESS,
+    TaskState.READY,
+    TaskState.RETRY_WAIT,
+    TaskState.RATE_LIMITED,
 )
 
 
-def _task_branches(state: SessionState, statuses: tuple[TaskStatus, ...]) -> list[Task]:
-    return [t for t in state.scheduler.tasks() if t.branch and t.status in statuses]
+def _task_branches(state: SessionState, statuses: tuple[TaskState, ...]) -> list[Task]:
+    return [t for t in state.scheduler.tasks() if t.branch and t.state in statuses]
 
 
 async def _target(state: SessionState, explicit: str | None) -> str:
@@ -129,7 +129,7 @@ async def merge_completed_branches(call: Call, p: MergeParams) -> MergeReport:
     """
     state = call.session(p.session_id)
     target = await _target(state, p.target_branch)
-    ordered = merge_order(_task_branches(state, (TaskStatus.COMPLETED,)))
+    ordered = merge_order(_task_branches(state, (TaskState.COMPLETED,)))
     report = await queue.merge_queue(
         state.session.repo_path, [t.branch or "" for t in ordered], target, p.dry_run
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from corral import errors
-from corral.models import Assignment, SchedulerStats, SessionStatus, Task, TaskSpec, TaskStatus
+from corral.models import Assignment, SchedulerStats, SessionStatus, Task, TaskSpec, TaskState
 from corral.params import (
     AddTaskParams,
     AddTasksParams,
@@ -42,8 +42,13 @@ async def parallel_add_tasks(call: Call, p: AddTasksParams) -> list[Task]:
 
 @methods.method()
 async def parallel_list_tasks(call: Call, p: ListTasksParams) -> list[Task]:
-    """List a session's tasks in insertion order, optionally only one `status`."""
-    return call.engine.list_tasks(p.session_id, p.status)
+    """List a session's tasks in insertion order, optionally only one `state` or seed `status`.
+
+    `state` is corral's own (pending, ready, in_progress, retry_wait,
+    rate_limited, completed, failed, blocked, cancelled, skipped); `status`
+    the seed's four (pending, in_progress, completed, failed).
+    """
+    return call.engine.list_tasks(p.session_id, p.state, p.status)
 
 
 @methods.method()
@@ -84,14 +89,12 @@ async def parallel_cancel_task(call: Call, p: TaskRef) -> list[Task]:
     task = state.scheduler.get(p.task_id)
     if call.pool.stop(state, p.task_id, cancel=True):
         await call.pool.wait_stopped(state, p.task_id)
-        blocked = [
-            t for t in state.scheduler.tasks(TaskStatus.BLOCKED) if t.blocked_by == p.task_id
-        ]
+        blocked = [t for t in state.scheduler.tasks(TaskState.BLOCKED) if t.blocked_by == p.task_id]
         return [state.scheduler.get(p.task_id), *blocked]
-    if task.status.terminal:
+    if task.state.terminal:
         raise errors.InvalidStateTransition(
-            f"task {p.task_id} already ended ({task.status.value})",
-            {"taskId": p.task_id, "from": task.status.value, "to": "cancelled"},
+            f"task {p.task_id} already ended ({task.state.value})",
+            {"taskId": p.task_id, "from": task.state.value, "to": "cancelled"},
         )
     return call.engine.cancel_task(state.id, p.task_id)
 

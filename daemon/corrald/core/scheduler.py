@@ -36,14 +36,14 @@ from typing import TypeVar
 
 from corral import errors
 from corral.models import (
-    TERMINAL_TASK_STATUSES,
+    TERMINAL_TASK_STATES,
     ErrorCategory,
     ErrorStrategy,
     SchedulerConfig,
     Strategy,
     Task,
     TaskSpec,
-    TaskStatus,
+    TaskState,
 )
 from corrald.core.graph import batch_order, topological_order
 
@@ -52,11 +52,11 @@ H = TypeVar("H", bound=Hashable)
 __all__ = ["NON_RETRYABLE", "SATISFIED", "WAITING", "Scheduler"]
 
 #: a dependency in one of these states lets its dependents run
-SATISFIED = frozenset({TaskStatus.COMPLETED, TaskStatus.SKIPPED})
+SATISFIED = frozenset({TaskState.COMPLETED, TaskState.SKIPPED})
 #: a dependency in one of these states blocks its dependents for good
-_BLOCKING = frozenset({TaskStatus.FAILED, TaskStatus.BLOCKED, TaskStatus.CANCELLED})
+_BLOCKING = frozenset({TaskState.FAILED, TaskState.BLOCKED, TaskState.CANCELLED})
 #: parked until ``retry_at``
-WAITING = frozenset({TaskStatus.RETRY_WAIT, TaskStatus.RATE_LIMITED})
+WAITING = frozenset({TaskState.RETRY_WAIT, TaskState.RATE_LIMITED})
 #: failures that another attempt cannot fix: they fail for good at once
 NON_RETRYABLE = frozenset({ErrorCategory.MISSING_EXECUTABLE, ErrorCategory.INTERNAL})
 
@@ -80,7 +80,7 @@ class _Node:
         self.ver = 0  # version of its newest heap entry; older entries are stale
 
     def __repr__(self) -> str:
-        return f"_Node({self.task.id}, {self.task.status.value})"
+        return f"_Node({self.task.id}, {self.task.state.value})"
 
 
 # Heap entries end in the unique seq before the node, so nodes are never compared.
@@ -110,7 +110,7 @@ class Scheduler:
         self.config = config
         self.aborted = aborted
         self._nodes: dict[str, _Node] = {}
-        self._count: dict[TaskStatus, int] = dict.fromkeys(TaskStatus, 0)
+        self._count: dict[TaskState, int] = dict.fromkeys(TaskState, 0)
         self._running: dict[str, _Node] = {}  # in_progress, an ordered set
         self._heap: list[_ReadyEntry] = []
         self._heap_strategy: Strategy = config.strategy
@@ -130,13 +130,13 @@ class Scheduler:
             node.deps = tuple(nodes[d] for d in dict.fromkeys(node.task.dependencies) if d in nodes)
             for dep in node.deps:
                 dep.dependents.append(node)
-            node.unmet = sum(1 for d in node.deps if d.task.status not in SATISFIED)
+            node.unmet = sum(1 for d in node.deps if d.task.state not in SATISFIED)
         for node in restored:
-            status = node.task.status
-            if status is TaskStatus.PENDING and node.unmet == 0:
-                self._set_status(node, TaskStatus.READY)
-            elif status is TaskStatus.READY and node.unmet > 0:
-                self._set_status(node, TaskStatus.PENDING)
+            status = node.task.state
+            if status is TaskState.PENDING and node.unmet == 0:
+                self._set_state(node, TaskState.READY)
+            elif status is TaskState.READY and node.unmet > 0:
+                self._set_state(node, TaskState.PENDING)
         self._counts_stale = bool(restored)
         self._rebuild_heap()
 
@@ -146,13 +146,13 @@ class Scheduler:
         """The task with this id; `errors.TaskNotFound` if there is none."""
         return self._node(task_id).task
 
-    def tasks(self, status: TaskStatus | None = None) -> list[Task]:
+    def tasks(self, status: TaskState | None = None) -> list[Task]:
         """All tasks (or those in one status) in insertion order."""
         if status is None:
             return [n.task for n in self._nodes.values()]
-        return [n.task for n in self._nodes.values() if n.task.status is status]
+        return [n.task for n in self._nodes.values() if n.task.state is status]
 
-    def counts(self) -> dict[TaskStatus, int]:
+    def counts(self) -> dict[TaskState, int]:
         """Number of tasks per status (every status present), kept incrementally."""
         return dict(self._count)
 
@@ -167,7 +167,7 @@ class Scheduler:
         non-terminal task; 0 for a terminal one.
         """
         node = self._node(task_id)
-        if node.task.status in TERMINAL_TASK_STATUSES:
+        if node.task.state in TERMINAL_TASK_STATES:
             return 0
         self._settle_counts()
         return node.ndeps
@@ -179,7 +179,7 @@ class Scheduler:
         """
         if self.aborted:
             return not self._running
-        terminal = sum(self._count[s] for s in TERMINAL_TASK_STATUSES)
+        terminal = sum(self._count[s] for s in TERMINAL_TASK_STATES)
         return terminal == len(self._nodes)
 
     def next_wakeup(self) -> float | None:
@@ -236,7 +236,7 @@ class Scheduler:
         order = batch_order(list(deps), deps)
 
         # Decide every status before touching any index, dependencies first.
-        status: dict[str, TaskStatus] = {}
+        status: dict[str, TaskState] = {}
         blocked_by: dict[str, str] = {}
         unmet: dict[str, int] = {}
         for sid in order:
@@ -247,17 +247,17 @@ class Scheduler:
                     dst, dcause = status[dep], blocked_by.get(dep)
                 else:
                     dtask = nodes[dep].task
-                    dst, dcause = dtask.status, dtask.blocked_by
+                    dst, dcause = dtask.state, dtask.blocked_by
                 if dst not in SATISFIED:
                     n_unmet += 1
                     if cause is None and dst in _BLOCKING:
-                        cause = (dcause or dep) if dst is TaskStatus.BLOCKED else dep
+                        cause = (dcause or dep) if dst is TaskState.BLOCKED else dep
             unmet[sid] = n_unmet
             if cause is not None:
-                status[sid] = TaskStatus.BLOCKED
+                status[sid] = TaskState.BLOCKED
                 blocked_by[sid] = cause
             else:
-                status[sid] = TaskStatus.READY if n_unmet == 0 else TaskStatus.PENDING
+                status[sid] = TaskState.READY if n_unmet == 0 else TaskState.PENDING
 
         added: list[_Node] = []
         for spec in specs:
@@ -276,7 +276,7 @@ class Scheduler:
                 cause = blocked_by[sid]
                 task.blocked_by = cause
                 task.error_category = ErrorCategory.DEPENDENCY
-                how = nodes[cause].task.status  # a root cause is never a new task
+                how = nodes[cause].task.state  # a root cause is never a new task
                 task.error = f"dependency {cause} {_ended(how)}"
             node = self._register(task)
             node.unmet = unmet[sid]
@@ -285,10 +285,10 @@ class Scheduler:
             node.deps = tuple(nodes[d] for d in deps[node.task.id])
             for dnode in node.deps:
                 dnode.dependents.append(node)
-            st = node.task.status
-            if st is TaskStatus.READY:
+            st = node.task.state
+            if st is TaskState.READY:
                 self._push_ready(node)
-            if st is not TaskStatus.BLOCKED:
+            if st is not TaskState.BLOCKED:
                 self._note(node, +1)
         return [n.task for n in added]
 
@@ -316,7 +316,7 @@ class Scheduler:
         never beyond the slot limit (`errors.NoCapacity`) nor in an aborted
         session (`errors.SessionAborted`).
         """
-        node = self._expect(task_id, TaskStatus.IN_PROGRESS, TaskStatus.READY)
+        node = self._expect(task_id, TaskState.IN_PROGRESS, TaskState.READY)
         if self.aborted:
             raise errors.SessionAborted(data={"taskId": task_id})
         if len(self._running) >= self._limit():
@@ -328,14 +328,14 @@ class Scheduler:
         task.started_at = now
         task.assigned_agent = agent_id
         task.retry_at = None
-        self._set_status(node, TaskStatus.IN_PROGRESS)
+        self._set_state(node, TaskState.IN_PROGRESS)
         return task
 
     # --- results -------------------------------------------------------------
 
     def complete(self, task_id: str, now: float, actual_tokens: int | None = None) -> list[Task]:
         """``in_progress`` -> ``completed``; returns it and the dependents now ready."""
-        node = self._expect(task_id, TaskStatus.COMPLETED, TaskStatus.IN_PROGRESS)
+        node = self._expect(task_id, TaskState.COMPLETED, TaskState.IN_PROGRESS)
         task = node.task
         task.completed_at = now
         if actual_tokens is not None:
@@ -343,7 +343,7 @@ class Scheduler:
         task.error = None
         task.error_category = None
         task.blocked_by = None
-        self._set_status(node, TaskStatus.COMPLETED)
+        self._set_state(node, TaskState.COMPLETED)
         return [task, *self._satisfied(node)]
 
     def fail(
@@ -361,14 +361,14 @@ class Scheduler:
         proceed as if it had completed. abort: fail for good and set
         ``aborted``. Failing for good blocks every transitive dependent.
         """
-        node = self._expect(task_id, TaskStatus.FAILED, TaskStatus.IN_PROGRESS)
+        node = self._expect(task_id, TaskState.FAILED, TaskState.IN_PROGRESS)
         task = node.task
         task.error = error
         task.error_category = category
         strategy = self.config.error_strategy
         if strategy is ErrorStrategy.SKIP:
             task.completed_at = now
-            self._set_status(node, TaskStatus.SKIPPED)
+            self._set_state(node, TaskState.SKIPPED)
             return [task, *self._satisfied(node)]
         if (
             strategy is ErrorStrategy.RETRY
@@ -376,12 +376,12 @@ class Scheduler:
             and task.attempts <= self.config.max_retries
         ):
             task.retry_at = now + self.config.backoff.delay(task.attempts)
-            self._set_status(node, TaskStatus.RETRY_WAIT)
+            self._set_state(node, TaskState.RETRY_WAIT)
             return [task]
         if strategy is ErrorStrategy.ABORT:
             self.aborted = True
         task.completed_at = now
-        self._set_status(node, TaskStatus.FAILED)
+        self._set_state(node, TaskState.FAILED)
         return [task, *self._block_dependents(node)]
 
     def rate_limited(self, task_id: str, now: float, reset_at: float | None) -> list[Task]:
@@ -390,7 +390,7 @@ class Scheduler:
         Without a reset time the backoff for the current attempt count is
         used. The configured ``fallbackAgent`` becomes the task's agent type.
         """
-        node = self._expect(task_id, TaskStatus.RATE_LIMITED, TaskStatus.IN_PROGRESS)
+        node = self._expect(task_id, TaskState.RATE_LIMITED, TaskState.IN_PROGRESS)
         task = node.task
         task.attempts = max(0, task.attempts - 1)
         if reset_at is None:
@@ -401,7 +401,7 @@ class Scheduler:
         task.error_category = ErrorCategory.RATE_LIMIT
         if self.config.fallback_agent:
             task.agent_type = self.config.fallback_agent
-        self._set_status(node, TaskStatus.RATE_LIMITED)
+        self._set_state(node, TaskState.RATE_LIMITED)
         return [task]
 
     def requeue(self, task_id: str) -> Task:
@@ -410,12 +410,12 @@ class Scheduler:
         Branch and worktree are kept so the next attempt continues the work.
         For stopping agents, a total-memory breach and a daemon restart.
         """
-        node = self._expect(task_id, TaskStatus.READY, TaskStatus.IN_PROGRESS)
+        node = self._expect(task_id, TaskState.READY, TaskState.IN_PROGRESS)
         task = node.task
         task.attempts = max(0, task.attempts - 1)
         task.assigned_agent = None
         task.started_at = None
-        self._set_status(node, TaskStatus.READY if node.unmet == 0 else TaskStatus.PENDING)
+        self._set_state(node, TaskState.READY if node.unmet == 0 else TaskState.PENDING)
         return task
 
     def cancel(self, task_id: str, now: float) -> list[Task]:
@@ -425,13 +425,13 @@ class Scheduler:
         """
         node = self._node(task_id)
         task = node.task
-        if task.status in TERMINAL_TASK_STATUSES:
-            raise _bad_transition(task, TaskStatus.CANCELLED)
+        if task.state in TERMINAL_TASK_STATES:
+            raise _bad_transition(task, TaskState.CANCELLED)
         task.error_category = ErrorCategory.CANCELLED
         task.error = "cancelled"
         task.completed_at = now
         task.retry_at = None
-        self._set_status(node, TaskStatus.CANCELLED)
+        self._set_state(node, TaskState.CANCELLED)
         return [task, *self._block_dependents(node)]
 
     def retry(self, task_id: str) -> list[Task]:
@@ -445,16 +445,15 @@ class Scheduler:
         """
         node = self._node(task_id)
         task = node.task
-        if task.status not in _BLOCKING:
-            raise _bad_transition(task, TaskStatus.READY)
-        bad = [d.task for d in node.deps if d.task.status in _BLOCKING]
+        if task.state not in _BLOCKING:
+            raise _bad_transition(task, TaskState.READY)
+        bad = [d.task for d in node.deps if d.task.state in _BLOCKING]
         if bad:
             raise errors.InvalidStateTransition(
-                f"task {task_id} cannot be retried: dependency {bad[0].id}"
-                f" is {bad[0].status.value}",
+                f"task {task_id} cannot be retried: dependency {bad[0].id} is {bad[0].state.value}",
                 data={
                     "taskId": task_id,
-                    "from": task.status.value,
+                    "from": task.state.value,
                     "to": "ready",
                     "blockedBy": [b.id for b in bad],
                 },
@@ -465,7 +464,7 @@ class Scheduler:
         # Blocked descendants whose every dependency is now alive come back, in
         # dependency order so a diamond sees its other parent revived first.
         for dnode in _blocked_descendants_in_order(node):
-            if all(d.task.status not in _BLOCKING for d in dnode.deps):
+            if all(d.task.state not in _BLOCKING for d in dnode.deps):
                 self._revive(dnode)
                 changed.append(dnode.task)
         return changed
@@ -480,7 +479,7 @@ class Scheduler:
                 continue
             node = entry[3]
             node.task.retry_at = None
-            self._set_status(node, TaskStatus.READY if node.unmet == 0 else TaskStatus.PENDING)
+            self._set_state(node, TaskState.READY if node.unmet == 0 else TaskState.PENDING)
             promoted.append(node.task)
         return promoted
 
@@ -501,32 +500,32 @@ class Scheduler:
         """Index a task under its current status (dependencies are wired by the caller)."""
         node = _Node(task, len(self._nodes))
         self._nodes[task.id] = node
-        self._count[task.status] += 1
-        if task.status is TaskStatus.IN_PROGRESS:
+        self._count[task.state] += 1
+        if task.state is TaskState.IN_PROGRESS:
             self._running[task.id] = node
-        elif task.status in WAITING:
+        elif task.state in WAITING:
             self._push_wait(node)
         return node
 
-    def _set_status(self, node: _Node, new: TaskStatus) -> None:
+    def _set_state(self, node: _Node, new: TaskState) -> None:
         """The one place a status changes, so every index follows it."""
         task = node.task
-        old = task.status
+        old = task.state
         if old is new:
             return
         self._count[old] -= 1
         self._count[new] += 1
-        task.status = new
-        if old is TaskStatus.IN_PROGRESS:
+        task.state = new
+        if old is TaskState.IN_PROGRESS:
             del self._running[task.id]
-        elif new is TaskStatus.IN_PROGRESS:
+        elif new is TaskState.IN_PROGRESS:
             self._running[task.id] = node
-        if new is TaskStatus.READY:
+        if new is TaskState.READY:
             self._push_ready(node)
         elif new in WAITING:
             self._push_wait(node)
-        was_terminal = old in TERMINAL_TASK_STATUSES
-        if new in TERMINAL_TASK_STATUSES:
+        was_terminal = old in TERMINAL_TASK_STATES
+        if new in TERMINAL_TASK_STATES:
             if not was_terminal:
                 self._note(node, -1)
         elif was_terminal:
@@ -535,9 +534,9 @@ class Scheduler:
             self._counts_stale = True
             self._backlog.clear()
 
-    def _expect(self, task_id: str, to: TaskStatus, *allowed: TaskStatus) -> _Node:
+    def _expect(self, task_id: str, to: TaskState, *allowed: TaskState) -> _Node:
         node = self._node(task_id)
-        if node.task.status not in allowed:
+        if node.task.state not in allowed:
             raise _bad_transition(node.task, to)
         return node
 
@@ -546,8 +545,8 @@ class Scheduler:
         ready: list[Task] = []
         for dnode in node.dependents:
             dnode.unmet -= 1
-            if dnode.unmet == 0 and dnode.task.status is TaskStatus.PENDING:
-                self._set_status(dnode, TaskStatus.READY)
+            if dnode.unmet == 0 and dnode.task.state is TaskState.PENDING:
+                self._set_state(dnode, TaskState.READY)
                 ready.append(dnode.task)
         return ready
 
@@ -555,18 +554,18 @@ class Scheduler:
         """Block every non-terminal transitive dependent of ``root``, nearest first."""
         blocked: list[Task] = []
         rid = root.task.id
-        error = f"dependency {rid} {_ended(root.task.status)}"
+        error = f"dependency {rid} {_ended(root.task.state)}"
         queue = deque(root.dependents)
         while queue:
             dnode = queue.popleft()
             dtask = dnode.task
-            if dtask.status in TERMINAL_TASK_STATUSES:
+            if dtask.state in TERMINAL_TASK_STATES:
                 continue  # its own dependents were dealt with when it ended
             dtask.blocked_by = rid
             dtask.error_category = ErrorCategory.DEPENDENCY
             dtask.error = error
             dtask.retry_at = None
-            self._set_status(dnode, TaskStatus.BLOCKED)
+            self._set_state(dnode, TaskState.BLOCKED)
             blocked.append(dtask)
             queue.extend(dnode.dependents)
         return blocked
@@ -578,7 +577,7 @@ class Scheduler:
         task.blocked_by = None
         task.completed_at = None
         task.retry_at = None
-        self._set_status(node, TaskStatus.READY if node.unmet == 0 else TaskStatus.PENDING)
+        self._set_state(node, TaskState.READY if node.unmet == 0 else TaskState.PENDING)
 
     # --- internals: heaps ----------------------------------------------------
 
@@ -586,7 +585,7 @@ class Scheduler:
         node.ver += 1
         k0, k1 = _key(node, self._heap_strategy)
         heapq.heappush(self._heap, (k0, k1, node.seq, node.ver, node))
-        if len(self._heap) > 2 * self._count[TaskStatus.READY] + 1024:
+        if len(self._heap) > 2 * self._count[TaskState.READY] + 1024:
             self._rebuild_heap()
 
     def _rebuild_heap(self) -> None:
@@ -594,7 +593,7 @@ class Scheduler:
         strategy = self._heap_strategy = self.config.strategy
         heap: list[_ReadyEntry] = []
         for node in self._nodes.values():
-            if node.task.status is TaskStatus.READY:
+            if node.task.state is TaskState.READY:
                 node.ver += 1
                 k0, k1 = _key(node, strategy)
                 heap.append((k0, k1, node.seq, node.ver, node))
@@ -611,7 +610,7 @@ class Scheduler:
         while heap:
             entry = heap[0]
             node = entry[4]
-            if node.task.status is TaskStatus.READY and node.ver == entry[3]:
+            if node.task.state is TaskState.READY and node.ver == entry[3]:
                 return node
             heapq.heappop(heap)
         return None
@@ -647,7 +646,7 @@ class Scheduler:
         self._backlog.clear()
         if self._heap_strategy is Strategy.DEPENDENCY_FIRST:
             for cnode in sorted(changed, key=_seq):
-                if cnode.task.status is TaskStatus.READY:
+                if cnode.task.state is TaskState.READY:
                     self._push_ready(cnode)
 
     def _recount_all(self) -> None:
@@ -663,7 +662,7 @@ class Scheduler:
         live: list[_Node] = []
         for node in self._nodes.values():
             node.ndeps = 0
-            if node.task.status not in TERMINAL_TASK_STATUSES:
+            if node.task.state not in TERMINAL_TASK_STATES:
                 live.append(node)
         order = topological_order(live, lambda n: n.deps, _seq)
         if len(live) > _BITSET_LIMIT:
@@ -699,13 +698,13 @@ def _key(node: _Node, strategy: Strategy) -> tuple[int, int]:
 
 def _wait_valid(entry: _WaitEntry) -> bool:
     node = entry[3]
-    return node.task.status in WAITING and node.ver == entry[2]
+    return node.task.state in WAITING and node.ver == entry[2]
 
 
-def _bad_transition(task: Task, to: TaskStatus) -> errors.InvalidStateTransition:
+def _bad_transition(task: Task, to: TaskState) -> errors.InvalidStateTransition:
     return errors.InvalidStateTransition(
-        f"task {task.id} cannot go from {task.status.value} to {to.value}",
-        data={"taskId": task.id, "from": task.status.value, "to": to.value},
+        f"task {task.id} cannot go from {task.state.value} to {to.value}",
+        data={"taskId": task.id, "from": task.state.value, "to": to.value},
     )
 
 
@@ -721,10 +720,10 @@ def _walk_ancestors(node: _Node, delta: int, changed: set[_Node] | None) -> None
     seen = set(stack)
     while stack:
         anc = stack.pop()
-        status = anc.task.status
+        status = anc.task.state
         if status in SATISFIED:
             continue
-        if status not in TERMINAL_TASK_STATUSES:
+        if status not in TERMINAL_TASK_STATES:
             anc.ndeps += delta
             if changed is not None:
                 changed.add(anc)
@@ -740,11 +739,11 @@ def _blocked_descendants_in_order(root: _Node) -> list[_Node]:
     stack = [root]
     while stack:
         for d in stack.pop().dependents:
-            if d not in reach and d.task.status is TaskStatus.BLOCKED:
+            if d not in reach and d.task.state is TaskState.BLOCKED:
                 reach.add(d)
                 stack.append(d)
     return topological_order(reach, lambda n: n.deps, _seq)
 
 
-def _ended(status: TaskStatus) -> str:
-    return "was cancelled" if status is TaskStatus.CANCELLED else "failed"
+def _ended(status: TaskState) -> str:
+    return "was cancelled" if status is TaskState.CANCELLED else "failed"

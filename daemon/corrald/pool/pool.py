@@ -37,7 +37,7 @@ from corral.models import (
     PoolStats,
     SessionStatus,
     Task,
-    TaskStatus,
+    TaskState,
     Violation,
     WorktreeAllocation,
 )
@@ -212,7 +212,7 @@ class AgentPool:
         self.engine.promote_due(state)
         task = state.scheduler.next_task(self.engine.clock())
         if task is None:
-            if state.scheduler.counts().get(TaskStatus.READY, 0):
+            if state.scheduler.counts().get(TaskState.READY, 0):
                 return None, None, "no free slot (maxParallel reached)"
             return None, None, "no task is ready"
         run = self._start(state, task)

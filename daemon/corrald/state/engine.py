@@ -59,6 +59,7 @@ from corral.models import (
     SessionStatus,
     Task,
     TaskSpec,
+    TaskState,
     TaskStatus,
     Violation,
     WorktreeAllocation,
@@ -140,9 +141,9 @@ class Engine:
     def _restore(self, session: Session) -> SessionState:
         """Rebuild a session from its rows; derived status changes are written back."""
         stored = self.store.tasks(session.id)
-        before = {t.id: t.status for t in stored}
+        before = {t.id: t.state for t in stored}
         scheduler = Scheduler(session.config, stored, aborted=session.aborted)
-        moved = [t for t in scheduler.tasks() if before.get(t.id) is not t.status]
+        moved = [t for t in scheduler.tasks() if before.get(t.id) is not t.state]
         if moved:  # e.g. pending with every dependency done: ready, as it should have been
             with self.store.transaction():
                 self.store.put_tasks(session.id, moved)
@@ -203,6 +204,7 @@ class Engine:
                 state.id,
                 TaskStatusPayload(
                     task_id=task.id,
+                    state=task.state,
                     status=task.status,
                     attempts=task.attempts,
                     error=task.error,
@@ -218,7 +220,7 @@ class Engine:
         """A running session with nothing left to do is completed (or failed)."""
         if state.session.status is SessionStatus.RUNNING and state.scheduler.is_finished():
             failed = any(
-                t.status in (TaskStatus.FAILED, TaskStatus.BLOCKED) for t in state.scheduler.tasks()
+                t.state in (TaskState.FAILED, TaskState.BLOCKED) for t in state.scheduler.tasks()
             )
             self._set_session_status(
                 batch, state, SessionStatus.FAILED if failed else SessionStatus.COMPLETED
@@ -264,8 +266,12 @@ class Engine:
     def allocations(self, session_id: str | None = None) -> list[WorktreeAllocation]:
         return self.store.allocations(session_id)
 
-    def list_tasks(self, session_id: str | None, status: TaskStatus | None) -> list[Task]:
-        return self.session(session_id).scheduler.tasks(status)
+    def list_tasks(
+        self, session_id: str | None, state: TaskState | None, status: TaskStatus | None = None
+    ) -> list[Task]:
+        """A session's tasks in insertion order, filtered by state and/or seed status."""
+        tasks = self.session(session_id).scheduler.tasks(state)
+        return tasks if status is None else [t for t in tasks if t.status is status]
 
     def get_task(self, session_id: str | None, task_id: str) -> Task:
         return self.session(session_id).scheduler.get(task_id)
@@ -275,16 +281,16 @@ class Engine:
         counts = state.scheduler.counts()
         return SchedulerStats(
             total=sum(counts.values()),
-            pending=counts.get(TaskStatus.PENDING, 0),
-            ready=counts.get(TaskStatus.READY, 0),
-            in_progress=counts.get(TaskStatus.IN_PROGRESS, 0),
-            completed=counts.get(TaskStatus.COMPLETED, 0),
-            failed=counts.get(TaskStatus.FAILED, 0),
-            blocked=counts.get(TaskStatus.BLOCKED, 0),
-            cancelled=counts.get(TaskStatus.CANCELLED, 0),
-            retry_wait=counts.get(TaskStatus.RETRY_WAIT, 0),
-            rate_limited=counts.get(TaskStatus.RATE_LIMITED, 0),
-            skipped=counts.get(TaskStatus.SKIPPED, 0),
+            pending=counts.get(TaskState.PENDING, 0),
+            ready=counts.get(TaskState.READY, 0),
+            in_progress=counts.get(TaskState.IN_PROGRESS, 0),
+            completed=counts.get(TaskState.COMPLETED, 0),
+            failed=counts.get(TaskState.FAILED, 0),
+            blocked=counts.get(TaskState.BLOCKED, 0),
+            cancelled=counts.get(TaskState.CANCELLED, 0),
+            retry_wait=counts.get(TaskState.RETRY_WAIT, 0),
+            rate_limited=counts.get(TaskState.RATE_LIMITED, 0),
+            skipped=counts.get(TaskState.SKIPPED, 0),
             max_parallel=state.session.config.max_parallel,
             strategy=state.session.config.strategy,
             session_status=state.session.status,
@@ -517,7 +523,7 @@ class Engine:
         with self._change(state) as batch:
             task = state.scheduler.get(agent.task_id)
             changed: list[Task] = []
-            if task.status is TaskStatus.IN_PROGRESS and task.assigned_agent == agent.id:
+            if task.state is TaskState.IN_PROGRESS and task.assigned_agent == agent.id:
                 changed = self._dispose(state.scheduler, task.id, outcome, tokens, rate_limit_reset)
             self.store.put_agent(row)
             self._tasks_changed(batch, state, changed)
@@ -581,7 +587,7 @@ class Engine:
                     task = state.scheduler.get(agent.task_id)
                 except errors.TaskNotFound:
                     task = None
-                if task is not None and task.status is TaskStatus.IN_PROGRESS:
+                if task is not None and task.state is TaskState.IN_PROGRESS:
                     self._tasks_changed(batch, state, [state.scheduler.requeue(task.id)])
             self._agent_status(batch, row)
 

@@ -28,6 +28,7 @@ import trio
 
 from corral import errors
 from corral.events import Payload, event_type
+from corral.models import rfc3339
 from corrald.state.store import Store
 
 SEQ_BLOCK = 10_000
@@ -58,7 +59,7 @@ def encode(seq: int, type_: str, session_id: str | None, payload: Payload, at: f
     """The wire form of an event, built around the payload's own JSON."""
     head = json.dumps({"seq": seq, "type": type_, "sessionId": session_id}, separators=(",", ":"))
     body = payload.model_dump_json(by_alias=True, exclude_none=True)
-    return f'{head[:-1]},"payload":{body},"at":{at!r}}}'.encode()
+    return f'{head[:-1]},"payload":{body},"at":"{rfc3339(at)}"}}'.encode()
 
 
 class Subscription:

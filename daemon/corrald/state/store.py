@@ -169,7 +169,7 @@ class Store:
         rows = []
         for task in tasks:
             self._ord += 1
-            rows.append((session_id, task.id, self._ord, task.status.value, _dump(task)))
+            rows.append((session_id, task.id, self._ord, task.state.value, _dump(task)))
         self.db.executemany(
             "INSERT INTO tasks(session_id, id, ord, status, data) VALUES(?, ?, ?, ?, ?) "
             "ON CONFLICT(session_id, id) DO UPDATE SET status = excluded.status, "
