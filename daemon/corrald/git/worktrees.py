@@ -29,7 +29,14 @@ from pygit2.enums import BranchType, FileStatus
 
 from corral import errors
 from corral.models import CleanupReport
-from corrald.git.repo import discover_repo_root, in_thread, map_git_errors, open_repo, write_lock
+from corrald.git.repo import (
+    discover_repo_root,
+    in_thread,
+    map_git_errors,
+    open_repo,
+    remove_stale_lock,
+    write_lock,
+)
 
 log = logging.getLogger(__name__)
 
@@ -313,6 +320,8 @@ def _allocate_sync(
         ref = _lookup_branch(repo, branch)
         if ref is None:
             commit = _resolve_base(repo, base_branch)
+            # A daemon killed while creating this branch left its lock behind.
+            remove_stale_lock(common / f"{ref_name}.lock")
             ref = repo.create_branch(branch, commit)
             created_branch = True
 
@@ -418,6 +427,13 @@ def _commit_all_sync(worktree_path: str, message: str) -> str | None:
         raise errors.WorktreeNotFound(f"no such worktree: {worktree_path}", {"path": worktree_path})
     repo = open_repo(worktree_path)
     with map_git_errors(f"commit in {worktree_path}"):
+        # An agent (or a daemon) killed in the middle of a git command leaves
+        # the worktree's index lock, or its branch's ref lock, behind.
+        gitdir = Path(repo.path or "")
+        remove_stale_lock(gitdir / "index.lock")
+        head_ref = _read_head(gitdir)
+        if head_ref:
+            remove_stale_lock(_common_dir(repo) / f"{head_ref}.lock")
         index = repo.index
         for path, flags in repo.status(untracked_files="all", ignored=False).items():
             if flags & (FileStatus.WT_DELETED):
