@@ -7,6 +7,8 @@ nothing outside the worktree changes.
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -128,3 +130,87 @@ def test_allocation_over_rpc_clears_a_stale_lock_and_reports_a_live_one(repo: Pa
         live.unlink()  # that git is done: it renamed its lock into place
         assert c.worktree_allocate(agent_id="a2", task_id="t2").branch == "corral/t2"
         assert [a.task_id for a in c.worktree_get_allocations()] == ["t1", "t2"]
+
+
+# --- symlinks are never followed when removing a worktree ------------------------------
+#: Root may write into a read-only directory, so the daemon would never meet the
+#: permission errors a user's daemon meets. These capabilities make root's
+#: permission checks those of an ordinary owner.
+_OWNER_ONLY = ("setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner")
+
+
+class UnprivilegedDaemon(DaemonProcess):
+    """A daemon whose permission checks are an ordinary user's, also when we are root."""
+
+    def command(self) -> list[str]:
+        cmd = super().command()
+        if os.geteuid() != 0:
+            return cmd
+        if shutil.which(_OWNER_ONLY[0]) is None:
+            pytest.skip("running as root without setpriv: permission errors cannot happen")
+        return [*_OWNER_ONLY, *cmd]
+
+
+def symlinks_out(worktree: Path, outside: Path) -> list[Path]:
+    """Links inside `worktree` to `outside`, some in directories that deny writing."""
+    links = []
+    for where in ("", "ro", "ro/deeper", "locked"):
+        d = worktree / where
+        d.mkdir(parents=True, exist_ok=True)
+        link = d / "secret-link"
+        link.symlink_to(outside)
+        links.append(link)
+    (worktree / "ro" / "dir-link").symlink_to(outside.parent, target_is_directory=True)
+    (worktree / "ro" / "deeper").chmod(0o500)
+    (worktree / "ro").chmod(0o500)
+    (worktree / "locked").chmod(0o000)  # not even listable
+    return links
+
+
+def test_force_deallocate_over_rpc_keeps_outside_modes(repo: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside" / "secret.txt"
+    outside.parent.mkdir()
+    outside.write_text("keep\n")
+    outside.chmod(0o600)
+    with UnprivilegedDaemon() as d, d.client(timeout=20) as c:
+        c.init_parallel_scheduler(repo_path=str(repo))
+        alloc = c.worktree_allocate(agent_id="a1", task_id="t1")
+        symlinks_out(Path(alloc.worktree_path), outside)
+        assert c.worktree_deallocate(worktree_path=alloc.worktree_path, force=True) is True
+        assert not os.path.lexists(alloc.worktree_path)
+        assert c.worktree_get_allocations() == []
+    assert outside.stat().st_mode & 0o7777 == 0o600
+    assert outside.read_text() == "keep\n"
+
+
+def test_undeletable_worktree_is_a_clear_error_and_outside_keeps_its_mode(
+    repo: Path, tmp_path: Path
+) -> None:
+    # An immutable directory cannot be emptied by anyone: the old code chmodded
+    # the link's target (0600 -> 0700) on its way to a -32603.
+    if os.geteuid() != 0 or shutil.which("chattr") is None:
+        pytest.skip("needs root and chattr to make an immutable directory")
+    outside = tmp_path / "outside" / "secret.txt"
+    outside.parent.mkdir()
+    outside.write_text("keep\n")
+    outside.chmod(0o600)
+    with UnprivilegedDaemon() as d, d.client(timeout=20) as c:
+        c.init_parallel_scheduler(repo_path=str(repo))
+        alloc = c.worktree_allocate(agent_id="a1", task_id="t1")
+        stuck = Path(alloc.worktree_path) / "stuck"
+        stuck.mkdir()
+        (stuck / "secret-link").symlink_to(outside)
+        if subprocess.run(["chattr", "+i", str(stuck)], capture_output=True).returncode:
+            pytest.skip("this file system has no immutable flag")
+        try:
+            with pytest.raises(errors.GitFailure) as info:
+                c.worktree_deallocate(worktree_path=alloc.worktree_path, force=True)
+            assert str(stuck) in info.value.message  # says what could not be removed
+            assert outside.stat().st_mode & 0o7777 == 0o600
+            # Nothing was forgotten: the allocation is still listed and can be retried.
+            assert [a.worktree_path for a in c.worktree_get_allocations()] == [alloc.worktree_path]
+        finally:
+            subprocess.run(["chattr", "-i", str(stuck)], check=True)
+        assert c.worktree_deallocate(worktree_path=alloc.worktree_path, force=True) is True
+        assert not os.path.lexists(alloc.worktree_path)
+    assert outside.stat().st_mode & 0o7777 == 0o600

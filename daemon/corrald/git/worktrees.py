@@ -160,17 +160,51 @@ def _checkouts(repo: pygit2.Repository) -> dict[str, str]:
     return found
 
 
-def _rmtree(path: Path) -> None:
-    """Remove a directory tree, including read-only entries (build outputs often are)."""
+def _owner_rwx(directory: str) -> None:
+    """Give the owner rwx on `directory` if it is a real directory; links are left alone.
 
-    def retry(fn: Callable[..., Any], p: str, _exc: object) -> None:
-        os.chmod(p, stat.S_IWRITE | stat.S_IREAD | stat.S_IEXEC)
-        fn(p)
+    chmod follows symlinks and Linux cannot change a link's own mode
+    (`follow_symlinks=False` is unsupported), so a link is never chmodded:
+    its target may be any file outside the worktree.
+    """
+    st = os.lstat(directory)
+    if stat.S_ISDIR(st.st_mode):
+        os.chmod(directory, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
+
+
+def _rmtree(path: Path) -> None:
+    """Remove a directory tree, including read-only directories (build outputs often have them).
+
+    shutil's fd-based walk never follows a symlink; it unlinks the link. What
+    stops a removal is a directory without write permission (its entries
+    cannot be unlinked) or without read permission (it cannot be listed): only
+    such directories inside `path` are made accessible, never what a link names.
+    """
+    top = os.fspath(path)
+    root = os.path.realpath(top)
+    with contextlib.suppress(OSError):
+        _owner_rwx(top)
+
+    def within(p: str) -> bool:
+        real = os.path.realpath(p)
+        return real == root or real.startswith(root + os.sep)
+
+    def retry(fn: Callable[..., Any], p: str, exc: BaseException) -> None:
+        if not isinstance(exc, PermissionError) or p == top:
+            raise exc
+        parent = os.path.dirname(p)
+        if not within(parent):
+            raise exc
+        _owner_rwx(parent)  # unlinking or removing p needs write permission on its directory
+        if fn in (os.open, os.scandir, os.listdir):
+            _rmtree(Path(p))  # a directory we could not list: made listable, removed whole
+        else:
+            fn(p)
 
     if sys.version_info >= (3, 12):
         shutil.rmtree(path, onexc=retry)
     else:
-        shutil.rmtree(path, onerror=retry)
+        shutil.rmtree(path, onerror=lambda fn, p, info: retry(fn, p, info[1]))
 
 
 def _dirty(worktree: Path) -> list[str]:
