@@ -30,6 +30,13 @@ def check_task_id(value: str) -> str:
 
 
 TaskId = Annotated[str, AfterValidator(check_task_id)]
+
+#: Upper bounds of configuration values: what a machine can have, or a day.
+MAX_COUNT = 10_000
+MAX_CPU_PERCENT = 100_000.0  # % of one core: a thousand cores
+MAX_MEMORY_MB = 1 << 30  # a PiB
+MAX_RUNTIME_SECS = 366 * 86_400
+DAY_SECS = 86_400.0
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -166,41 +173,50 @@ class EndReason(StrEnum):
 
 
 class ResourceLimits(Wire):
-    model_config = ConfigDict(extra="forbid")
+    # Finite numbers only (1e400 parses as inf), in ranges a machine can have.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    max_agents: int = Field(5, ge=1)
-    max_cpu_per_agent: float = Field(50.0, gt=0)
-    max_memory_mb_per_agent: int = Field(2048, gt=0)
-    max_total_cpu: float = Field(80.0, gt=0)
-    max_total_memory_mb: int = Field(8192, gt=0)
-    max_runtime_secs: int = Field(3600, ge=0)
-    cpu_window_secs: float = Field(10.0, gt=0)
-    sample_interval_secs: float = Field(0.5, gt=0)
-    kill_grace_secs: float = Field(5.0, ge=0)
+    max_agents: int = Field(5, ge=1, le=MAX_COUNT)
+    max_cpu_per_agent: float = Field(50.0, gt=0, le=MAX_CPU_PERCENT)
+    max_memory_mb_per_agent: int = Field(2048, gt=0, le=MAX_MEMORY_MB)
+    max_total_cpu: float = Field(80.0, gt=0, le=MAX_CPU_PERCENT)
+    max_total_memory_mb: int = Field(8192, gt=0, le=MAX_MEMORY_MB)
+    max_runtime_secs: int = Field(3600, ge=0, le=MAX_RUNTIME_SECS)
+    cpu_window_secs: float = Field(10.0, gt=0, le=DAY_SECS)
+    sample_interval_secs: float = Field(0.5, ge=0.05, le=3600)
+    kill_grace_secs: float = Field(5.0, ge=0, le=3600)
 
 
 class Backoff(Wire):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    base_secs: float = Field(5.0, ge=0)
-    multiplier: float = Field(3.0, ge=1)
-    cap_secs: float = Field(300.0, ge=0)
+    base_secs: float = Field(5.0, ge=0, le=DAY_SECS)
+    multiplier: float = Field(3.0, ge=1, le=100)
+    cap_secs: float = Field(300.0, ge=0, le=DAY_SECS)
 
     def delay(self, attempt: int) -> float:
         """Delay before retry number `attempt` (1-based)."""
         return float(min(self.cap_secs, self.base_secs * self.multiplier ** max(0, attempt - 1)))
 
 
-class SchedulerConfig(Wire):
-    model_config = ConfigDict(extra="forbid")
+def check_model_name(value: str | None) -> str | None:
+    """A model name is passed after `--model`: one starting with '-' would be read as a flag."""
+    if value is not None and (value.startswith("-") or not value.strip()):
+        raise ValueError(f"invalid model name {value!r}: it must not be empty or start with '-'")
+    return value
 
-    max_parallel: int = Field(3, ge=1)
-    max_iterations: int = Field(10, ge=1)
-    max_retries: int = Field(2, ge=0)
+
+class SchedulerConfig(Wire):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    max_parallel: int = Field(3, ge=1, le=MAX_COUNT)
+    max_iterations: int = Field(10, ge=1, le=MAX_COUNT)
+    # multiplier ** retries stays a finite float (100 ** 100 = 1e200).
+    max_retries: int = Field(2, ge=0, le=100)
     agent_type: str = "claude"
     strategy: Strategy = Strategy.DEPENDENCY_FIRST
     resource_limits: ResourceLimits = Field(default_factory=ResourceLimits)
-    model: str | None = None
+    model: Annotated[str | None, AfterValidator(check_model_name)] = Field(None, max_length=200)
     base_branch: str | None = None
     backoff: Backoff = Field(default_factory=Backoff)
     error_strategy: ErrorStrategy = ErrorStrategy.RETRY

@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 _TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _INCLUDE_FILE = ".worktreeinclude"
 _FALLBACK_SIGNATURE = ("corral", "corral@localhost")
+#: Longest branch name: its ref file and that file's `.lock` must fit in NAME_MAX
+#: (255 bytes) even as one path component.
+MAX_BRANCH_BYTES = 250
 #: Status bits that mean "not committed" (ignored and unchanged files are not).
 _DIRTY = ~(FileStatus.CURRENT | FileStatus.IGNORED)
 
@@ -75,6 +78,12 @@ def default_base_dir(repo_path: str) -> Path:
 
 def validate_branch(branch: str) -> str:
     """Return `branch` if it is a usable local branch name, else InvalidBranchName."""
+    size = len(branch.encode(errors="surrogatepass"))
+    if size > MAX_BRANCH_BYTES:
+        raise errors.InvalidBranchName(
+            f"branch name is {size} bytes long; at most {MAX_BRANCH_BYTES} are allowed",
+            {"branch": branch[:100], "bytes": size, "maxBytes": MAX_BRANCH_BYTES},
+        )
     bad = (
         not branch
         or branch != branch.strip()
