@@ -1,6 +1,7 @@
 """Input that used to answer -32603 or lose a connection now gets a clear error.
 
-Non-finite numbers, relative or over-long paths, over-long branch names and
+Answers are encoded inside the error boundary; strings that are not Unicode,
+non-finite numbers, relative or over-long paths, over-long branch names and
 flag-like model names are refused where they come in, naming the field, and
 nothing of a refused request is kept.
 """
@@ -8,13 +9,19 @@ nothing of a refused request is kept.
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from corral import errors
+from corral.models import Params
+from corrald.rpc.dispatch import Registry
+from corrald.rpc.server import Connection, Server, bind_socket
 from tests.daemon_proc import DaemonProcess
 from tests.test_rpc_bad_input import Raw, error_of
 
@@ -32,6 +39,112 @@ def answers_by_id(raw: Raw, count: int) -> dict[Any, Any]:
 
 def error_locs(answer: Any, code: int = -32602) -> list[str]:
     return [e["loc"] for e in error_of(answer, code)["data"]["errors"]]
+
+
+# --- answers that cannot be encoded --------------------------------------------------
+
+
+class OddParams(Params):
+    what: str = "inf"
+
+
+async def test_unencodable_result_is_a_32603_with_its_id_and_spares_the_others() -> None:
+    # No daemon method returns a NaN now that input is validated, so the encoding
+    # boundary is shown on the real Server with a method that does.
+    registry: Registry[Connection[None]] = Registry()
+
+    @registry.method()
+    async def odd(conn: Connection[None], p: OddParams) -> Any:
+        return {"inf": float("inf"), "nan": float("nan"), "set": {1}}[p.what]
+
+    @registry.method()
+    async def ok(conn: Connection[None], p: OddParams) -> str:
+        return "fine"
+
+    tmp = Path(tempfile.mkdtemp(prefix="ue", dir="/tmp"))
+    server: Server[Connection[None], None] = Server(registry, lambda conn: conn, lambda: None)
+    requests = [
+        {"jsonrpc": "2.0", "method": "odd", "id": 1},
+        {"jsonrpc": "2.0", "method": "ok", "id": 2},
+        {"jsonrpc": "2.0", "method": "odd", "params": {"what": "nan"}, "id": 3},
+        [
+            {"jsonrpc": "2.0", "method": "odd", "params": {"what": "set"}, "id": 4},
+            {"jsonrpc": "2.0", "method": "ok", "id": 5},
+        ],
+        {"jsonrpc": "2.0", "method": "ok", "id": 6},
+    ]
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve, bind_socket(tmp / "s.sock"))
+            stream = await trio.open_unix_socket(str(tmp / "s.sock"))
+            async with stream:
+                await stream.send_all(b"".join(json.dumps(r).encode() + b"\n" for r in requests))
+                buf = bytearray()
+                with trio.fail_after(10):
+                    while buf.count(b"\n") < len(requests):
+                        buf += await stream.receive_some(65536)
+                # The connection is still usable afterwards.
+                await stream.send_all(b'{"jsonrpc": "2.0", "method": "ok", "id": 7}\n')
+                with trio.fail_after(10):
+                    while buf.count(b"\n") < len(requests) + 1:
+                        buf += await stream.receive_some(65536)
+            server.request_shutdown()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    by_id: dict[Any, Any] = {}
+    for line in bytes(buf).splitlines():
+        answer = json.loads(line)  # strict JSON: no Infinity or NaN came out
+        for item in answer if isinstance(answer, list) else [answer]:
+            by_id[item["id"]] = item
+    for ident in (1, 3, 4):
+        error = error_of(by_id[ident], -32603)
+        assert error["data"] == {"method": "odd", "reason": "result is not encodable as JSON"}
+    assert [by_id[i]["result"] for i in (2, 5, 6, 7)] == ["fine"] * 4
+
+
+# --- strings that are not Unicode -----------------------------------------------------
+
+
+def test_lone_surrogates_get_clear_answers_and_lose_nothing(
+    daemon_on_repo: tuple[DaemonProcess, Path],
+) -> None:
+    d, repo = daemon_on_repo
+    frames = [
+        r'{"jsonrpc": "2.0", "method": "parallel_get_agent", "params": {"agentId": "\ud800"},'
+        r' "id": "agent"}',
+        r'{"jsonrpc": "2.0", "method": "daemon_\ud800", "id": "method"}',
+        r'{"jsonrpc": "2.0", "method": "daemon_status", "id": "\udfff"}',
+        r'{"jsonrpc": "2.0", "method": "session_get", "params": {"\ud800": 1}, "id": "key"}',
+        r'{"jsonrpc": "2.0", "method": "init_parallel_scheduler", "params": {"repoPath": "'
+        + str(repo)
+        + r'", "sessionId": "s1", "config": {"model": "m\ud83d"}}, "id": "init"}',
+        # A surrogate pair is one real character: that is fine.
+        r'{"jsonrpc": "2.0", "method": "parallel_get_agent", "params": {"agentId":'
+        r' "\ud83d\ude00"}, "id": "pair"}',
+        r'[{"jsonrpc": "2.0", "method": "parallel_get_agent", "params": ["\udc80"], "id": "b1"},'
+        r' {"jsonrpc": "2.0", "method": "daemon_status", "id": "b2"}]',
+        r'{"jsonrpc": "2.0", "method": "daemon_status", "id": "after"}',
+    ]
+    with Raw(d.socket) as raw:
+        raw.send("".join(f + "\n" for f in frames).encode())
+        got: dict[Any, Any] = {}
+        while len(got) < 9:
+            answer = raw.receive()
+            for item in answer if isinstance(answer, list) else [answer]:
+                got[item["id"]] = item
+    assert error_locs(got["agent"]) == ["agentId"]
+    assert error_of(got["agent"], -32602)["data"]["errors"][0]["type"] == "lone_surrogate"
+    assert error_of(got["method"], -32601)["data"]["method"] == "daemon_\ud800"
+    assert got["\udfff"]["result"]["pid"] == d.pid  # the id comes back as it was sent
+    assert error_locs(got["key"]) == ["\ud800"]
+    assert error_locs(got["init"]) == ["config.model"]
+    error_of(got["pair"], errors.AgentNotFound.code)
+    assert error_locs(got["b1"]) == ["0"]
+    assert got["b2"]["result"]["pid"] == d.pid
+    assert got["after"]["result"]["pid"] == d.pid
+    with d.client(timeout=10) as c:
+        assert c.session_list() == []  # the refused init kept nothing
+    assert "Traceback" not in d.log()
 
 
 # --- numbers: finite, in range ----------------------------------------------------------
