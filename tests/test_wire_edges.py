@@ -166,6 +166,8 @@ def test_lone_surrogates_get_clear_answers_and_lose_nothing(
         ('{"model": "--dangerously-skip-permissions"}', "config.model"),
         ('{"model": "-m"}', "config.model"),
         ('{"model": ""}', "config.model"),
+        ('{"branchTemplate": "c/{task_id:>99999999999}"}', "config.branchTemplate"),
+        ('{"branchTemplate": "c/{task_id.__class__}"}', "config.branchTemplate"),
     ],
 )  # fmt: skip
 def test_bad_config_values_are_refused_naming_the_field(
@@ -262,3 +264,32 @@ def test_long_branch_name_is_an_invalid_branch_name(
         # At the limit it works.
         alloc = c.worktree_allocate(agent_id="a1", task_id="t1", branch="y" * 250)
         assert alloc.branch == "y" * 250
+
+
+@pytest.mark.parametrize(
+    ("method", "params"),
+    [
+        ("merge_completed_branches", {"targetBranch": "x" * 5000}),
+        ("conflicts_detect", {"target": "x" * 5000}),
+        ("conflicts_matrix", {"branches": ["main", "x" * 5000]}),
+        ("conflicts_can_merge_safely", {"branch1": "main", "branch2": "x" * 5000}),
+        ("worktree_allocate", {"agentId": "a", "taskId": "t1", "branch": "x" * 5000}),
+        ("init_parallel_scheduler", {"sessionId": "s", "config": {"baseBranch": "x" * 5000}}),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_branch_names_too_long_for_git_are_clear_errors(
+    daemon_on_repo: tuple[DaemonProcess, Path], method: str, params: dict[str, Any]
+) -> None:
+    d, repo = daemon_on_repo
+    with Raw(d.socket) as raw:
+        raw.request({"jsonrpc": "2.0", "method": "init_parallel_scheduler", "id": 0,
+                     "params": {"repoPath": str(repo), "sessionId": "s"}})  # fmt: skip
+        assert "result" in raw.receive()
+        if method == "init_parallel_scheduler":
+            params = {**params, "repoPath": str(repo)}
+        raw.request({"jsonrpc": "2.0", "method": method, "params": params, "id": 1})
+        answer = raw.receive()
+    if "error" in answer:
+        assert answer["error"]["code"] != -32603, answer
+    assert "Traceback" not in d.log()

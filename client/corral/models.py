@@ -10,6 +10,7 @@ them so a typo is a clear -32602 instead of a silent no-op.
 from __future__ import annotations
 
 import re
+import string
 from enum import StrEnum
 from typing import Annotated, Any, TypeVar
 
@@ -66,9 +67,9 @@ def to_jsonable(value: Any) -> Any:
 
 
 class Params(Wire):
-    """Base of every RPC params model: unknown keys are an error."""
+    """Base of every RPC params model: unknown keys are an error, numbers are finite."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class NoParams(Params):
@@ -206,6 +207,37 @@ def check_model_name(value: str | None) -> str | None:
     return value
 
 
+_TEMPLATE_FIELDS = frozenset({"task_id", "taskId"})
+
+
+def fill_branch_template(template: str, task_id: str) -> str:
+    """`template` with `{task_id}` (or `{taskId}`) filled in; ValueError for anything else.
+
+    Not `str.format`: that also runs format specs, conversions and attribute
+    lookups, and `{task_id:>99999999999}` runs the daemon out of memory.
+    """
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"invalid branch template {template[:100]!r}: {exc}") from None
+    out = []
+    for literal, field, spec, conversion in parts:
+        out.append(literal)
+        if field is None:
+            continue
+        if field not in _TEMPLATE_FIELDS or spec or conversion:
+            raise ValueError(
+                f"invalid branch template {template[:100]!r}: only {{task_id}} may be filled in"
+            )
+        out.append(task_id)
+    return "".join(out)
+
+
+def check_branch_template(value: str) -> str:
+    fill_branch_template(value, "t")
+    return value
+
+
 class SchedulerConfig(Wire):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -217,13 +249,15 @@ class SchedulerConfig(Wire):
     strategy: Strategy = Strategy.DEPENDENCY_FIRST
     resource_limits: ResourceLimits = Field(default_factory=ResourceLimits)
     model: Annotated[str | None, AfterValidator(check_model_name)] = Field(None, max_length=200)
-    base_branch: str | None = None
+    base_branch: str | None = Field(None, min_length=1, max_length=250)
     backoff: Backoff = Field(default_factory=Backoff)
     error_strategy: ErrorStrategy = ErrorStrategy.RETRY
     fallback_agent: str | None = None
     completion_marker: str | None = None
     auto_commit: bool = True
-    branch_template: str = "corral/{task_id}"
+    branch_template: Annotated[str, AfterValidator(check_branch_template)] = Field(
+        "corral/{task_id}", min_length=1, max_length=200
+    )
 
 
 # --- domain -----------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import TypeVar
 
 import pygit2
 import trio
+from pydantic import ValidationError
 
 from corral import errors
 
@@ -61,13 +62,19 @@ def map_git_errors(what: str) -> Iterator[None]:
     """Translate pygit2's exceptions into our own, with what we were doing."""
     try:
         yield
-    except errors.CorralError:
-        raise
+    except (errors.CorralError, ValidationError):
+        raise  # ours already, or a bug of ours that must stay a -32603 with its traceback
     except pygit2.GitError as exc:
-        raise errors.GitFailure(f"{what}: {exc}", {"operation": what}) from exc
+        raise errors.GitFailure(_short(f"{what}: {exc}"), {"operation": what}) from exc
     except KeyError as exc:
         # pygit2 raises KeyError for missing refs/objects in several lookups.
-        raise errors.BranchNotFound(f"{what}: not found: {exc}", {"operation": what}) from exc
+        raise errors.BranchNotFound(
+            _short(f"{what}: not found: {exc}"), {"operation": what}
+        ) from exc
+    except ValueError as exc:
+        # pygit2 raises a plain ValueError for a name libgit2 refuses (a ref name
+        # too long for the file system, GIT_EINVALIDSPEC, GIT_EEXISTS).
+        raise errors.GitFailure(_short(f"{what}: {exc}"), {"operation": what}) from exc
     except OSError as exc:
         # libgit2's OS-level failures (a lock file that exists, a full disk, a
         # name too long for the file system) come out of pygit2 as plain OSError.
@@ -78,7 +85,12 @@ def map_git_errors(what: str) -> Iterator[None]:
                 " or one that was killed left it behind",
                 {"operation": what, "lockFile": locked.group(1)},
             ) from exc
-        raise errors.GitFailure(f"{what}: {exc}", {"operation": what}) from exc
+        raise errors.GitFailure(_short(f"{what}: {exc}"), {"operation": what}) from exc
+
+
+def _short(message: str, limit: int = 500) -> str:
+    """Messages quote names the client sent, which may be huge: keep them readable."""
+    return message if len(message) <= limit else message[: limit - 1] + "…"
 
 
 def _open_by(path: Path) -> list[int]:

@@ -28,7 +28,7 @@ import pygit2
 from pygit2.enums import BranchType, FileStatus
 
 from corral import errors
-from corral.models import CleanupReport
+from corral.models import CleanupReport, fill_branch_template
 from corrald.git.repo import (
     discover_repo_root,
     in_thread,
@@ -102,11 +102,9 @@ def validate_branch(branch: str) -> str:
 def render_branch(template: str, task_id: str) -> str:
     """Fill `{task_id}` (or `{taskId}`) in a branch template and validate the result."""
     try:
-        branch = template.format(task_id=task_id, taskId=task_id)
-    except (KeyError, IndexError, ValueError) as exc:
-        raise errors.InvalidBranchName(
-            f"bad branch template {template!r}: {exc}", {"branch": template}
-        ) from exc
+        branch = fill_branch_template(template, task_id)
+    except ValueError as exc:
+        raise errors.InvalidBranchName(str(exc), {"branch": template[:100]}) from None
     return validate_branch(branch)
 
 
