@@ -200,8 +200,12 @@ def test_a_model_name_that_is_no_flag_is_accepted(
 
 def test_non_finite_default_in_the_daemon_config_stops_it_naming_the_key(tmp_path: Path) -> None:
     d = DaemonProcess(config="[defaults.backoff]\nmultiplier = inf\n")
-    with pytest.raises(RuntimeError) as info:
-        d.start(timeout=20)
+    try:
+        with pytest.raises(RuntimeError) as info:
+            d.start(timeout=20)
+    finally:
+        if d.running():  # it must not have started; if it did, leave nothing behind
+            d.kill()
     assert "defaults.backoff.multiplier" in str(info.value)
     assert "finite" in str(info.value)
 
