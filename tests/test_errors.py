@@ -20,6 +20,7 @@ EXPECTED: dict[int, str] = {
     -32099: "UnknownError",
     -32091: "ConnectionLost",
     -32090: "DaemonNotRunning",
+    -32006: "BatchTooLarge",
     -32005: "PermissionDenied",
     -32004: "FrameTimeout",
     -32003: "FrameTooLarge",

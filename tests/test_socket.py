@@ -179,6 +179,8 @@ async def test_200_concurrent_clients(daemon: DaemonProcess) -> None:
     async def one(i: int) -> None:
         nonlocal connected, answered
         async with AsyncClient(daemon.socket) as c:
+            # A connect returns once the socket is queued; an answer means accepted.
+            await c.daemon_status()
             connected += 1
             if connected == count:
                 # connect() returns once the kernel queued us; wait until the

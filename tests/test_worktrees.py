@@ -89,6 +89,7 @@ def test_default_base_dir_falls_back_to_home(
 def test_render_branch() -> None:
     assert wt.render_branch("corral/{task_id}", "t-1.a") == "corral/t-1.a"
     assert wt.render_branch("agents/{taskId}/work", "x") == "agents/x/work"
+    assert wt.render_branch("a{{b}}/{task_id}", "x") == "a{b}/x"
 
 
 @pytest.mark.parametrize(
@@ -101,6 +102,12 @@ def test_render_branch() -> None:
         ("corral/{nope}", "t"),
         ("{task_id}", "HEAD"),
         ("a~{task_id}", "t"),
+        # str.format would run these: a 100 GB padding, an attribute lookup, a conversion.
+        ("c/{task_id:>99999999999}", "t"),
+        ("c/{task_id.__class__}", "t"),
+        ("c/{task_id!r}", "t"),
+        ("c/{0}", "t"),
+        ("c/{", "t"),
     ],
 )
 def test_render_branch_refuses_bad_names(template: str, task_id: str) -> None:

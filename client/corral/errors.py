@@ -120,6 +120,13 @@ class PermissionDenied(CorralError):
     default_message = "Peer uid does not match the daemon's"
 
 
+class BatchTooLarge(CorralError):
+    """A JSON-RPC batch with more items than the daemon takes (`data.limit`)."""
+
+    code = -32006
+    default_message = "Batch has too many requests; split it"
+
+
 # --- client-side conditions (never sent by the daemon) -----------------------
 class DaemonNotRunning(CorralError):
     code = -32090

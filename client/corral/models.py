@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import re
+import string
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, TypeVar
@@ -75,6 +76,12 @@ Timestamp = Annotated[
     PlainSerializer(rfc3339, return_type=str, when_used="json"),
     WithJsonSchema({"type": "string", "format": "date-time"}),
 ]
+#: Upper bounds of configuration values: what a machine can have, or a day.
+MAX_COUNT = 10_000
+MAX_CPU_PERCENT = 100_000.0  # % of one core: a thousand cores
+MAX_MEMORY_MB = 1 << 30  # a PiB
+MAX_RUNTIME_SECS = 366 * 86_400
+DAY_SECS = 86_400.0
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -104,9 +111,9 @@ def to_jsonable(value: Any) -> Any:
 
 
 class Params(Wire):
-    """Base of every RPC params model: unknown keys are an error."""
+    """Base of every RPC params model: unknown keys are an error, numbers are finite."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class NoParams(Params):
@@ -239,48 +246,90 @@ class EndReason(StrEnum):
 
 
 class ResourceLimits(Wire):
-    model_config = ConfigDict(extra="forbid")
+    # Finite numbers only (1e400 parses as inf), in ranges a machine can have.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    max_agents: int = Field(5, ge=1)
-    max_cpu_per_agent: float = Field(50.0, gt=0)
-    max_memory_mb_per_agent: int = Field(2048, gt=0)
-    max_total_cpu: float = Field(80.0, gt=0)
-    max_total_memory_mb: int = Field(8192, gt=0)
-    max_runtime_secs: int = Field(3600, ge=0)
-    cpu_window_secs: float = Field(10.0, gt=0)
-    sample_interval_secs: float = Field(0.5, gt=0)
-    kill_grace_secs: float = Field(5.0, ge=0)
+    max_agents: int = Field(5, ge=1, le=MAX_COUNT)
+    max_cpu_per_agent: float = Field(50.0, gt=0, le=MAX_CPU_PERCENT)
+    max_memory_mb_per_agent: int = Field(2048, gt=0, le=MAX_MEMORY_MB)
+    max_total_cpu: float = Field(80.0, gt=0, le=MAX_CPU_PERCENT)
+    max_total_memory_mb: int = Field(8192, gt=0, le=MAX_MEMORY_MB)
+    max_runtime_secs: int = Field(3600, ge=0, le=MAX_RUNTIME_SECS)
+    cpu_window_secs: float = Field(10.0, gt=0, le=DAY_SECS)
+    sample_interval_secs: float = Field(0.5, ge=0.05, le=3600)
+    kill_grace_secs: float = Field(5.0, ge=0, le=3600)
 
 
 class Backoff(Wire):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    base_secs: float = Field(5.0, ge=0)
-    multiplier: float = Field(3.0, ge=1)
-    cap_secs: float = Field(300.0, ge=0)
+    base_secs: float = Field(5.0, ge=0, le=DAY_SECS)
+    multiplier: float = Field(3.0, ge=1, le=100)
+    cap_secs: float = Field(300.0, ge=0, le=DAY_SECS)
 
     def delay(self, attempt: int) -> float:
         """Delay before retry number `attempt` (1-based)."""
         return float(min(self.cap_secs, self.base_secs * self.multiplier ** max(0, attempt - 1)))
 
 
-class SchedulerConfig(Wire):
-    model_config = ConfigDict(extra="forbid")
+def check_model_name(value: str | None) -> str | None:
+    """A model name is passed after `--model`: one starting with '-' would be read as a flag."""
+    if value is not None and (value.startswith("-") or not value.strip()):
+        raise ValueError(f"invalid model name {value!r}: it must not be empty or start with '-'")
+    return value
 
-    max_parallel: int = Field(3, ge=1)
-    max_iterations: int = Field(10, ge=1)
-    max_retries: int = Field(2, ge=0)
+
+_TEMPLATE_FIELDS = frozenset({"task_id", "taskId"})
+
+
+def fill_branch_template(template: str, task_id: str) -> str:
+    """`template` with `{task_id}` (or `{taskId}`) filled in; ValueError for anything else.
+
+    Not `str.format`: that also runs format specs, conversions and attribute
+    lookups, and `{task_id:>99999999999}` runs the daemon out of memory.
+    """
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"invalid branch template {template[:100]!r}: {exc}") from None
+    out = []
+    for literal, field, spec, conversion in parts:
+        out.append(literal)
+        if field is None:
+            continue
+        if field not in _TEMPLATE_FIELDS or spec or conversion:
+            raise ValueError(
+                f"invalid branch template {template[:100]!r}: only {{task_id}} may be filled in"
+            )
+        out.append(task_id)
+    return "".join(out)
+
+
+def check_branch_template(value: str) -> str:
+    fill_branch_template(value, "t")
+    return value
+
+
+class SchedulerConfig(Wire):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    max_parallel: int = Field(3, ge=1, le=MAX_COUNT)
+    max_iterations: int = Field(10, ge=1, le=MAX_COUNT)
+    # multiplier ** retries stays a finite float (100 ** 100 = 1e200).
+    max_retries: int = Field(2, ge=0, le=100)
     agent_type: str = "claude"
     strategy: Strategy = Strategy.DEPENDENCY_FIRST
     resource_limits: ResourceLimits = Field(default_factory=ResourceLimits)
-    model: str | None = None
-    base_branch: str | None = None
+    model: Annotated[str | None, AfterValidator(check_model_name)] = Field(None, max_length=200)
+    base_branch: str | None = Field(None, min_length=1, max_length=250)
     backoff: Backoff = Field(default_factory=Backoff)
     error_strategy: ErrorStrategy = ErrorStrategy.RETRY
     fallback_agent: str | None = None
     completion_marker: str | None = None
     auto_commit: bool = True
-    branch_template: str = "corral/{task_id}"
+    branch_template: Annotated[str, AfterValidator(check_branch_template)] = Field(
+        "corral/{task_id}", min_length=1, max_length=200
+    )
 
 
 # --- domain -----------------------------------------------------------------

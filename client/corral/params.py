@@ -9,7 +9,10 @@ are both accepted on the wire.
 
 from __future__ import annotations
 
-from pydantic import Field
+import os
+from typing import Annotated
+
+from pydantic import AfterValidator, Field
 
 from corral.models import (
     ErrorCategory,
@@ -53,6 +56,34 @@ __all__ = [
 
 #: Most tasks one `parallel_add_tasks` call may carry.
 MAX_BATCH_TASKS = 100_000
+#: The longest path the kernel takes (PATH_MAX less its NUL) and name in it (NAME_MAX).
+MAX_PATH_BYTES = 4095
+MAX_NAME_BYTES = 255
+
+
+def check_path(value: str) -> str:
+    """A path the kernel can take: no NUL, at most PATH_MAX bytes, no name over NAME_MAX."""
+    if "\x00" in value:
+        raise ValueError("a path cannot contain a NUL character")
+    if len(value.encode(errors="surrogatepass")) > MAX_PATH_BYTES:
+        raise ValueError(f"path is longer than {MAX_PATH_BYTES} bytes")
+    if any(len(name.encode(errors="surrogatepass")) > MAX_NAME_BYTES for name in value.split("/")):
+        raise ValueError(f"path has a name longer than {MAX_NAME_BYTES} bytes")
+    return value
+
+
+def check_absolute(value: str) -> str:
+    """The daemon's working directory is not the client's: relative paths are refused."""
+    if not os.path.isabs(value):
+        raise ValueError(
+            f"{value[:200]!r} is not an absolute path: the daemon cannot know what it is"
+            " relative to"
+        )
+    return check_path(value)
+
+
+PathText = Annotated[str, AfterValidator(check_path)]
+AbsolutePath = Annotated[str, AfterValidator(check_absolute)]
 
 
 # --- sessions ----------------------------------------------------------------------
@@ -60,7 +91,7 @@ MAX_BATCH_TASKS = 100_000
 
 class InitParams(Params):
     config: SchedulerConfig | None = None
-    repo_path: str
+    repo_path: AbsolutePath
     session_id: TaskId | None = None
 
 
@@ -142,7 +173,7 @@ class AllocateParams(Params):
 
 class DeallocateParams(Params):
     session_id: str | None = None
-    worktree_path: str
+    worktree_path: PathText
     force: bool = False
 
 

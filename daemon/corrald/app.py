@@ -63,6 +63,8 @@ class Daemon:
                 max_connections=d.max_connections,
                 frame_timeout_secs=d.frame_timeout_secs,
                 shutdown_grace_secs=d.shutdown_grace_secs,
+                write_timeout_secs=d.write_timeout_secs,
+                max_batch_items=d.max_batch_items,
             ),
         )
         self.info = DaemonInfo(

@@ -33,6 +33,9 @@ class DaemonSection(_Strict):
     max_frame_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_connections: int = Field(512, ge=1)
     frame_timeout_secs: float = Field(10.0, gt=0)
+    # A write to a client that does not read ends its connection after this long.
+    write_timeout_secs: float = Field(30.0, gt=0, le=3600)
+    max_batch_items: int = Field(1000, ge=1, le=100_000)
     shutdown_grace_secs: float = Field(10.0, ge=0)
     event_window: int = Field(50_000, ge=100)
     subscriber_queue: int = Field(100_000, ge=10)

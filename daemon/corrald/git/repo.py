@@ -5,24 +5,43 @@ pygit2 blocks, so every call runs in a worker thread through
 ~0.2 ms and a Repository must not be shared across threads). Changes to refs
 and worktrees are serialised by one `trio.Lock` per repository path.
 `pygit2.GitError` becomes a `corral.errors` class here and nowhere else.
+
+Git takes a lock on a ref by creating `<ref>.lock` beside it, and a writer
+that is killed (the daemon itself, or an agent's git) leaves that file
+behind: every later update of the ref then fails. `remove_stale_lock` tells
+such debris from a live lock (see its docstring for the rule).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
 import pygit2
 import trio
+from pydantic import ValidationError
 
 from corral import errors
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
 _locks: dict[str, trio.Lock] = {}
+
+#: A lock file untouched this long, open in no process, is debris: git holds a
+#: ref or index lock for milliseconds, never seconds.
+STALE_LOCK_SECS = 2.0
+#: Lock files older than this process were left by an earlier daemon or a
+#: killed git: nothing of ours holds them (our writers run under `write_lock`).
+_STARTED_AT = time.time()
+_LOCK_MESSAGE = re.compile(r"failed to lock file '([^']+)'")
 
 
 def repo_key(path: str | os.PathLike[str]) -> str:
@@ -43,13 +62,94 @@ def map_git_errors(what: str) -> Iterator[None]:
     """Translate pygit2's exceptions into our own, with what we were doing."""
     try:
         yield
-    except errors.CorralError:
-        raise
+    except (errors.CorralError, ValidationError):
+        raise  # ours already, or a bug of ours that must stay a -32603 with its traceback
     except pygit2.GitError as exc:
-        raise errors.GitFailure(f"{what}: {exc}", {"operation": what}) from exc
+        raise errors.GitFailure(_short(f"{what}: {exc}"), {"operation": what}) from exc
     except KeyError as exc:
         # pygit2 raises KeyError for missing refs/objects in several lookups.
-        raise errors.BranchNotFound(f"{what}: not found: {exc}", {"operation": what}) from exc
+        raise errors.BranchNotFound(
+            _short(f"{what}: not found: {exc}"), {"operation": what}
+        ) from exc
+    except ValueError as exc:
+        # pygit2 raises a plain ValueError for a name libgit2 refuses (a ref name
+        # too long for the file system, GIT_EINVALIDSPEC, GIT_EEXISTS).
+        raise errors.GitFailure(_short(f"{what}: {exc}"), {"operation": what}) from exc
+    except OSError as exc:
+        # libgit2's OS-level failures (a lock file that exists, a full disk, a
+        # name too long for the file system) come out of pygit2 as plain OSError.
+        locked = _LOCK_MESSAGE.search(str(exc))
+        if locked:
+            raise errors.GitFailure(
+                f"{what}: {locked.group(1)} is locked: another git process is using it,"
+                " or one that was killed left it behind",
+                {"operation": what, "lockFile": locked.group(1)},
+            ) from exc
+        raise errors.GitFailure(_short(f"{what}: {exc}"), {"operation": what}) from exc
+
+
+def _short(message: str, limit: int = 500) -> str:
+    """Messages quote names the client sent, which may be huge: keep them readable."""
+    return message if len(message) <= limit else message[: limit - 1] + "…"
+
+
+def _open_by(path: Path) -> list[int]:
+    """Pids of the processes (that we may inspect) with `path` open."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return []
+    holders = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue  # gone, or not ours to look at
+        for fd in fds:
+            try:
+                target = os.stat(f"{fd_dir}/{fd}")
+            except OSError:
+                continue
+            if (target.st_ino, target.st_dev) == (st.st_ino, st.st_dev):
+                holders.append(int(pid))
+                break
+    return holders
+
+
+def remove_stale_lock(lock: Path) -> bool:
+    """Remove the git lock file `lock` if it is debris; GitFailure if it is live.
+
+    Debris is a lock that no process has open (git keeps the file open while it
+    holds the lock) and that is either older than this daemon (an earlier
+    daemon or a git that was killed made it) or untouched for STALE_LOCK_SECS
+    (no git holds a lock that long). Call it in a worker thread with the
+    repository's `write_lock` held, so no writer of ours is mid-update.
+    Returns True when a lock was removed, False when there was none.
+    """
+    try:
+        st = os.lstat(lock)
+    except FileNotFoundError:
+        return False
+    age = time.time() - st.st_mtime
+    holders = _open_by(lock)
+    if holders or (age < STALE_LOCK_SECS and st.st_mtime >= _STARTED_AT):
+        who = f"held by pid {', '.join(map(str, holders))}" if holders else "being written"
+        raise errors.GitFailure(
+            f"{lock} is locked ({who}, {age:.1f} s old); try again once that git is done",
+            {
+                "operation": "lock",
+                "lockFile": str(lock),
+                "ageSecs": round(age, 1),
+                "heldBy": holders,
+            },
+        )
+    log.warning("removing stale git lock %s (%.1f s old, open in no process)", lock, age)
+    with contextlib.suppress(FileNotFoundError):
+        lock.unlink()
+    return True
 
 
 def open_repo(path: str | os.PathLike[str]) -> pygit2.Repository:

@@ -28,8 +28,15 @@ import pygit2
 from pygit2.enums import BranchType, FileStatus
 
 from corral import errors
-from corral.models import CleanupReport
-from corrald.git.repo import discover_repo_root, in_thread, map_git_errors, open_repo, write_lock
+from corral.models import CleanupReport, fill_branch_template
+from corrald.git.repo import (
+    discover_repo_root,
+    in_thread,
+    map_git_errors,
+    open_repo,
+    remove_stale_lock,
+    write_lock,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +44,9 @@ log = logging.getLogger(__name__)
 _TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _INCLUDE_FILE = ".worktreeinclude"
 _FALLBACK_SIGNATURE = ("corral", "corral@localhost")
+#: Longest branch name: its ref file and that file's `.lock` must fit in NAME_MAX
+#: (255 bytes) even as one path component.
+MAX_BRANCH_BYTES = 250
 #: Status bits that mean "not committed" (ignored and unchanged files are not).
 _DIRTY = ~(FileStatus.CURRENT | FileStatus.IGNORED)
 
@@ -68,6 +78,12 @@ def default_base_dir(repo_path: str) -> Path:
 
 def validate_branch(branch: str) -> str:
     """Return `branch` if it is a usable local branch name, else InvalidBranchName."""
+    size = len(branch.encode(errors="surrogatepass"))
+    if size > MAX_BRANCH_BYTES:
+        raise errors.InvalidBranchName(
+            f"branch name is {size} bytes long; at most {MAX_BRANCH_BYTES} are allowed",
+            {"branch": branch[:100], "bytes": size, "maxBytes": MAX_BRANCH_BYTES},
+        )
     bad = (
         not branch
         or branch != branch.strip()
@@ -86,11 +102,9 @@ def validate_branch(branch: str) -> str:
 def render_branch(template: str, task_id: str) -> str:
     """Fill `{task_id}` (or `{taskId}`) in a branch template and validate the result."""
     try:
-        branch = template.format(task_id=task_id, taskId=task_id)
-    except (KeyError, IndexError, ValueError) as exc:
-        raise errors.InvalidBranchName(
-            f"bad branch template {template!r}: {exc}", {"branch": template}
-        ) from exc
+        branch = fill_branch_template(template, task_id)
+    except ValueError as exc:
+        raise errors.InvalidBranchName(str(exc), {"branch": template[:100]}) from None
     return validate_branch(branch)
 
 
@@ -153,17 +167,51 @@ def _checkouts(repo: pygit2.Repository) -> dict[str, str]:
     return found
 
 
-def _rmtree(path: Path) -> None:
-    """Remove a directory tree, including read-only entries (build outputs often are)."""
+def _owner_rwx(directory: str) -> None:
+    """Give the owner rwx on `directory` if it is a real directory; links are left alone.
 
-    def retry(fn: Callable[..., Any], p: str, _exc: object) -> None:
-        os.chmod(p, stat.S_IWRITE | stat.S_IREAD | stat.S_IEXEC)
-        fn(p)
+    chmod follows symlinks and Linux cannot change a link's own mode
+    (`follow_symlinks=False` is unsupported), so a link is never chmodded:
+    its target may be any file outside the worktree.
+    """
+    st = os.lstat(directory)
+    if stat.S_ISDIR(st.st_mode):
+        os.chmod(directory, stat.S_IMODE(st.st_mode) | stat.S_IRWXU)
+
+
+def _rmtree(path: Path) -> None:
+    """Remove a directory tree, including read-only directories (build outputs often have them).
+
+    shutil's fd-based walk never follows a symlink; it unlinks the link. What
+    stops a removal is a directory without write permission (its entries
+    cannot be unlinked) or without read permission (it cannot be listed): only
+    such directories inside `path` are made accessible, never what a link names.
+    """
+    top = os.fspath(path)
+    root = os.path.realpath(top)
+    with contextlib.suppress(OSError):
+        _owner_rwx(top)
+
+    def within(p: str) -> bool:
+        real = os.path.realpath(p)
+        return real == root or real.startswith(root + os.sep)
+
+    def retry(fn: Callable[..., Any], p: str, exc: BaseException) -> None:
+        if not isinstance(exc, PermissionError) or p == top:
+            raise exc
+        parent = os.path.dirname(p)
+        if not within(parent):
+            raise exc
+        _owner_rwx(parent)  # unlinking or removing p needs write permission on its directory
+        if fn in (os.open, os.scandir, os.listdir):
+            _rmtree(Path(p))  # a directory we could not list: made listable, removed whole
+        else:
+            fn(p)
 
     if sys.version_info >= (3, 12):
         shutil.rmtree(path, onexc=retry)
     else:
-        shutil.rmtree(path, onerror=retry)
+        shutil.rmtree(path, onerror=lambda fn, p, info: retry(fn, p, info[1]))
 
 
 def _dirty(worktree: Path) -> list[str]:
@@ -313,6 +361,8 @@ def _allocate_sync(
         ref = _lookup_branch(repo, branch)
         if ref is None:
             commit = _resolve_base(repo, base_branch)
+            # A daemon killed while creating this branch left its lock behind.
+            remove_stale_lock(common / f"{ref_name}.lock")
             ref = repo.create_branch(branch, commit)
             created_branch = True
 
@@ -418,6 +468,13 @@ def _commit_all_sync(worktree_path: str, message: str) -> str | None:
         raise errors.WorktreeNotFound(f"no such worktree: {worktree_path}", {"path": worktree_path})
     repo = open_repo(worktree_path)
     with map_git_errors(f"commit in {worktree_path}"):
+        # An agent (or a daemon) killed in the middle of a git command leaves
+        # the worktree's index lock, or its branch's ref lock, behind.
+        gitdir = Path(repo.path or "")
+        remove_stale_lock(gitdir / "index.lock")
+        head_ref = _read_head(gitdir)
+        if head_ref:
+            remove_stale_lock(_common_dir(repo) / f"{head_ref}.lock")
         index = repo.index
         for path, flags in repo.status(untracked_files="all", ignored=False).items():
             if flags & (FileStatus.WT_DELETED):

@@ -9,7 +9,14 @@ response types and serialisation, and do the rest here:
 * params are validated by the method's pydantic model (-32602 with the
   validation errors in `data`), positional params map onto fields in order;
 * an unexpected exception is logged with its traceback and answered with a
-  short -32603; nothing internal reaches the client.
+  short -32603; nothing internal reaches the client;
+* every answer is encoded here, inside that boundary: a result that is not
+  JSON (a NaN, an infinity) is a -32603 that still carries the request's id;
+* a batch holds at most `max_batch` items: a longer one is refused with one
+  -32006 before its items are parsed, and its items run at most
+  `limiter.total_tokens` at a time (the connection's in-flight cap);
+* strings that are not Unicode (a lone surrogate such as `"\\ud800"`) are
+  -32602 in params; in an id or a method name they are echoed escaped.
 
 Methods are declared with `Registry.method`: one async function each, taking
 a context object and a params model, documented by its docstring (which also
@@ -22,6 +29,7 @@ import inspect
 import json
 import logging
 import math
+import re
 import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -46,7 +54,6 @@ from corral.models import NoParams, to_jsonable
 log = logging.getLogger("corrald.rpc.dispatch")
 
 Ctx = TypeVar("Ctx")
-JSON = Any
 
 # Messages exactly as the JSON-RPC 2.0 specification spells them.
 PARSE_ERROR = ErrorResponse(-32700, "Parse error", NODATA, None)
@@ -137,6 +144,92 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+#: A `\uD800`..`\uDFFF` escape: the only way a lone surrogate gets into a str.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+class _BatchTooLarge(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class _Result:
+    """A handler's return value (kept apart from the errors `_call` returns)."""
+
+    value: Any
+
+
+def decode_frame(text: str, max_batch: int) -> Any:
+    """`json.loads`, except that a batch is parsed one item at a time and given up
+    on at item `max_batch + 1`: a million-item batch costs no more than the cap."""
+    i = _WHITESPACE.match(text).end()  # type: ignore[union-attr]
+    if not text.startswith("[", i):
+        return _DECODER.decode(text)
+    items: list[Any] = []
+    i = _WHITESPACE.match(text, i + 1).end()  # type: ignore[union-attr]
+    if text.startswith("]", i):
+        end = i + 1
+    else:
+        while True:
+            if len(items) == max_batch:
+                raise _BatchTooLarge
+            item, i = _DECODER.raw_decode(text, i)
+            items.append(item)
+            i = _WHITESPACE.match(text, i).end()  # type: ignore[union-attr]
+            if text.startswith(",", i):
+                i = _WHITESPACE.match(text, i + 1).end()  # type: ignore[union-attr]
+                continue
+            if text.startswith("]", i):
+                end = i + 1
+                break
+            raise ValueError("expected ',' or ']' in a batch")
+    if _WHITESPACE.match(text, end).end() != len(text):  # type: ignore[union-attr]
+        raise ValueError("extra data after the batch")
+    return items
+
+
+def encode_json(value: Any) -> bytes:
+    """Strict JSON (no NaN or Infinity) in UTF-8.
+
+    A lone surrogate (a client may send `"\\ud800"` as an id or a method name)
+    has no UTF-8 form: such a message is written with escapes, as it came.
+    """
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def lone_surrogate(value: Any) -> str | None:
+    """Where in `value` (decoded JSON) a string that is not Unicode is, or None."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        loc, item = stack.pop()
+        if isinstance(item, str):
+            if not _is_unicode(item):
+                return loc
+        elif isinstance(item, dict):
+            for key, sub in item.items():
+                where = f"{loc}.{key}" if loc else key
+                if not _is_unicode(key):
+                    return where
+                stack.append((where, sub))
+        elif isinstance(item, list):
+            stack.extend((f"{loc}.{n}" if loc else str(n), sub) for n, sub in enumerate(item))
+    return None
+
+
 def _valid_request(item: Any) -> bool:
     """The request object rules of the spec, checked without jsonschema."""
     if not isinstance(item, dict) or item.get("jsonrpc") != "2.0":
@@ -154,75 +247,119 @@ def _valid_request(item: Any) -> bool:
     return set(item) <= {"jsonrpc", "method", "params", "id"}
 
 
+_PARSE_ERROR = encode_json(serialize_error(PARSE_ERROR))
+_INVALID_REQUEST = encode_json(serialize_error(INVALID_REQUEST))
+
+
 class Dispatcher(Generic[Ctx]):
-    """Turns one decoded frame into zero or more response objects."""
+    """Turns one frame into its encoded answer (zero or more response objects)."""
 
-    def __init__(self, registry: Registry[Ctx]) -> None:
+    def __init__(self, registry: Registry[Ctx], *, max_batch: int = 1000) -> None:
         self.registry = registry
+        self.max_batch = max_batch
 
-    async def dispatch_text(self, ctx: Ctx, text: bytes | str) -> JSON | None:
-        """Answer one frame; None means nothing is to be sent (notifications)."""
+    async def dispatch_text(
+        self, ctx: Ctx, text: bytes | str, limiter: trio.CapacityLimiter | None = None
+    ) -> bytes | None:
+        """Answer one frame with the JSON to send; None means nothing is to be sent.
+
+        `limiter` bounds how many requests of this connection run at once
+        (batch items included); without one, a batch's items all run at once.
+        """
         try:
-            decoded = json.loads(text, parse_constant=_reject_constant)
+            if isinstance(text, bytes):
+                text = text.decode(json.detect_encoding(text))
+            decoded = decode_frame(text, self.max_batch)
         except (ValueError, UnicodeDecodeError, RecursionError):
             # RecursionError: nesting deeper than Python's json can follow.
-            return serialize_error(PARSE_ERROR)
-        return await self.dispatch_decoded(ctx, decoded)
-
-    async def dispatch_decoded(self, ctx: Ctx, decoded: Any) -> JSON | None:
+            return _PARSE_ERROR
+        except _BatchTooLarge:
+            return self._encode_error(errors.BatchTooLarge(data={"limit": self.max_batch}), None)
+        # Only an escape can make a lone surrogate: look for them only then.
+        check = "\\u" in text and _SURROGATE_ESCAPE.search(text) is not None
         if isinstance(decoded, list):
             if not decoded:
-                return serialize_error(INVALID_REQUEST)
-            answers: list[JSON | None] = [None] * len(decoded)
+                return _INVALID_REQUEST
+            return await self._batch(ctx, decoded, limiter, check)
+        if limiter is None:
+            return await self.dispatch_one(ctx, decoded, check)
+        async with limiter:
+            return await self.dispatch_one(ctx, decoded, check)
 
-            async def one(i: int, item: Any) -> None:
-                answers[i] = await self.dispatch_one(ctx, item)
+    async def _batch(
+        self, ctx: Ctx, items: list[Any], limiter: trio.CapacityLimiter | None, check: bool
+    ) -> bytes | None:
+        answers: list[bytes | None] = [None] * len(items)
+        todo = iter(enumerate(items))
 
-            async with trio.open_nursery() as nursery:
-                for i, item in enumerate(decoded):
-                    nursery.start_soon(one, i, item)
-            out = [a for a in answers if a is not None]
-            return out or None
-        return await self.dispatch_one(ctx, decoded)
+        async def work() -> None:
+            for i, item in todo:
+                if limiter is None:
+                    answers[i] = await self.dispatch_one(ctx, item, check)
+                else:
+                    async with limiter:
+                        answers[i] = await self.dispatch_one(ctx, item, check)
 
-    async def dispatch_one(self, ctx: Ctx, item: Any) -> JSON | None:
+        workers = len(items) if limiter is None else min(len(items), int(limiter.total_tokens))
+        async with trio.open_nursery() as nursery:
+            for _ in range(workers):
+                nursery.start_soon(work)
+        out = [a for a in answers if a is not None]
+        return b"[" + b",".join(out) + b"]" if out else None
+
+    async def dispatch_one(self, ctx: Ctx, item: Any, check_unicode: bool = True) -> bytes | None:
         if not _valid_request(item):
-            return serialize_error(INVALID_REQUEST)
+            return _INVALID_REQUEST
         request: Request = create_request(item)
-        response = await self._call(ctx, request)
+        outcome = await self._call(ctx, request, check_unicode)
         if request.id is NOID:
-            return None
-        return response
+            return None  # a notification: nothing is sent, not even an error
+        if isinstance(outcome, errors.CorralError):
+            return self._encode_error(outcome, request.id)
+        try:
+            return encode_json(
+                serialize_success(SuccessResponse(to_jsonable(outcome.value), request.id))
+            )
+        except Exception:
+            # The answer is lost either way; the client learns which request it was.
+            log.exception("the result of %s cannot be encoded as JSON", request.method)
+            return self._encode_error(
+                errors.InternalError(
+                    data={"method": request.method, "reason": "result is not encodable as JSON"}
+                ),
+                request.id,
+            )
 
-    async def _call(self, ctx: Ctx, request: Request) -> JSON:
+    async def _call(
+        self, ctx: Ctx, request: Request, check_unicode: bool
+    ) -> _Result | errors.CorralError:
         spec = self.registry.methods.get(request.method)
         if spec is None:
-            return self._error(request, errors.MethodNotFound(data={"method": request.method}))
+            return errors.MethodNotFound(data={"method": request.method})
+        where = lone_surrogate(request.params) if check_unicode else None
+        if where is not None:
+            return _not_unicode(where)
         try:
             params = self._bind(spec, request.params)
         except ValidationError as exc:
-            return self._error(request, errors.InvalidParams(data=validation_data(exc)))
+            return errors.InvalidParams(data=validation_data(exc))
         except errors.CorralError as exc:
-            return self._error(request, exc)
+            return exc
         try:
-            result = await spec.handler(ctx, params)
+            return _Result(await spec.handler(ctx, params))
         except errors.CorralError as exc:
-            return self._error(request, exc)
+            return exc
         except JsonRpcError as exc:
             data = exc.data if exc.data is not NODATA else None
-            return self._error(
-                request,
-                errors.CorralError.from_wire(
-                    {"code": exc.code, "message": exc.message, "data": data}
-                ),
+            return errors.CorralError.from_wire(
+                {"code": exc.code, "message": exc.message, "data": data}
             )
         except ValidationError as exc:
             # A handler validating nested input (e.g. a config) reports it as params.
-            return self._error(request, errors.InvalidParams(data=validation_data(exc)))
+            return errors.InvalidParams(data=validation_data(exc))
         except Exception:
             log.exception("method %s failed", request.method)
-            return self._error(request, errors.InternalError(data={"method": request.method}))
-        return serialize_success(SuccessResponse(to_jsonable(result), request.id))
+            return errors.InternalError(data={"method": request.method})
 
     @staticmethod
     def _bind(spec: MethodSpec[Ctx], params: list[Any] | dict[str, Any]) -> BaseModel:
@@ -236,11 +373,34 @@ class Dispatcher(Generic[Ctx]):
         return spec.params.model_validate(params)
 
     @staticmethod
-    def _error(request: Request, exc: errors.CorralError) -> JSON:
+    def _encode_error(exc: errors.CorralError, ident: Any) -> bytes:
         wire = exc.to_wire()
-        return serialize_error(
-            ErrorResponse(wire["code"], wire["message"], wire.get("data", NODATA), request.id)
-        )
+        try:
+            return encode_json(
+                serialize_error(
+                    ErrorResponse(wire["code"], wire["message"], wire.get("data", NODATA), ident)
+                )
+            )
+        except Exception:
+            log.exception("error %s cannot be encoded as JSON", wire["code"])
+            return encode_json(
+                serialize_error(ErrorResponse(-32603, "Internal error", NODATA, ident))
+            )
+
+
+def _not_unicode(where: str) -> errors.InvalidParams:
+    return errors.InvalidParams(
+        "params hold a string that is not Unicode",
+        {
+            "errors": [
+                {
+                    "loc": where,
+                    "msg": "a lone UTF-16 surrogate (such as \\ud800) is not a Unicode character",
+                    "type": "lone_surrogate",
+                }
+            ]
+        },
+    )
 
 
 # --- OpenRPC ---------------------------------------------------------------------

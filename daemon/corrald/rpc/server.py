@@ -6,6 +6,12 @@ server). Requests on one connection are handled concurrently (pipelining),
 their writes serialised by a per-connection lock. Shutdown follows
 hypercorn's shape: stop accepting, give in-flight requests a bounded grace,
 then cancel what is left.
+
+A connection ends as soon as its peer is gone, also when it only listens to
+pushes: the read side sees the hang-up (EOF or a reset), and every write has
+a deadline, so a peer that stops reading is dropped, with what was queued
+for it, after `write_timeout_secs`. A peer that only shut down its writing
+half (`nc -N`) keeps its subscriptions until it hangs up for good.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import json
 import logging
 import math
 import os
+import select
 import socket
 import stat
 import struct
@@ -27,7 +34,7 @@ from typing import Any, Generic, TypeVar
 import trio
 
 from corral import errors
-from corrald.rpc.dispatch import Ctx, Dispatcher, Registry
+from corrald.rpc.dispatch import Ctx, Dispatcher, Registry, encode_json
 from corrald.rpc.framing import FrameReader, Framing, encode
 
 #: The per-connection state handlers keep (the server never looks inside it).
@@ -42,7 +49,15 @@ class Limits:
     max_connections: int = 512
     frame_timeout_secs: float = 10.0
     shutdown_grace_secs: float = 10.0
-    max_inflight_per_connection: int = 64
+    max_inflight_per_connection: int = 64  # requests running at once, batch items included
+    max_batch_items: int = 1000
+    write_timeout_secs: float = 30.0
+
+
+#: How long a refused connection is given to read its error and hang up
+#: (closing while its request is unread would reset the connection instead).
+_LINGER_SECS = 1.0
+_LINGER_BYTES = 1 << 20
 
 
 class AlreadyRunning(RuntimeError):
@@ -110,7 +125,11 @@ class Connection(Generic[S]):
         self.on_close: list[Callable[[], object]] = []
         self.pushes = 0  # push tasks (subscriptions) running on this connection
         self._send_lock = trio.Lock()
-        self._inflight = trio.Semaphore(server.limits.max_inflight_per_connection)
+        limit = server.limits.max_inflight_per_connection
+        self._frames = trio.Semaphore(limit)  # frames being answered: reading waits beyond
+        self._running = trio.CapacityLimiter(limit)  # requests running, batch items included
+        self._reading = trio.CancelScope()  # cancelled when the peer is gone
+        self._reading_done = False
         self._background: trio.Nursery | None = None  # pushes; they end with the connection
 
     @property
@@ -123,15 +142,7 @@ class Connection(Generic[S]):
 
     async def send_many(self, messages: list[Any]) -> bool:
         """Write several messages with one system call (event bursts)."""
-        framing = self.framing if self.framing is not Framing.UNKNOWN else Framing.NDJSON
-        data = b"".join(
-            encode(
-                framing,
-                json.dumps(m, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(),
-            )
-            for m in messages
-        )
-        return await self._write(data)
+        return await self.send_raw([encode_json(m) for m in messages])
 
     async def _write(self, data: bytes) -> bool:
         try:  # no scheduler pass when nobody else is writing (the common case)
@@ -141,9 +152,16 @@ class Connection(Generic[S]):
         try:
             if self.closed:
                 return False
-            await self.stream.send_all(data)
+            timeout = self.server.limits.write_timeout_secs
+            with trio.move_on_after(timeout) as deadline:
+                await self.stream.send_all(data)
+            if deadline.cancelled_caught:
+                # Part of a message may be out: nothing more can be written.
+                log.info("%r: not reading, a write took over %s s; dropping it", self, timeout)
+                self.hang_up()
+                return False
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            self.closed = True
+            self.hang_up()
             return False
         finally:
             self._send_lock.release()
@@ -153,6 +171,13 @@ class Connection(Generic[S]):
         """Write already-encoded JSON messages (event bursts) with one system call."""
         framing = self.framing if self.framing is not Framing.UNKNOWN else Framing.NDJSON
         return await self._write(b"".join(encode(framing, body) for body in bodies))
+
+    def hang_up(self) -> None:
+        """The peer is gone: stop reading and pushing; in-flight requests still finish."""
+        self.closed = True
+        self._reading.cancel()
+        if self._background is not None:
+            self._background.cancel_scope.cancel()
 
     def push(self, fn: Callable[[], Awaitable[object]]) -> None:
         """Run `fn` (a subscription's delivery) for as long as the connection lives."""
@@ -164,6 +189,8 @@ class Connection(Generic[S]):
                 await fn()
             finally:
                 self.pushes -= 1
+                if not self.pushes and self._reading_done:
+                    self.hang_up()  # nothing more to read or to push
 
         self._background.start_soon(counted)
 
@@ -180,14 +207,41 @@ class Connection(Generic[S]):
         async with trio.open_nursery() as background:
             self._background = background
             async with trio.open_nursery() as requests:
-                clean_eof = await self._read_loop(requests)
-            # After a clean EOF (a half-close, as `nc` does) the peer may still
-            # read: its subscriptions go on until a write fails or they end.
-            if not clean_eof or not self.pushes:
-                background.cancel_scope.cancel()
+                half_closed = False
+                with self._reading:
+                    half_closed = await self._read_loop(requests)
+            self._reading_done = True
+            if half_closed and self.pushes and not self.closed:
+                # The peer shut down only its writing half: it may still read
+                # its subscriptions, until it hangs up for good.
+                background.start_soon(self._wait_hang_up)
+            else:
+                self.hang_up()
+
+    async def _wait_hang_up(self) -> None:
+        """Return once the peer has closed its end (POLLHUP), without polling.
+
+        A half-closed socket is always readable, so trio cannot wait for the
+        hang-up itself; an epoll set that watches only this socket (for no
+        event: EPOLLHUP and EPOLLERR are always reported) becomes readable
+        exactly then.
+        """
+        watch = select.epoll()
+        try:
+            watch.register(self.stream.socket.fileno(), 0)
+            await trio.lowlevel.wait_readable(watch.fileno())
+        finally:
+            watch.close()
+        self.hang_up()
+
+    def _peer_hung_up(self) -> bool:
+        """After an EOF: True if the peer closed its end, False if it only shut down writing."""
+        poll = select.poll()
+        poll.register(self.stream.socket.fileno(), select.POLLIN)
+        return any(events & select.POLLHUP for _, events in poll.poll(0))
 
     async def _read_loop(self, requests: trio.Nursery) -> bool:
-        """Read frames until the peer stops; True for a clean EOF.
+        """Read frames until the peer stops; True for a half-close (EOF, the peer still reads).
 
         A partial frame is on the clock from its first byte: the deadline is set
         once per frame, so a peer dripping bytes cannot hold the connection.
@@ -210,7 +264,7 @@ class Connection(Generic[S]):
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 return False
             if not data:
-                return not self.reader.pending
+                return not self.reader.pending and not self._peer_hung_up()
             try:
                 frames = self.reader.feed(data)
             except errors.CorralError as exc:
@@ -222,9 +276,9 @@ class Connection(Generic[S]):
                 deadline = trio.current_time() + limits.frame_timeout_secs
             for frame in frames:
                 try:  # no scheduler pass when a slot is free (the common case)
-                    self._inflight.acquire_nowait()
+                    self._frames.acquire_nowait()
                 except trio.WouldBlock:
-                    await self._inflight.acquire()
+                    await self._frames.acquire()
                 requests.start_soon(self._answer, frame)
         return False
 
@@ -233,20 +287,44 @@ class Connection(Generic[S]):
         server.inflight += 1
         try:
             if server.shutting_down:
-                response: Any = {
-                    "jsonrpc": "2.0",
-                    "error": errors.ShuttingDown().to_wire(),
-                    "id": _guess_id(frame),
-                }
-            else:
-                response = await server.dispatcher.dispatch_text(server.make_ctx(self), frame)
+                await self.send(
+                    {
+                        "jsonrpc": "2.0",
+                        "error": errors.ShuttingDown().to_wire(),
+                        "id": _guess_id(frame),
+                    }
+                )
+                return
+            response = await server.dispatcher.dispatch_text(
+                server.make_ctx(self), frame, self._running
+            )
             if response is not None:
-                await self.send(response)
+                await self.send_raw([response])
         finally:
-            self._inflight.release()
+            self._frames.release()
             server.inflight -= 1
             if server.inflight == 0:
                 server.idle.set()
+
+    async def refuse(self, exc: errors.CorralError) -> None:
+        """Send `exc` to a connection we will not serve, then let the peer hang up first.
+
+        Closing a socket whose input is unread makes the peer see a reset, not
+        our error: so we stop writing, read and drop what it sent (bounded in
+        bytes and time) until it closes, and only then close.
+        """
+        await self.send_error(exc)
+        with trio.move_on_after(_LINGER_SECS):
+            try:
+                await self.stream.send_eof()
+                drained = 0
+                while drained < _LINGER_BYTES:
+                    data = await self.stream.receive_some(65536)
+                    if not data:
+                        break
+                    drained += len(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
 
     async def aclose(self) -> None:
         self.closed = True
@@ -285,10 +363,10 @@ class Server(Generic[Ctx, S]):
         new_state: Callable[[], S],
         limits: Limits | None = None,
     ) -> None:
-        self.dispatcher = Dispatcher(registry)
+        self.limits = limits or Limits()
+        self.dispatcher = Dispatcher(registry, max_batch=self.limits.max_batch_items)
         self.make_ctx = make_ctx
         self.new_state = new_state
-        self.limits = limits or Limits()
         self.connections: set[Connection[S]] = set()
         self.inflight = 0
         self.idle = trio.Event()
@@ -346,11 +424,11 @@ class Server(Generic[Ctx, S]):
         try:
             conn.peer_pid, uid = peer_uid(stream)
             if uid != os.getuid():
-                await conn.send_error(errors.PermissionDenied(data={"peerUid": uid}))
+                await conn.refuse(errors.PermissionDenied(data={"peerUid": uid}))
             elif self.shutting_down:
-                await conn.send_error(errors.ShuttingDown())
+                await conn.refuse(errors.ShuttingDown())
             elif len(self.connections) >= self.limits.max_connections:
-                await conn.send_error(
+                await conn.refuse(
                     errors.TooManyConnections(data={"limit": self.limits.max_connections})
                 )
             else:
