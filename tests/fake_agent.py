@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -115,6 +116,23 @@ def stream_json(args: argparse.Namespace) -> None:
         print(json.dumps(obj), flush=True)
 
 
+def resolve_markers() -> None:
+    """Resolve every git conflict in the work tree by keeping both sides, ours first."""
+    out = subprocess.run(
+        ["git", "diff", "--name-only", "--diff-filter=U"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for name in out.stdout.split():
+        kept: list[str] = []
+        for line in Path(name).read_text().splitlines(keepends=True):
+            if not line.startswith(("<<<<<<<", "=======", ">>>>>>>")):
+                kept.append(line)
+        Path(name).write_text("".join(kept))
+        print(f"resolved {name}", flush=True)
+
+
 def flood(mb: int) -> None:
     line = b"x" * 1023 + b"\n"
     block = line * 1024  # 1 MiB
@@ -147,9 +165,18 @@ def main() -> int:
     ap.add_argument(
         "--cat", action="append", default=[], metavar="FILE", help="raw bytes to stdout"
     )
+    ap.add_argument("--require", action="append", default=[], metavar="FILE")
+    ap.add_argument("--delete", action="append", default=[], metavar="FILE")
+    ap.add_argument("--resolve-markers", action="store_true", help="keep both sides of conflicts")
     args = ap.parse_args()
 
     record(args.pidfile, "agent")
+    for name in args.require:  # e.g. a dependency's work must be in this worktree
+        if not Path(name).exists():
+            print(f"required file {name} is missing", file=sys.stderr, flush=True)
+            return 3
+    if args.resolve_markers:
+        resolve_markers()
     if args.ignore_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if args.grandchild_ignore_sigterm:
@@ -182,6 +209,8 @@ def main() -> int:
     for spec in args.edit:
         name, _, text = spec.partition("=")
         Path(name).write_text(text)
+    for name in args.delete:
+        Path(name).unlink(missing_ok=True)
     if args.print_marker and not args.stream_json:
         print(args.print_marker, flush=True)
     if args.long_line:

@@ -74,7 +74,7 @@ async def harness(tmp_path: Path, repo: Path) -> AsyncIterator[Harness]:
         worktree_base=tmp_path / "worktrees",
         custom_types={"fake": AgentTypeConfig(argv=[sys.executable, str(PLAN_AGENT), str(plan)])},
     )
-    config = SchedulerConfig(agent_type="fake", max_retries=3)
+    config = SchedulerConfig(agent_type="fake", max_retries=3, integrate=False)
     config.resource_limits.kill_grace_secs = 0.5
     try:
         async with trio.open_nursery() as nursery:

@@ -56,6 +56,7 @@ async def test_retries_wait_out_their_backoff_in_virtual_time(
 
     engine.on_change.append(watch)
     config = SchedulerConfig(
+        integrate=False,  # backoff alone (integration: test_integration.py)
         agent_type="flaky",
         max_retries=2,
         backoff=Backoff(base_secs=60, multiplier=3, cap_secs=1000),

@@ -81,7 +81,9 @@ def quick(task_id: str, *extra: str) -> list[str]:
 
 def test_session_workflow_every_command_in_json(cli: Cli, behaviour: Path, repo: Path) -> None:
     behaviour.write_text(json.dumps({"write-the-docs": quick("docs"), "t2": quick("t2")}))
-    session = cli.json("init", str(repo), "--session", "s1", "--parallel", "2", "--agent", "fake")
+    session = cli.json(
+        "init", str(repo), "--session", "s1", "--parallel", "2", "--agent", "fake", "--no-integrate"
+    )
     assert session["id"] == "s1" and session["repoPath"] == str(repo)
     assert session["config"]["maxParallel"] == 2 and session["config"]["agentType"] == "fake"
     assert [s["id"] for s in cli.json("sessions")] == ["s1"]

@@ -111,7 +111,14 @@ def test_models_are_dumped_and_dicts_pass_as_given(recorder: Recorder) -> None:
     assert "max_parallel" not in init["config"]
     assert "null" not in json.dumps(init)  # exclude_none all the way down
     assert add["tasks"] == [
-        {"id": "a", "title": "t", "description": "", "priority": 0, "dependencies": []},
+        {
+            "id": "a",
+            "title": "t",
+            "description": "",
+            "priority": 0,
+            "dependencies": [],
+            "paths": [],
+        },
         {"id": "b", "title": "u", "agent_type": "x"},  # a dict is not the client's to rewrite
     ]
 

@@ -27,7 +27,10 @@ def test_agents_branches_conflict_matrix_and_merge_queue(tmp_path: Path) -> None
         )
     )
     with DaemonProcess(config=agent_config(plan, "fake")) as d, d.client() as c:
-        c.init_parallel_scheduler(repo_path=str(repo), config={"agentType": "fake"})
+        # Each task on its own branch (integration off): conflicts stay for the merge queue.
+        c.init_parallel_scheduler(
+            repo_path=str(repo), config={"agentType": "fake", "integrate": False}
+        )
         c.parallel_add_tasks(
             tasks=[
                 {"id": "base", "title": "base"},

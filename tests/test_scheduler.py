@@ -42,7 +42,11 @@ def spec(tid: str, *deps: str, **kw: Any) -> TaskSpec:
 
 
 def config(**kw: Any) -> SchedulerConfig:
-    return SchedulerConfig(**kw)
+    """Scheduling alone: a completed task satisfies its dependents at once.
+
+    (With integration on, they wait until it is integrated: test_scheduler_integration.py.)
+    """
+    return SchedulerConfig(**{"integrate": False, **kw})
 
 
 def statuses(s: Scheduler) -> dict[str, TaskState]:

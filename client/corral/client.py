@@ -41,6 +41,7 @@ from corral.models import (
     ConflictSummary,
     DaemonStatus,
     Event,
+    IntegrationReport,
     LogEntry,
     MergeConflict,
     MergeReport,
@@ -205,6 +206,9 @@ class _Methods:
     conflicts_matrix = _Rpc("conflicts_matrix", MatrixParams, ConflictMatrix)
     conflicts_resolve = _Rpc("conflicts_resolve", ResolveParams, ConflictResolutionResult)
     merge_completed_branches = _Rpc("merge_completed_branches", MergeParams, MergeReport)
+    parallel_retry_task = _Rpc("parallel_retry_task", TaskRef, list[Task])
+    integration_status = _Rpc("integration_status", SessionParams, IntegrationReport)
+    task_integrate = _Rpc("task_integrate", TaskRef, Task)
     # events_subscribe is not here: it needs a connection of its own (see `events()`).
     events_unsubscribe = _Rpc("events_unsubscribe", UnsubscribeParams, bool)
 

@@ -105,6 +105,7 @@ BEHAVIOUR: dict[str, list[dict[str, Any]]] = {
 #: Scheduler settings: small limits so the memory hog trips, quick retries.
 CONFIG: dict[str, Any] = {
     "agentType": "command",
+    "integrate": False,
     "maxParallel": 3,
     "maxRetries": 2,
     "strategy": "dependency_first",

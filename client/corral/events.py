@@ -23,6 +23,8 @@ from corral.models import (
     ConflictResolutionResult,
     EndReason,
     ErrorCategory,
+    IntegrationBatch,
+    IntegrationStatus,
     MergeReport,
     SessionStatus,
     TaskState,
@@ -57,6 +59,8 @@ class TaskStatusPayload(Payload):
     attempts: int = 0
     error: str | None = None
     error_category: ErrorCategory | None = None
+    integration_status: IntegrationStatus | None = None
+    integration_attempts: int = 0
 
 
 class AgentStatusPayload(Payload):
@@ -113,6 +117,16 @@ class WorktreeReleasedPayload(WorktreeAllocation, Payload):
 
 class WorktreeCleanupPayload(CleanupReport, Payload):
     """Orphan worktrees were cleaned up."""
+
+
+class IntegrationBatchPayload(IntegrationBatch, Payload):
+    """The integration queue finished a batch: who went in, who went back, gate runs."""
+
+
+class IntegrationBlockedPayload(Payload):
+    """The integration queue cannot move (or can again: `reason` is None)."""
+
+    reason: str | None = None
 
 
 class ConflictsDetectedPayload(Payload):
@@ -203,6 +217,16 @@ class WorktreeCleanupEvent(EventBase):
     payload: WorktreeCleanupPayload
 
 
+class IntegrationBatchEvent(EventBase):
+    type: Literal["integration.batch"] = "integration.batch"
+    payload: IntegrationBatchPayload
+
+
+class IntegrationBlockedEvent(EventBase):
+    type: Literal["integration.blocked"] = "integration.blocked"
+    payload: IntegrationBlockedPayload
+
+
 class ConflictsDetectedEvent(EventBase):
     type: Literal["conflicts.detected"] = "conflicts.detected"
     payload: ConflictsDetectedPayload
@@ -239,6 +263,8 @@ KnownEvent = (
     | WorktreeAllocatedEvent
     | WorktreeReleasedEvent
     | WorktreeCleanupEvent
+    | IntegrationBatchEvent
+    | IntegrationBlockedEvent
     | ConflictsDetectedEvent
     | ConflictsResolvedEvent
     | MergeCompletedEvent
@@ -274,6 +300,8 @@ AnyEvent = Annotated[
     | Annotated[WorktreeAllocatedEvent, Tag("worktree.allocated")]
     | Annotated[WorktreeReleasedEvent, Tag("worktree.released")]
     | Annotated[WorktreeCleanupEvent, Tag("worktree.cleanup")]
+    | Annotated[IntegrationBatchEvent, Tag("integration.batch")]
+    | Annotated[IntegrationBlockedEvent, Tag("integration.blocked")]
     | Annotated[ConflictsDetectedEvent, Tag("conflicts.detected")]
     | Annotated[ConflictsResolvedEvent, Tag("conflicts.resolved")]
     | Annotated[MergeCompletedEvent, Tag("merge.completed")],

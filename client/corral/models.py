@@ -49,6 +49,15 @@ def check_task_id(value: str) -> str:
 TaskId = Annotated[str, AfterValidator(check_task_id)]
 
 
+def check_path_glob(value: str) -> str:
+    """A glob of paths a task expects to touch: relative, inside the repository."""
+    if not value or len(value) > 1000 or "\0" in value:
+        raise ValueError("a path glob must be 1-1000 characters")
+    if value.startswith("/") or ".." in value.split("/"):
+        raise ValueError(f"path glob {value!r} must be relative and stay inside the repository")
+    return value
+
+
 def rfc3339(value: float) -> str:
     """Epoch seconds as an RFC 3339 UTC timestamp with microseconds (`...Z`)."""
     return datetime.fromtimestamp(value, UTC).isoformat(timespec="microseconds")[:-6] + "Z"
@@ -197,6 +206,8 @@ class ErrorCategory(StrEnum):
     DEPENDENCY = "dependency"
     CANCELLED = "cancelled"
     MISSING_EXECUTABLE = "missing_executable"
+    CONFLICT = "conflict"  # its branch kept conflicting with the integration head
+    GATE = "gate"  # its branch kept failing the integration gate
     INTERNAL = "internal"  # corral's own code failed during the attempt; never retried
     UNKNOWN = "unknown"
 
@@ -207,6 +218,24 @@ class Strategy(StrEnum):
     COST_FIRST = "cost_first"
     DEPENDENCY_FIRST = "dependency_first"
     SEQUENTIAL = "sequential"
+
+
+class IntegrationStatus(StrEnum):
+    """Where a completed task's branch is on its way into the integration branch."""
+
+    QUEUED = "queued"
+    GATING = "gating"
+    INTEGRATED = "integrated"
+    CONFLICT = "conflict"
+    GATE_FAILED = "gate_failed"
+
+
+class IntegrationPolicy(StrEnum):
+    """What happens to a branch that conflicts with the integration head or fails the gate."""
+
+    AGENT = "agent"  # a new attempt of the task's agent type resolves it
+    RESOLVER = "resolver"  # the same, with the configured resolverAgent type
+    MANUAL = "manual"  # it parks until a person fixes it and calls task_integrate
 
 
 class ErrorStrategy(StrEnum):
@@ -279,11 +308,8 @@ def check_model_name(value: str | None) -> str | None:
     return value
 
 
-_TEMPLATE_FIELDS = frozenset({"task_id", "taskId"})
-
-
-def fill_branch_template(template: str, task_id: str) -> str:
-    """`template` with `{task_id}` (or `{taskId}`) filled in; ValueError for anything else.
+def fill_template(template: str, values: dict[str, str], what: str = "branch template") -> str:
+    """`template` with its `{name}` fields filled from `values`; ValueError for anything else.
 
     Not `str.format`: that also runs format specs, conversions and attribute
     lookups, and `{task_id:>99999999999}` runs the daemon out of memory.
@@ -291,22 +317,38 @@ def fill_branch_template(template: str, task_id: str) -> str:
     try:
         parts = list(string.Formatter().parse(template))
     except ValueError as exc:
-        raise ValueError(f"invalid branch template {template[:100]!r}: {exc}") from None
+        raise ValueError(f"invalid {what} {template[:100]!r}: {exc}") from None
     out = []
     for literal, field, spec, conversion in parts:
         out.append(literal)
         if field is None:
             continue
-        if field not in _TEMPLATE_FIELDS or spec or conversion:
-            raise ValueError(
-                f"invalid branch template {template[:100]!r}: only {{task_id}} may be filled in"
-            )
-        out.append(task_id)
+        if field not in values or spec or conversion:
+            names = " or ".join(f"{{{n}}}" for n in values)
+            raise ValueError(f"invalid {what} {template[:100]!r}: only {names} may be filled in")
+        out.append(values[field])
     return "".join(out)
+
+
+def fill_branch_template(template: str, task_id: str) -> str:
+    """A task's branch: `template` with `{task_id}` (or `{taskId}`) filled in."""
+    return fill_template(template, {"task_id": task_id, "taskId": task_id})
+
+
+def fill_integration_template(template: str, session_id: str) -> str:
+    """A session's integration branch: `template` with `{session_id}` filled in."""
+    return fill_template(
+        template, {"session_id": session_id, "sessionId": session_id}, "integration branch"
+    )
 
 
 def check_branch_template(value: str) -> str:
     fill_branch_template(value, "t")
+    return value
+
+
+def check_integration_template(value: str) -> str:
+    fill_integration_template(value, "s")
     return value
 
 
@@ -330,6 +372,18 @@ class SchedulerConfig(Wire):
     branch_template: Annotated[str, AfterValidator(check_branch_template)] = Field(
         "corral/{task_id}", min_length=1, max_length=200
     )
+    # Integration: a plan's work composes into one branch (DESIGN §4).
+    integrate: bool = True
+    integration_branch: Annotated[str, AfterValidator(check_integration_template)] = Field(
+        "corral-integration/{session_id}", min_length=1, max_length=200
+    )
+    gate_command: list[str] | None = Field(None, min_length=1, max_length=64)
+    gate_timeout_secs: int = Field(600, ge=1, le=86_400)
+    gate_batch: int = Field(4, ge=1, le=64)
+    on_conflict: IntegrationPolicy = IntegrationPolicy.AGENT
+    on_gate_failure: IntegrationPolicy = IntegrationPolicy.AGENT
+    resolver_agent: str | None = None
+    max_integration_attempts: int = Field(2, ge=0, le=20)
 
 
 # --- domain -----------------------------------------------------------------
@@ -354,6 +408,7 @@ class Session(Wire):
     status: SessionStatus
     created_at: Timestamp
     aborted: bool = False  # a failure under errorStrategy "abort": no new task starts
+    integration_branch: str | None = None  # the rendered name, when integration is on
 
 
 class TaskSpec(Params):
@@ -366,6 +421,9 @@ class TaskSpec(Params):
     dependencies: list[TaskId] = Field(default_factory=list)
     estimated_tokens: int | None = Field(None, ge=0)
     agent_type: str | None = None
+    paths: list[Annotated[str, AfterValidator(check_path_glob)]] = Field(
+        default_factory=list, max_length=256
+    )
 
 
 class Task(Wire):
@@ -388,6 +446,12 @@ class Task(Wire):
     agent_type: str | None = None
     retry_at: Timestamp | None = None
     blocked_by: str | None = None
+    paths: list[str] = Field(default_factory=list)
+    integration_status: IntegrationStatus | None = None
+    integration_attempts: int = 0  # resolution attempts spent (capped by maxIntegrationAttempts)
+    resolving: str | None = None  # "conflict" or "gate": the next attempt resolves that
+    conflict_files: list[str] = Field(default_factory=list)
+    integration_error: str | None = None  # what went wrong on the way in (gate output tail)
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -636,6 +700,43 @@ class DaemonStatus(Wire):
     socket_path: str
     state_dir: str
     cgroup: CgroupFeatures
+
+
+class ParkedTask(Wire):
+    """A task waiting for a person: its branch conflicts or fails the gate (policy manual)."""
+
+    task_id: str
+    integration_status: IntegrationStatus
+    files: list[str] = Field(default_factory=list)
+    error: str | None = None
+
+
+class IntegrationBatch(Wire):
+    """What the queue did with one batch: gate runs, who went in, who went back."""
+
+    task_ids: list[str]
+    gate_runs: int
+    integrated: list[str] = Field(default_factory=list)
+    conflicted: list[str] = Field(default_factory=list)
+    gate_failed: list[str] = Field(default_factory=list)
+    head: str | None = None
+    at: Timestamp = 0.0
+
+
+class IntegrationReport(Wire):
+    """The answer to `integration_status`: the branch, its head, the queue and each task."""
+
+    session_id: str
+    enabled: bool
+    branch: str | None = None
+    head: str | None = None
+    queue: list[str] = Field(default_factory=list)  # queued task ids, in the order they go in
+    gating: list[str] = Field(default_factory=list)  # the batch being gated now
+    parked: list[ParkedTask] = Field(default_factory=list)
+    resolving: list[str] = Field(default_factory=list)  # tasks whose agent is resolving
+    integrated: list[str] = Field(default_factory=list)  # in the order they went in
+    last_batch: IntegrationBatch | None = None
+    blocked: str | None = None  # why the queue cannot move (e.g. the gate cannot run)
 
 
 class SubscribeResult(Wire):

@@ -131,4 +131,15 @@ def config_from(args: argparse.Namespace, base: dict[str, Any] | None = None) ->
         config["strategy"] = args.strategy
     if getattr(args, "base", None):
         config["baseBranch"] = args.base
+    if getattr(args, "no_integrate", False):
+        config["integrate"] = False
     return config
+
+
+def integration_args(parser: argparse.ArgumentParser) -> None:
+    """The flags that set up integration (shared by `init` and `run`)."""
+    parser.add_argument(
+        "--no-integrate",
+        action="store_true",
+        help="leave each task on its own branch (no integration branch, no queue)",
+    )

@@ -14,6 +14,7 @@ from corral.cli.common import (
     command,
     config_from,
     connect,
+    integration_args,
     progress,
     session_arg,
 )
@@ -28,6 +29,7 @@ def _run_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--agent", metavar="TYPE", help="agent type for the whole plan")
     parser.add_argument("--repo", default=".", help="git repository (default: here)")
     parser.add_argument("--no-watch", action="store_true", help="start the run and return at once")
+    integration_args(parser)
 
 
 @command(

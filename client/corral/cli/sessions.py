@@ -14,6 +14,7 @@ from corral.cli.common import (
     command,
     config_from,
     connect,
+    integration_args,
     session_arg,
 )
 from corral.models import Session, Strategy
@@ -30,6 +31,7 @@ def _init_args(parser: argparse.ArgumentParser) -> None:
         help="which ready task starts first",
     )
     parser.add_argument("--base", metavar="BRANCH", help="branch the worktrees start from")
+    integration_args(parser)
 
 
 @command("init", "create a session on a git repository (or reconfigure one)", _init_args)

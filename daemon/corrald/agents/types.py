@@ -143,6 +143,39 @@ def build_argv(
     return out
 
 
+def resolution_note(
+    kind: str,
+    *,
+    branch: str,
+    files: list[str],
+    gate_argv: list[str] | None,
+    detail: str | None,
+) -> str:
+    """What a resolution attempt is told, after its task's own prompt.
+
+    `kind` is "conflict" (the branch conflicts with the integration head,
+    which corral has merged into this worktree, markers left in place) or
+    "gate" (the merged result failed the gate command).
+    """
+    if kind == "conflict":
+        listed = "".join(f"- {f}\n" for f in files) or "- (see `git status`)\n"
+        return (
+            f"\nYour work conflicts with {branch}, where the other tasks' work is"
+            " integrated. corral has merged it into this worktree; these files have"
+            f" conflict markers:\n{listed}"
+            "Resolve every conflict, keeping both sides' intent, remove the markers,"
+            " make sure the project still works, and commit.\n"
+        )
+    command = " ".join(gate_argv or [])
+    tail = (detail or "").strip()[-4000:]
+    return (
+        f"\nYour work, merged with {branch}, fails the integration check `{command}`."
+        f" corral has merged {branch} into this worktree. The check's output ended with:"
+        f"\n```\n{tail}\n```\n"
+        "Fix the cause, run the check yourself until it passes, and commit.\n"
+    )
+
+
 def build_prompt(title: str, description: str, completion_marker: str | None) -> str:
     """The agent's prompt: the task, plus how to signal completion if required."""
     prompt = f"Task: {title}\n\n{description}".rstrip() + "\n"

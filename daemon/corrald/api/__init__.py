@@ -1,6 +1,15 @@
 """The RPC methods, one module per area; importing this package registers them all."""
 
-from corrald.api import agents, conflicts, daemon, events, sessions, tasks, worktrees
+from corrald.api import (
+    agents,
+    conflicts,
+    daemon,
+    events,
+    integration,
+    sessions,
+    tasks,
+    worktrees,
+)
 from corrald.api.context import Call, ClientState, DaemonInfo, methods
 
 __all__ = [
@@ -11,6 +20,7 @@ __all__ = [
     "conflicts",
     "daemon",
     "events",
+    "integration",
     "methods",
     "sessions",
     "tasks",

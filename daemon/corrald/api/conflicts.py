@@ -117,9 +117,13 @@ async def conflicts_resolve(call: Call, p: ResolveParams) -> ConflictResolutionR
 
 @methods.method()
 async def merge_completed_branches(call: Call, p: MergeParams) -> MergeReport:
-    """Merge the branches of completed tasks into the target, one at a time.
+    """Land the session's work on the target: the integration branch, or each completed branch.
 
-    Order: dependency order, then priority, then insertion. Each merge is made
+    With integration on (the default), the integration branch (which holds
+    every integrated task) is landed: a fast-forward when the target has not
+    moved, else one merge commit. With integration off, the branches of
+    completed tasks are merged one at a time, in dependency order, then
+    priority, then insertion. Each merge is made
     in memory (fast-forward when possible) and the target ref moves only if it
     still points where it did; a conflicting branch is reported with its files
     and skipped, never half-merged. A clean checked-out target work tree is
@@ -129,10 +133,12 @@ async def merge_completed_branches(call: Call, p: MergeParams) -> MergeReport:
     """
     state = call.session(p.session_id)
     target = await _target(state, p.target_branch)
-    ordered = merge_order(_task_branches(state, (TaskState.COMPLETED,)))
-    report = await queue.merge_queue(
-        state.session.repo_path, [t.branch or "" for t in ordered], target, p.dry_run
-    )
+    if state.session.config.integrate and state.session.integration_branch:
+        branches = [state.session.integration_branch]
+    else:
+        ordered = merge_order(_task_branches(state, (TaskState.COMPLETED,)))
+        branches = [t.branch or "" for t in ordered]
+    report = await queue.merge_queue(state.session.repo_path, branches, target, p.dry_run)
     if not p.dry_run:
         call.engine.merged(state, report)
     return report

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 from corral import errors
-from corral.models import Session, SessionStatus, overlay
+from corral.models import IntegrationPolicy, SchedulerConfig, Session, SessionStatus, overlay
 from corral.params import InitParams, NoParams, SessionParams
 from corrald.api.context import Call, methods
+from corrald.git import worktrees
+from corrald.git.merge import integrate
 from corrald.git.repo import repo_root
 
 
@@ -18,12 +23,48 @@ async def init_parallel_scheduler(call: Call, p: InitParams) -> Session:
     tree), `sessionId` (optional; generated if omitted). Calling it again with
     an existing `sessionId` replaces that session's config and keeps its tasks,
     unless agents are running: then it fails with 1002 SessionBusy.
-    Errors: 1010 NotAGitRepository, 1002 SessionBusy, 1007 for a bad id.
+    With integration on (`integrate`, the default) the session's integration
+    branch (`integrationBranch`, default `corral-integration/{session_id}`)
+    is created from `baseBranch` now, or reused if it exists; it must be a
+    valid branch name that no task branch can collide with (3004). A
+    `gateCommand` whose program is not on PATH (or not executable) is refused
+    here, and so is policy `resolver` without `resolverAgent` (5001).
+    Errors: 1010 NotAGitRepository, 1002 SessionBusy, 1007 for a bad id,
+    3004 InvalidBranchName, 3008 BaseBranchNotFound, 5001 ConfigInvalid.
     """
     defaults = call.daemon.defaults
     config = defaults if p.config is None else overlay(defaults, p.config)
     root = await repo_root(p.repo_path)
-    return call.engine.init_session(config, root, p.session_id)
+    session_id = p.session_id or call.engine.new_session_id()
+    branch = None
+    if config.integrate:
+        check_integration_config(config)
+        branch = worktrees.integration_branch_name(
+            config.integration_branch, session_id, config.branch_template
+        )
+        base = config.base_branch or await worktrees.head_branch(root)
+        await integrate.ensure_branch(root, branch, base)
+    return call.engine.init_session(config, root, session_id, branch)
+
+
+def check_integration_config(config: SchedulerConfig) -> None:
+    """Refuse an integration setup that cannot work, before anything is created."""
+    gate = config.gate_command
+    if gate:
+        program = gate[0]
+        if "/" not in program and shutil.which(program) is None:
+            raise errors.ConfigInvalid(
+                f"gateCommand: {program!r} is not on PATH", {"field": "gateCommand"}
+            )
+        if os.path.isabs(program) and not os.access(program, os.X_OK):
+            raise errors.ConfigInvalid(
+                f"gateCommand: {program!r} is not an executable file", {"field": "gateCommand"}
+            )
+    policies = (config.on_conflict, config.on_gate_failure)
+    if IntegrationPolicy.RESOLVER in policies and not config.resolver_agent:
+        raise errors.ConfigInvalid(
+            "the resolver policy needs resolverAgent (an agent type)", {"field": "resolverAgent"}
+        )
 
 
 @methods.method()

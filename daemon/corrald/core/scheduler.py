@@ -39,6 +39,8 @@ from corral.models import (
     TERMINAL_TASK_STATES,
     ErrorCategory,
     ErrorStrategy,
+    IntegrationPolicy,
+    IntegrationStatus,
     SchedulerConfig,
     Strategy,
     Task,
@@ -46,6 +48,7 @@ from corral.models import (
     TaskState,
 )
 from corrald.core.graph import batch_order, topological_order
+from corrald.core.paths import any_overlap
 
 H = TypeVar("H", bound=Hashable)
 
@@ -55,6 +58,12 @@ __all__ = ["NON_RETRYABLE", "SATISFIED", "WAITING", "Scheduler"]
 SATISFIED = frozenset({TaskState.COMPLETED, TaskState.SKIPPED})
 #: a dependency in one of these states blocks its dependents for good
 _BLOCKING = frozenset({TaskState.FAILED, TaskState.BLOCKED, TaskState.CANCELLED})
+#: states from which a task moves on by itself (the others wait or have ended)
+_MOVING = frozenset(
+    {TaskState.READY, TaskState.IN_PROGRESS, TaskState.RETRY_WAIT, TaskState.RATE_LIMITED}
+)
+#: integration statuses of a completed task still on its way in
+_AWAITING = frozenset({IntegrationStatus.QUEUED, IntegrationStatus.GATING})
 #: parked until ``retry_at``
 WAITING = frozenset({TaskState.RETRY_WAIT, TaskState.RATE_LIMITED})
 #: failures that another attempt cannot fix: they fail for good at once
@@ -117,6 +126,8 @@ class Scheduler:
         self._wait: list[_WaitEntry] = []
         self._backlog: list[tuple[_Node, int]] = []  # deferred dependent-count walks
         self._counts_stale = False
+        self._awaiting: set[str] = set()  # completed, on their way into the integration branch
+        self.held_for_paths = 0  # ready tasks the last pick passed over for overlapping paths
 
         restored: list[_Node] = []
         for task in tasks:
@@ -130,7 +141,11 @@ class Scheduler:
             node.deps = tuple(nodes[d] for d in dict.fromkeys(node.task.dependencies) if d in nodes)
             for dep in node.deps:
                 dep.dependents.append(node)
-            node.unmet = sum(1 for d in node.deps if d.task.state not in SATISFIED)
+            node.unmet = sum(1 for d in node.deps if not self._satisfies(d.task))
+            if node.task.integration_status in _AWAITING and node.task.state is TaskState.COMPLETED:
+                if node.task.integration_status is IntegrationStatus.GATING:
+                    node.task.integration_status = IntegrationStatus.QUEUED  # gate again
+                self._awaiting.add(node.task.id)
         for node in restored:
             status = node.task.state
             if status is TaskState.PENDING and node.unmet == 0:
@@ -175,12 +190,34 @@ class Scheduler:
     def is_finished(self) -> bool:
         """True when nothing more will happen without outside intervention.
 
-        Every task is terminal, or the session is aborted and nothing runs.
+        No task runs, is ready or waits for a timer, and none is on its way
+        into the integration branch: whatever is left (a task parked for a
+        person and what depends on it) moves only by outside intervention.
+        Or the session is aborted and nothing runs.
         """
         if self.aborted:
             return not self._running
-        terminal = sum(self._count[s] for s in TERMINAL_TASK_STATES)
-        return terminal == len(self._nodes)
+        # Pending tasks with nothing left to move are stuck behind a parked one.
+        moving = sum(self._count[s] for s in _MOVING)
+        return moving == 0 and not self._awaiting
+
+    def awaiting_integration(self) -> list[Task]:
+        """Completed tasks queued for (or being gated into) the integration branch."""
+        return [
+            self._nodes[i].task for i in sorted(self._awaiting, key=lambda i: self._nodes[i].seq)
+        ]
+
+    def satisfies(self, task_id: str) -> bool:
+        """True when the task lets its dependents start."""
+        return self._satisfies(self._node(task_id).task)
+
+    def _satisfies(self, task: Task) -> bool:
+        """Skipped, or completed and (with integration on) integrated."""
+        if task.state is TaskState.SKIPPED:
+            return True
+        if task.state is not TaskState.COMPLETED:
+            return False
+        return not self.config.integrate or task.integration_status is IntegrationStatus.INTEGRATED
 
     def next_wakeup(self) -> float | None:
         """Earliest ``retry_at`` of a task in ``retry_wait``/``rate_limited``."""
@@ -243,12 +280,12 @@ class Scheduler:
             cause: str | None = None
             n_unmet = 0
             for dep in deps[sid]:
-                if dep in status:
-                    dst, dcause = status[dep], blocked_by.get(dep)
+                if dep in status:  # a new task of this batch: never done yet
+                    dst, dcause, satisfied = status[dep], blocked_by.get(dep), False
                 else:
                     dtask = nodes[dep].task
-                    dst, dcause = dtask.state, dtask.blocked_by
-                if dst not in SATISFIED:
+                    dst, dcause, satisfied = dtask.state, dtask.blocked_by, self._satisfies(dtask)
+                if not satisfied:
                     n_unmet += 1
                     if cause is None and dst in _BLOCKING:
                         cause = (dcause or dep) if dst is TaskState.BLOCKED else dep
@@ -270,7 +307,8 @@ class Scheduler:
                 dependencies=list(deps[sid]),
                 estimated_tokens=spec.estimated_tokens,
                 agent_type=spec.agent_type,
-                status=status[sid],
+                paths=list(spec.paths),
+                state=status[sid],
             )
             if sid in blocked_by:
                 cause = blocked_by[sid]
@@ -306,7 +344,7 @@ class Scheduler:
             self.promote_due(now)
         if self.aborted or len(self._running) >= self._limit():
             return None
-        node = self._peek()
+        node = self._peek_free()
         return node.task if node is not None else None
 
     def start(self, task_id: str, now: float, agent_id: str | None = None) -> Task:
@@ -324,7 +362,10 @@ class Scheduler:
                 data={"taskId": task_id, "inProgress": len(self._running), "limit": self._limit()}
             )
         task = node.task
-        task.attempts += 1
+        if task.resolving:
+            task.integration_attempts += 1  # resolving a conflict spends no normal retry
+        else:
+            task.attempts += 1
         task.started_at = now
         task.assigned_agent = agent_id
         task.retry_at = None
@@ -344,7 +385,118 @@ class Scheduler:
         task.error_category = None
         task.blocked_by = None
         self._set_state(node, TaskState.COMPLETED)
+        if self.config.integrate:
+            # Its dependents wait until its work is in the integration branch.
+            task.integration_status = IntegrationStatus.QUEUED
+            task.resolving = None
+            task.integration_error = None
+            self._awaiting.add(task.id)
+            return [task]
         return [task, *self._satisfied(node)]
+
+    # --- integration ---------------------------------------------------------
+
+    def gating(self, task_ids: Sequence[str]) -> list[Task]:
+        """Queued tasks whose merged batch is being gated."""
+        changed = []
+        for task_id in task_ids:
+            task = self._expect_awaiting(task_id)
+            task.integration_status = IntegrationStatus.GATING
+            changed.append(task)
+        return changed
+
+    def requeued_for_integration(self, task_ids: Sequence[str]) -> list[Task]:
+        """Back to queued (a batch that could not finish: gate again later)."""
+        changed = []
+        for task_id in task_ids:
+            task = self._expect_awaiting(task_id)
+            task.integration_status = IntegrationStatus.QUEUED
+            changed.append(task)
+        return changed
+
+    def integrated(self, task_id: str) -> list[Task]:
+        """The task's work is in the integration branch: its dependents may start."""
+        task = self._expect_awaiting(task_id)
+        task.integration_status = IntegrationStatus.INTEGRATED
+        task.conflict_files = []
+        task.integration_error = None
+        self._awaiting.discard(task_id)
+        return [task, *self._satisfied(self._nodes[task_id])]
+
+    def integration_setback(
+        self,
+        task_id: str,
+        now: float,
+        *,
+        gate: bool,
+        files: Sequence[str] = (),
+        error: str | None = None,
+    ) -> list[Task]:
+        """The branch conflicts with the integration head (or fails the gate): apply the policy.
+
+        `agent`/`resolver`: while `integrationAttempts < maxIntegrationAttempts`
+        the task goes back to ready for a resolution attempt (which spends no
+        normal retry); past the cap it fails for good with category `conflict`
+        (or `gate`) and its dependents are blocked. `manual`: it parks, still
+        completed, until `requeue_parked` (a person fixed it).
+        """
+        task = self._expect_awaiting(task_id)
+        node = self._nodes[task_id]
+        policy = self.config.on_gate_failure if gate else self.config.on_conflict
+        task.integration_status = (
+            IntegrationStatus.GATE_FAILED if gate else IntegrationStatus.CONFLICT
+        )
+        task.conflict_files = list(files)
+        task.integration_error = error
+        self._awaiting.discard(task_id)
+        if policy is IntegrationPolicy.MANUAL:
+            task.resolving = None
+            return [task]
+        if task.integration_attempts >= self.config.max_integration_attempts:
+            what = "failed the gate" if gate else "conflicts with the integration branch"
+            task.error = f"its branch {what} after {task.integration_attempts} resolution attempts"
+            if error:
+                task.error += f": {error[:300]}"
+            task.error_category = ErrorCategory.GATE if gate else ErrorCategory.CONFLICT
+            task.completed_at = now
+            task.resolving = None
+            self._set_state(node, TaskState.FAILED)
+            return [task, *self._block_dependents(node)]
+        task.resolving = "gate" if gate else "conflict"
+        task.assigned_agent = None
+        self._set_state(node, TaskState.READY)
+        return [task]
+
+    def requeue_parked(self, task_id: str) -> list[Task]:
+        """A parked task (policy manual) goes back into the integration queue."""
+        node = self._node(task_id)
+        task = node.task
+        parked = task.state is TaskState.COMPLETED and task.integration_status in (
+            IntegrationStatus.CONFLICT,
+            IntegrationStatus.GATE_FAILED,
+        )
+        if not parked or task_id in self._awaiting:
+            raise errors.InvalidStateTransition(
+                f"task {task_id} is not parked waiting for a person"
+                f" (state {task.state.value}, integration {task.integration_status})",
+                data={
+                    "taskId": task_id,
+                    "state": task.state.value,
+                    "integrationStatus": task.integration_status,
+                },
+            )
+        task.integration_status = IntegrationStatus.QUEUED
+        self._awaiting.add(task_id)
+        return [task]
+
+    def _expect_awaiting(self, task_id: str) -> Task:
+        node = self._node(task_id)
+        if task_id not in self._awaiting:
+            raise errors.InvalidStateTransition(
+                f"task {task_id} is not waiting to be integrated",
+                data={"taskId": task_id, "integrationStatus": node.task.integration_status},
+            )
+        return node.task
 
     def fail(
         self,
@@ -370,12 +522,15 @@ class Scheduler:
             task.completed_at = now
             self._set_state(node, TaskState.SKIPPED)
             return [task, *self._satisfied(node)]
-        if (
-            strategy is ErrorStrategy.RETRY
-            and category not in NON_RETRYABLE
-            and task.attempts <= self.config.max_retries
-        ):
-            task.retry_at = now + self.config.backoff.delay(task.attempts)
+        within_budget = (
+            task.integration_attempts < self.config.max_integration_attempts
+            if task.resolving
+            else task.attempts <= self.config.max_retries
+        )
+        if strategy is ErrorStrategy.RETRY and category not in NON_RETRYABLE and within_budget:
+            task.retry_at = now + self.config.backoff.delay(
+                task.integration_attempts if task.resolving else task.attempts
+            )
             self._set_state(node, TaskState.RETRY_WAIT)
             return [task]
         if strategy is ErrorStrategy.ABORT:
@@ -392,7 +547,7 @@ class Scheduler:
         """
         node = self._expect(task_id, TaskState.RATE_LIMITED, TaskState.IN_PROGRESS)
         task = node.task
-        task.attempts = max(0, task.attempts - 1)
+        _refund(task)
         if reset_at is None:
             task.retry_at = now + self.config.backoff.delay(max(task.attempts, 1))
         else:
@@ -412,7 +567,7 @@ class Scheduler:
         """
         node = self._expect(task_id, TaskState.READY, TaskState.IN_PROGRESS)
         task = node.task
-        task.attempts = max(0, task.attempts - 1)
+        _refund(task)
         task.assigned_agent = None
         task.started_at = None
         self._set_state(node, TaskState.READY if node.unmet == 0 else TaskState.PENDING)
@@ -459,6 +614,8 @@ class Scheduler:
                 },
             )
         task.attempts = 0
+        task.integration_attempts = 0
+        task.resolving = None
         self._revive(node)
         changed = [task]
         # Blocked descendants whose every dependency is now alive come back, in
@@ -615,6 +772,36 @@ class Scheduler:
             heapq.heappop(heap)
         return None
 
+    def _peek_free(self) -> _Node | None:
+        """The strategy's pick among ready tasks whose paths overlap no running task's.
+
+        Passed-over tasks stay in the heap, in their place; `held_for_paths`
+        says how many the pick had to pass over.
+        """
+        busy = [n.task.paths for n in self._running.values() if n.task.paths]
+        node = self._peek()
+        if node is None or not busy or not node.task.paths:
+            self.held_for_paths = 0
+            return node
+        skipped: list[_ReadyEntry] = []
+        found: _Node | None = None
+        heap = self._heap
+        while heap:
+            entry = heapq.heappop(heap)
+            candidate = entry[4]
+            if candidate.task.state is not TaskState.READY or candidate.ver != entry[3]:
+                continue  # stale
+            if candidate.task.paths and any(any_overlap(candidate.task.paths, b) for b in busy):
+                skipped.append(entry)
+                continue
+            found = candidate
+            heapq.heappush(heap, entry)
+            break
+        for entry in skipped:
+            heapq.heappush(heap, entry)
+        self.held_for_paths = len(skipped)
+        return found
+
     def _push_wait(self, node: _Node) -> None:
         node.ver += 1
         at = node.task.retry_at
@@ -682,6 +869,14 @@ class Scheduler:
 
 def _seq(node: _Node) -> int:
     return node.seq
+
+
+def _refund(task: Task) -> None:
+    """Give back the attempt just counted (it did not really try)."""
+    if task.resolving:
+        task.integration_attempts = max(0, task.integration_attempts - 1)
+    else:
+        task.attempts = max(0, task.attempts - 1)
 
 
 def _key(node: _Node, strategy: Strategy) -> tuple[int, int]:

@@ -28,7 +28,7 @@ import pygit2
 from pygit2.enums import BranchType, FileStatus
 
 from corral import errors
-from corral.models import CleanupReport, fill_branch_template
+from corral.models import CleanupReport, fill_branch_template, fill_integration_template
 from corrald.git.repo import (
     discover_repo_root,
     in_thread,
@@ -106,6 +106,53 @@ def render_branch(template: str, task_id: str) -> str:
     except ValueError as exc:
         raise errors.InvalidBranchName(str(exc), {"branch": template[:100]}) from None
     return validate_branch(branch)
+
+
+def _template_pattern(template: str) -> re.Pattern[str]:
+    """A regex matching every branch the task branch template can produce."""
+    parts = re.split(r"\{(?:task_id|taskId)\}", template)
+    body = _TASK_ID.pattern.join(re.escape(part) for part in parts)
+    return re.compile(body)
+
+
+def branch_collision(name: str, template: str) -> str | None:
+    """Why the branch `name` could collide with a task branch of `template`, or None.
+
+    Git refs are paths: `a` and `a/b` cannot both exist. So `name` collides
+    when it is a possible task branch, when a possible task branch is one of
+    its directories, or when it is a directory of the template's fixed prefix.
+    """
+    pattern = _template_pattern(template)
+    if pattern.fullmatch(name):
+        return f"{name!r} is a possible task branch of {template!r}"
+    parts = name.split("/")
+    for k in range(1, len(parts)):
+        if pattern.fullmatch("/".join(parts[:k])):
+            return f"a task branch could be {'/'.join(parts[:k])!r}, a directory of {name!r}"
+    prefix = re.split(r"\{(?:task_id|taskId)\}", template)[0]
+    if prefix.startswith(name + "/"):
+        return f"task branches of {template!r} live inside {name!r}"
+    return None
+
+
+def integration_branch_name(template: str, session_id: str, task_template: str) -> str:
+    """The session's integration branch: `template` with `{session_id}`, checked.
+
+    It must be a valid branch name and must not collide with any branch
+    `task_template` can produce (InvalidBranchName otherwise).
+    """
+    try:
+        name = fill_integration_template(template, session_id)
+    except ValueError as exc:
+        raise errors.InvalidBranchName(str(exc), {"branch": template[:100]}) from None
+    validate_branch(name)
+    clash = branch_collision(name, task_template)
+    if clash:
+        raise errors.InvalidBranchName(
+            f"integration branch {name!r} could collide with a task branch: {clash}",
+            {"branch": name, "branchTemplate": task_template},
+        )
+    return name
 
 
 def validate_task_id(task_id: str) -> str:
@@ -436,8 +483,8 @@ def _cleanup_sync(repo_path: str, base_dir: Path, live_paths: set[str]) -> Clean
             return report
         for entry in sorted(base.iterdir()):
             real = os.path.realpath(entry)
-            if real in live:
-                continue
+            if real in live or entry.name.startswith("."):
+                continue  # allocated, or corral's own (the gate's scratch worktree)
             if entry.is_symlink() or not entry.is_dir() or base not in Path(real).parents:
                 log.warning("leaving %s alone: not a worktree directory", entry)
                 continue
@@ -476,25 +523,40 @@ def _commit_all_sync(worktree_path: str, message: str) -> str | None:
         if head_ref:
             remove_stale_lock(_common_dir(repo) / f"{head_ref}.lock")
         index = repo.index
+        workdir = Path(worktree_path)
         for path, flags in repo.status(untracked_files="all", ignored=False).items():
-            if flags & (FileStatus.WT_DELETED):
+            if flags & FileStatus.CONFLICTED:
+                # A merge left this path conflicted: what is in the work tree now
+                # (resolved, or still with markers) is what gets committed.
+                if os.path.lexists(workdir / path):
+                    index.add(path)
+                else:
+                    index.remove(path)
+            elif flags & (FileStatus.WT_DELETED):
                 index.remove(path)
             elif flags & (FileStatus.WT_NEW | FileStatus.WT_MODIFIED | FileStatus.WT_TYPECHANGE):
                 index.add(path)
         tree = index.write_tree()
+        # A merge in progress (MERGE_HEAD, e.g. the integration head merged in
+        # for a resolution attempt) makes this a merge commit, so the resolved
+        # branch contains what it was merged with and integrates cleanly.
+        merging = list(repo.listall_mergeheads())
         parents: list[pygit2.Oid] = []
         if not repo.head_is_unborn:
             head = repo.head.peel(pygit2.Commit)
-            if head.tree_id == tree:
+            if head.tree_id == tree and not merging:
                 index.write()
                 return None
             parents = [head.id]
+        parents += [m for m in merging if m not in parents]
         index.write()
         try:
             author = repo.default_signature
         except (KeyError, pygit2.GitError):
             author = pygit2.Signature(*_FALLBACK_SIGNATURE)
         oid = repo.create_commit("HEAD", author, author, message, tree, parents)
+        if merging:
+            repo.state_cleanup()
         return str(oid)
 
 

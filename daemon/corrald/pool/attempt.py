@@ -25,7 +25,13 @@ from corral.models import (
     WorktreeAllocation,
 )
 from corrald.agents.parsers import make_parser
-from corrald.agents.types import AgentTypeConfig, build_argv, build_prompt, resolve_type
+from corrald.agents.types import (
+    AgentTypeConfig,
+    build_argv,
+    build_prompt,
+    resolution_note,
+    resolve_type,
+)
 from corrald.git import worktrees
 from corrald.pool.finish import AttemptEnd
 from corrald.pool.records import AttemptStage, Run
@@ -104,6 +110,14 @@ async def run_attempt(ctx: AttemptContext, run: Run) -> AttemptEnd:
     if run.stop is not None:
         return AttemptEnd.not_started("stopped before it started", ErrorCategory.CANCELLED)
     prompt = build_prompt(task.title, task.description, config.completion_marker)
+    if task.resolving:
+        prompt += resolution_note(
+            task.resolving,
+            branch=state.session.integration_branch or "the integration branch",
+            files=task.conflict_files,
+            gate_argv=config.gate_command,
+            detail=task.integration_error,
+        )
     argv = build_argv(
         kind, prompt=prompt, task_id=task.id, worktree=alloc.worktree_path, model=config.model
     )

@@ -33,6 +33,7 @@ from corral.models import (
     CleanupReport,
     EndReason,
     ErrorCategory,
+    IntegrationStatus,
     LogEntry,
     PoolStats,
     SessionStatus,
@@ -48,6 +49,7 @@ from corrald.git.repo import repo_key
 from corrald.pool import totals
 from corrald.pool.attempt import StageHook, enter_stage, run_attempt
 from corrald.pool.finish import AttemptEnd, record
+from corrald.pool.integration import Integrator
 from corrald.pool.records import AttemptStage, Run, Runs
 from corrald.process import cgroups
 from corrald.process.executor import Executor, LocalExecutor
@@ -92,6 +94,8 @@ class AgentPool:
         self._wakeups: dict[str, trio.Event] = {}  # per session: something changed
         self._runners: set[str] = set()
         self._gated: set[str] = set()  # sessions waiting for CPU or memory to free up
+        self._integrators: dict[str, Integrator] = {}  # per session, while it has work
+        self._blocked_gate: dict[str, tuple[str, ...]] = {}  # gates that could not run
         self._ended = {"completed": 0, "failed": 0}
         self._cores = os.cpu_count() or 1
         engine.on_change.append(self.wake)
@@ -138,6 +142,8 @@ class AgentPool:
         self.closing = True  # nothing new starts from here on
         for run in self.runs:
             self._stop(run, Stop.REQUEUE, "daemon shutting down")
+        for integrator in self._integrators.values():
+            integrator.stop()
         while len(self.runs):
             await self.runs.wait_ended()
 
@@ -147,6 +153,7 @@ class AgentPool:
         event = self._wakeups.pop(state.id, None)
         if event is not None:
             event.set()
+        self._integrate_if_needed(state)
         if (
             self._nursery is not None
             and state.session.status is SessionStatus.RUNNING
@@ -155,6 +162,45 @@ class AgentPool:
         ):
             self._runners.add(state.id)
             self._nursery.start_soon(self._runner, state)
+
+    def _integrate_if_needed(self, state: SessionState) -> None:
+        """Start the session's integrator when branches wait and none is running."""
+        config = state.session.config
+        if (
+            self._nursery is None
+            or self.closing
+            or not config.integrate
+            or state.session.integration_branch is None
+            or state.id in self._integrators
+        ):
+            return
+        gate = tuple(config.gate_command or ())
+        if self._blocked_gate.get(state.id) == gate:
+            return  # that gate cannot run; wait until the session's gate changes
+        self._blocked_gate.pop(state.id, None)
+        if not any(
+            t.integration_status is IntegrationStatus.QUEUED
+            for t in state.scheduler.awaiting_integration()
+        ):
+            return
+        integrator = self._integrators[state.id] = Integrator(self, state)
+        self._nursery.start_soon(self._integrate, integrator)
+
+    async def _integrate(self, integrator: Integrator) -> None:
+        state = integrator.state
+        try:
+            await integrator.run()
+        except Exception:  # a bug of ours must not take the pool down
+            log.exception("the integration queue of %s failed", state.id)
+        finally:
+            self._integrators.pop(state.id, None)
+            if integrator.unrunnable_gate is not None:
+                self._blocked_gate[state.id] = integrator.unrunnable_gate
+            self._integrate_if_needed(state)  # more may have arrived meanwhile
+
+    def integrator(self, state: SessionState) -> Integrator | None:
+        """The session's integrator, while it runs."""
+        return self._integrators.get(state.id)
 
     async def _runner(self, state: SessionState) -> None:
         try:
@@ -326,7 +372,11 @@ class AgentPool:
         session = state.session
         config = session.config
         branch = branch or worktrees.render_branch(config.branch_template, task_id)
-        base = config.base_branch or await worktrees.head_branch(session.repo_path)
+        if config.integrate and session.integration_branch:
+            # A new branch starts from everything integrated so far.
+            base = session.integration_branch
+        else:
+            base = config.base_branch or await worktrees.head_branch(session.repo_path)
         recorded: list[WorktreeAllocation] = []
 
         def keep(info: worktrees.WorktreeInfo) -> None:

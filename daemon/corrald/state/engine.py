@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from corral import errors
@@ -31,6 +32,8 @@ from corral.events import (
     AgentTokensPayload,
     ConflictsDetectedPayload,
     ConflictsResolvedPayload,
+    IntegrationBatchPayload,
+    IntegrationBlockedPayload,
     LogPayload,
     MergeCompletedPayload,
     Payload,
@@ -52,6 +55,9 @@ from corral.models import (
     ConflictResolutionResult,
     EndReason,
     ErrorCategory,
+    IntegrationBatch,
+    IntegrationPolicy,
+    LogEntry,
     MergeReport,
     SchedulerConfig,
     SchedulerStats,
@@ -105,6 +111,16 @@ class SessionState:
         return f"SessionState({self.id}, {self.session.status.value}, {self.scheduler!r})"
 
 
+@dataclass(frozen=True)
+class Setback:
+    """A branch that conflicted with the integration head or failed the gate."""
+
+    task_id: str
+    gate: bool
+    files: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
 class _Batch:
     """What one change publishes: events made inside its transaction."""
 
@@ -134,6 +150,8 @@ class Engine:
         self.violations: collections.deque[Violation] = collections.deque(maxlen=VIOLATIONS_KEPT)
         self._completed_seq = 0
         self._batch: _Batch | None = None
+        self.last_batch: dict[str, IntegrationBatch] = {}  # per session, for integration_status
+        self.blocked: dict[str, str] = {}  # per session: why its integration queue cannot move
         for session in store.sessions():
             state = self._restore(session)
             self.sessions[session.id] = state
@@ -209,6 +227,8 @@ class Engine:
                     attempts=task.attempts,
                     error=task.error,
                     error_category=task.error_category,
+                    integration_status=task.integration_status,
+                    integration_attempts=task.integration_attempts,
                 ),
             )
         if state.scheduler.aborted and not state.session.aborted:
@@ -218,9 +238,14 @@ class Engine:
 
     def _settle_finished(self, batch: _Batch, state: SessionState) -> None:
         """A running session with nothing left to do is completed (or failed)."""
-        if state.session.status is SessionStatus.RUNNING and state.scheduler.is_finished():
+        scheduler = state.scheduler
+        if state.session.status is SessionStatus.RUNNING and scheduler.is_finished():
+            # A failed or blocked task fails the session, and so does a
+            # completed one whose work never made it in (parked for a person).
             failed = any(
-                t.state in (TaskState.FAILED, TaskState.BLOCKED) for t in state.scheduler.tasks()
+                t.state in (TaskState.FAILED, TaskState.BLOCKED)
+                or (t.state is TaskState.COMPLETED and not scheduler.satisfies(t.id))
+                for t in scheduler.tasks()
             )
             self._set_session_status(
                 batch, state, SessionStatus.FAILED if failed else SessionStatus.COMPLETED
@@ -329,12 +354,25 @@ class Engine:
         return len(self.bus.subscribers)
 
     # --- sessions -------------------------------------------------------------------
-    def init_session(self, config: SchedulerConfig, root: str, session_id: str | None) -> Session:
+    @staticmethod
+    def new_session_id() -> str:
+        return f"s-{uuid.uuid4().hex[:8]}"
+
+    def init_session(
+        self,
+        config: SchedulerConfig,
+        root: str,
+        session_id: str | None,
+        integration_branch: str | None = None,
+    ) -> Session:
         """Create a session on the repository whose main work tree is `root` (resolved).
 
         An existing `session_id` gets the new config and keeps its tasks,
-        unless agents are running (SessionBusy).
+        unless agents are running (SessionBusy). `integration_branch` is the
+        session's (already validated and created) branch when integration is on.
         """
+        if config.integrate and integration_branch is None:
+            raise ValueError("integration is on: the session needs its integration branch")
         if session_id is not None:
             check_task_id(session_id)
             existing = self.sessions.get(session_id)
@@ -348,19 +386,21 @@ class Engine:
                 with self._change(existing) as batch:
                     existing.session.config = config
                     existing.session.repo_path = root
+                    existing.session.integration_branch = integration_branch
                     existing.scheduler.config = config
                     self._set_session_status(
                         batch, existing, SessionStatus.IDLE, SessionReinitPayload
                     )
                 return existing.session
         else:
-            session_id = f"s-{uuid.uuid4().hex[:8]}"
+            session_id = self.new_session_id()
         session = Session(
             id=session_id,
             repo_path=root,
             config=config,
             status=SessionStatus.IDLE,
             created_at=self.clock(),
+            integration_branch=integration_branch,
         )
         state = SessionState(session, Scheduler(config))
         self.sessions[session_id] = state
@@ -436,11 +476,15 @@ class Engine:
         with self._change(state) as batch:
             task = state.scheduler.start(task_id, self.clock(), agent_id)
             config = state.session.config
+            agent_type = task.agent_type or config.agent_type
+            policy = config.on_gate_failure if task.resolving == "gate" else config.on_conflict
+            if task.resolving and policy is IntegrationPolicy.RESOLVER and config.resolver_agent:
+                agent_type = config.resolver_agent
             agent = Agent(
                 id=agent_id,
                 session_id=state.id,
                 task_id=task.id,
-                agent_type=task.agent_type or config.agent_type,
+                agent_type=agent_type,
                 started_at=time.time(),
                 iteration_count=task.attempts,
                 branch=task.branch or "",
@@ -622,6 +666,21 @@ class Engine:
             ),
         )
 
+    def gate_log(self, state: SessionState, run_id: str, entry: LogEntry) -> None:
+        """One line of a gate run's output (announced as a log line of `run_id`)."""
+        self._announce(
+            state.id,
+            LogPayload(
+                agent_id=run_id,
+                task_id="",
+                offset=entry.offset,
+                stream=entry.stream,
+                line=entry.line[:EVENT_LINE_CAP],
+                at=entry.at,
+                truncated=len(entry.line) > EVENT_LINE_CAP,
+            ),
+        )
+
     def agent_activity(self, agent: Agent, activity: AgentActivity) -> None:
         self._announce(
             agent.session_id,
@@ -647,6 +706,63 @@ class Engine:
         self.violations.append(violation)
         with self._change() as batch:
             batch.publish(session_id, ViolationPayload.model_validate(violation.to_wire()))
+
+    # --- integration ------------------------------------------------------------------
+    def integration_gating(self, state: SessionState, task_ids: Sequence[str]) -> None:
+        """A batch is being merged and gated (durable: a restart gates it again)."""
+        self._apply(state, lambda s: s.gating(task_ids))
+
+    def integration_outcome(
+        self,
+        state: SessionState,
+        batch: IntegrationBatch,
+        *,
+        setbacks: Sequence[Setback] = (),
+        requeued: Sequence[str] = (),
+    ) -> None:
+        """Record what a batch did, in one transaction: integrated, sent back, queued again."""
+        now = self.clock()
+
+        def apply(s: Scheduler) -> list[Task]:
+            changed: list[Task] = []
+            for task_id in batch.integrated:
+                changed += s.integrated(task_id)
+            for setback in setbacks:
+                changed += s.integration_setback(
+                    setback.task_id,
+                    now,
+                    gate=setback.gate,
+                    files=setback.files,
+                    error=setback.error,
+                )
+            changed += s.requeued_for_integration(requeued)
+            return changed
+
+        with self._change(state) as b:
+            self._tasks_changed(b, state, apply(state.scheduler))
+            b.publish(state.id, IntegrationBatchPayload.model_validate(batch.to_wire()))
+        self.last_batch[state.id] = batch
+
+    def integration_blocked(self, state: SessionState, reason: str | None) -> None:
+        """The queue cannot move (a gate that cannot run), or can again (None)."""
+        if self.blocked.get(state.id) == reason:
+            return
+        if reason is None:
+            self.blocked.pop(state.id, None)
+        else:
+            self.blocked[state.id] = reason
+        with self._change() as b:
+            b.publish(state.id, IntegrationBlockedPayload(reason=reason))
+
+    def task_integrate(self, session_id: str | None, task_id: str) -> list[Task]:
+        """A parked task (fixed by a person) goes back into the integration queue."""
+        state = self.session(session_id)
+        with self._change(state) as b:
+            changed = state.scheduler.requeue_parked(task_id)
+            if state.session.status in (SessionStatus.COMPLETED, SessionStatus.FAILED):
+                self._set_session_status(b, state, SessionStatus.RUNNING)
+            self._tasks_changed(b, state, changed)
+        return changed
 
     # --- reports of git operations ----------------------------------------------------
     def _report(self, state: SessionState, payload: Payload) -> None:
