@@ -433,3 +433,20 @@ def test_landing_puts_the_integration_branch_on_main(
     assert git(repo, "rev-parse", "main") == git(repo, "rev-parse", BRANCH)  # a fast-forward
     assert sorted(git(repo, "ls-files").split()) == ["README.md", "l1.txt", "l2.txt"]
     assert os.path.exists(repo / "l1.txt")  # the clean checkout was updated
+
+
+def test_every_gate_command_must_pass(daemon: DaemonProcess, plan: Path, repo: Path) -> None:
+    behave(plan, {"v": ["--edit", "v.txt=1"]})
+    with daemon.client() as c:
+        start(
+            c,
+            repo,
+            [{"id": "v", "title": "v"}],
+            gateCommand=gate("--require", "v.txt"),  # passes
+            gateCommands=[gate("--require", "missing.txt")],  # fails
+            maxIntegrationAttempts=0,
+        )
+        wait_for(lambda: finished(c, "s"), 60, "the gate to fail")
+        task = tasks_of(c)["v"]
+    assert (task.state, task.error_category) == (TaskState.FAILED, ErrorCategory.GATE)
+    assert task.error is not None and "missing.txt is missing" in task.error

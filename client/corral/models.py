@@ -378,6 +378,16 @@ class SchedulerConfig(Wire):
         "corral-integration/{session_id}", min_length=1, max_length=200
     )
     gate_command: list[str] | None = Field(None, min_length=1, max_length=64)
+    # More checks, each its own argv, run after gateCommand; all must pass (prd.json's
+    # verificationCommands land here).
+    gate_commands: list[Annotated[list[str], Field(min_length=1, max_length=64)]] | None = Field(
+        None, max_length=32
+    )
+
+    def gates(self) -> list[list[str]]:
+        """Every gate command, in the order they run (empty: no gate)."""
+        return ([self.gate_command] if self.gate_command else []) + list(self.gate_commands or [])
+
     gate_timeout_secs: int = Field(600, ge=1, le=86_400)
     gate_batch: int = Field(4, ge=1, le=64)
     on_conflict: IntegrationPolicy = IntegrationPolicy.AGENT

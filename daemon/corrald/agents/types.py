@@ -166,7 +166,7 @@ def resolution_note(
             "Resolve every conflict, keeping both sides' intent, remove the markers,"
             " make sure the project still works, and commit.\n"
         )
-    command = " ".join(gate_argv or [])
+    command = " && ".join(gate_argv or [])
     tail = (detail or "").strip()[-4000:]
     return (
         f"\nYour work, merged with {branch}, fails the integration check `{command}`."

@@ -49,8 +49,7 @@ async def init_parallel_scheduler(call: Call, p: InitParams) -> Session:
 
 def check_integration_config(config: SchedulerConfig) -> None:
     """Refuse an integration setup that cannot work, before anything is created."""
-    gate = config.gate_command
-    if gate:
+    for gate in config.gates():
         program = gate[0]
         if "/" not in program and shutil.which(program) is None:
             raise errors.ConfigInvalid(

@@ -115,7 +115,7 @@ async def run_attempt(ctx: AttemptContext, run: Run) -> AttemptEnd:
             task.resolving,
             branch=state.session.integration_branch or "the integration branch",
             files=task.conflict_files,
-            gate_argv=config.gate_command,
+            gate_argv=[" ".join(g) for g in config.gates()] or None,
             detail=task.integration_error,
         )
     argv = build_argv(

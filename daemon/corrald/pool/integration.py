@@ -143,7 +143,7 @@ class Integrator:
                 os._exit(137)  # the crash test's kill -9, at exactly this point
             await integrate.swap(repo, branch, head, final)
         except _GateBlocked as exc:
-            self.unrunnable_gate = tuple(config.gate_command or ())
+            self.unrunnable_gate = tuple(" ".join(g) for g in config.gates())
             engine.integration_outcome(
                 state, IntegrationBatch(task_ids=ids, gate_runs=0), requeued=ids
             )
@@ -217,7 +217,7 @@ class Integrator:
         config = self.state.session.config
         if not included:
             return 0, 0, ""
-        if not config.gate_command or all(c.kind == "already" for c in included):
+        if not config.gates() or all(c.kind == "already" for c in included):
             return 0, len(included), ""
         runs = 0
         details: dict[int, str] = {}
@@ -245,12 +245,20 @@ class Integrator:
         return runs, hi - 1, details.get(hi, "")
 
     async def _run_gate(self, commit: str) -> GateResult:
-        pool, state = self.pool, self.state
-        session, config = state.session, state.session.config
-        assert config.gate_command is not None
+        """Every gate command on `commit`'s tree, in order; the first failure decides."""
+        session = self.state.session
         path = await integrate.gate_tree(
-            session.repo_path, pool.base_dir(session.repo_path), state.id, commit
+            session.repo_path, self.pool.base_dir(session.repo_path), self.state.id, commit
         )
+        for argv in session.config.gates():
+            result = await self._run_one(argv, path, commit)
+            if not result.ok:
+                return result
+        return GateResult(True)
+
+    async def _run_one(self, argv: list[str], path: str, commit: str) -> GateResult:
+        pool, state = self.pool, self.state
+        config = state.session.config
         self.gate_runs += 1
         run_id = f"gate-{state.id}-{self.gate_runs}"
         limits: ResourceLimits = config.resource_limits.model_copy(
@@ -262,7 +270,7 @@ class Integrator:
         )
         spec = RunSpec(
             agent_id=run_id,
-            argv=list(config.gate_command),
+            argv=list(argv),
             cwd=path,
             env={**pool.base_env, "CORRAL_SESSION_ID": state.id, "CORRAL_GATE_COMMIT": commit},
             stdin_data=None,

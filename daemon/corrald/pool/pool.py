@@ -174,7 +174,7 @@ class AgentPool:
             or state.id in self._integrators
         ):
             return
-        gate = tuple(config.gate_command or ())
+        gate = tuple(" ".join(g) for g in config.gates())
         if self._blocked_gate.get(state.id) == gate:
             return  # that gate cannot run; wait until the session's gate changes
         self._blocked_gate.pop(state.id, None)
