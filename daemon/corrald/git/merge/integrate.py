@@ -26,7 +26,7 @@ from functools import partial
 from pathlib import Path
 
 import pygit2
-from pygit2.enums import CheckoutStrategy
+from pygit2.enums import CheckoutStrategy, DeltaStatus, FileMode, ObjectType
 
 from corral import errors
 from corrald.git.merge.analysis import MergeEngine, signature
@@ -125,12 +125,66 @@ def _candidates_sync(repo_path: str, head: str, items: list[Item], into: str) ->
             files = sorted({e.path for triple in index.conflicts for e in triple if e is not None})
             out.append(Candidate(item.task_id, "conflict", str(current.id), files=files))
             continue
-        tree = index.write_tree(repo)
+        tree = _merged_tree(repo, current.tree, index)
         message = f"Integrate task {item.task_id} ({item.branch}) into {into}\n"
         oid = repo.create_commit(None, sig, sig, message, tree, [current.id, tip.id])
         current = repo[oid].peel(pygit2.Commit)
         out.append(Candidate(item.task_id, "merged", str(current.id)))
     return out
+
+
+Change = tuple[pygit2.Oid, int] | None  # (blob or gitlink id, mode), or None: removed
+
+
+def _merged_tree(repo: pygit2.Repository, base: pygit2.Tree, merged: pygit2.Index) -> pygit2.Oid:
+    """The merged index's tree, built by rewriting only the directories that changed.
+
+    `Index.write_tree` recomputes every tree of a merge index (it has no tree
+    cache): 10-20 ms for a thousand files, every merge. The changes against
+    the previous candidate are a handful of paths, so only the trees on those
+    paths are rewritten (the same tree, a tenth of the time).
+    """
+    changes: dict[str, Change] = {}
+    for delta in merged.diff_to_tree(base).deltas:  # old: the tree, new: the index
+        if delta.status == DeltaStatus.DELETED:
+            changes[delta.old_file.path] = None
+        else:
+            changes[delta.new_file.path] = (delta.new_file.id, delta.new_file.mode)
+    oid = _rewrite(repo, base, changes)
+    return oid if oid is not None else repo.TreeBuilder().write()
+
+
+def _rewrite(
+    repo: pygit2.Repository, tree: pygit2.Tree | None, changes: dict[str, Change]
+) -> pygit2.Oid | None:
+    """`tree` with `changes` applied (paths relative to it); None when it ends up empty."""
+    here: dict[str, Change] = {}
+    below: dict[str, dict[str, Change]] = {}
+    for path, change in changes.items():
+        name, sep, rest = path.partition("/")
+        if sep:
+            below.setdefault(name, {})[rest] = change
+        else:
+            here[name] = change
+    builder = repo.TreeBuilder(tree) if tree is not None else repo.TreeBuilder()
+    # Decide each name once: a file may become a directory or the reverse,
+    # so its own change and its subtree's are looked at together.
+    for name in {*here, *below}:
+        current = builder.get(name)
+        subtree = None
+        if name in below:
+            child = None
+            if current is not None and current.type == ObjectType.TREE:
+                child = repo[current.id].peel(pygit2.Tree)
+            subtree = _rewrite(repo, child, below[name])
+        if current is not None:
+            builder.remove(name)
+        change = here.get(name)
+        if subtree is not None:
+            builder.insert(name, subtree, FileMode.TREE)
+        elif change is not None:
+            builder.insert(name, change[0], change[1])
+    return builder.write() if len(builder) else None
 
 
 async def candidates(repo_path: str, head: str, items: list[Item], into: str) -> list[Candidate]:
