@@ -40,11 +40,11 @@ from corral.models import (  # noqa: E402
     ResourceLimits,
 )
 from corrald.agents.parsers import make_parser  # noqa: E402
-from corrald.process import proctree  # noqa: E402
 from corrald.process.cgroups import detect  # noqa: E402
 from corrald.process.run import AgentRun, run_agent  # noqa: E402
 from corrald.process.sampler import SampleHub  # noqa: E402
 from corrald.process.spec import NoEvents, RunSpec  # noqa: E402
+from tests import procs  # noqa: E402
 from tests.waits import wait_until  # noqa: E402
 
 FAKE = ROOT / "tests" / "fake_agent.py"
@@ -75,18 +75,12 @@ def spec(tmp: Path, name: str, argv: list[str], lim: ResourceLimits) -> RunSpec:
     )
 
 
-def read_roles(pidfile: Path) -> list[tuple[int, float, str]]:
-    if not pidfile.exists():
-        return []
-    rows = []
-    for line in pidfile.read_text().splitlines():
-        pid, ctime, role = line.split()
-        rows.append((int(pid), float(ctime), role))
-    return rows
+def read_roles(pidfile: Path) -> list[tuple[int, int, str]]:
+    return procs.recorded(pidfile)
 
 
 def all_dead(pidfile: Path) -> bool:
-    return all(proctree.same_process(p, c) is None for p, c, _ in read_roles(pidfile))
+    return procs.survivors(pidfile) == []
 
 
 async def idle_overhead(tmp: Path, agents: int, secs: float) -> None:

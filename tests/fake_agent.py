@@ -4,7 +4,7 @@ Used by the supervisor tests and the benchmark. Options combine freely; the
 order of effects is: pidfile, signal setup, grandchildren, stdin echo, output
 (raw files, stream-json, rate limit, edits, marker, flood), CPU spin, sleep, exit.
 
-Every process it creates appends ``pid create_time role`` to --pidfile so
+Every process it creates appends ``pid start_ticks role`` to --pidfile so
 tests can check death by pid + start time (immune to pid reuse).
 """
 
@@ -19,15 +19,20 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
+
+def start_ticks(pid: int | str = "self") -> int:
+    """When a process started, in clock ticks since boot: its identity with its pid."""
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        data = fh.read()
+    return int(data[data.rfind(b")") + 2 :].split()[19])
 
 
 def record(pidfile: str | None, role: str) -> None:
+    """Append `pid start_ticks role` to the pidfile (tests check death by both)."""
     if not pidfile:
         return
-    me = psutil.Process()
     with open(pidfile, "a") as fh:
-        fh.write(f"{me.pid} {me.create_time()!r} {role}\n")
+        fh.write(f"{os.getpid()} {start_ticks()} {role}\n")
 
 
 def sleep_forever() -> None:

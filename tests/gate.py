@@ -1,8 +1,8 @@
 """An integration gate for the tests: a real program whose verdict is set by its arguments.
 
 It runs in corral's scratch worktree of the merged tree (its cwd) and exits 0
-to let the batch in. Every process it creates appends `pid create_time role`
-to --pidfile, so tests can check the whole tree died.
+to let the batch in. Every process it creates appends `pid start_ticks role`
+to --pidfile (start in clock ticks), so tests can check the whole tree died.
 """
 
 from __future__ import annotations
@@ -14,14 +14,18 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
+
+def start_ticks() -> int:
+    """When this process started, in clock ticks since boot: its identity with its pid."""
+    with open("/proc/self/stat", "rb") as fh:
+        data = fh.read()
+    return int(data[data.rfind(b")") + 2 :].split()[19])
 
 
 def record(pidfile: str | None, role: str) -> None:
     if pidfile:
-        me = psutil.Process()
         with open(pidfile, "a") as fh:
-            fh.write(f"{me.pid} {me.create_time()!r} {role}\n")
+            fh.write(f"{os.getpid()} {start_ticks()} {role}\n")
 
 
 def main() -> int:

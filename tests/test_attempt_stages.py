@@ -30,10 +30,10 @@ from corral.models import SchedulerConfig, TaskSpec, TaskState
 from corrald.agents.types import AgentTypeConfig
 from corrald.pool.pool import AgentPool
 from corrald.pool.records import AttemptStage, Run
-from corrald.process import proctree
 from corrald.state.engine import Engine
 from corrald.state.events import EventBus
 from corrald.state.store import Store
+from tests import procs
 from tests.conftest import git
 
 PLAN_AGENT = Path(__file__).with_name("plan_agent.py")
@@ -48,14 +48,7 @@ class Harness:
     pidfile: Path
 
     def alive(self) -> list[int]:
-        if not self.pidfile.exists():
-            return []
-        out = []
-        for line in self.pidfile.read_text().splitlines():
-            pid, ctime, _ = line.split()
-            if proctree.same_process(int(pid), float(ctime)) is not None:
-                out.append(int(pid))
-        return out
+        return [pid for pid, _ in procs.survivors(self.pidfile)]
 
 
 @asynccontextmanager

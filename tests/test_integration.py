@@ -20,7 +20,7 @@ import pytest
 from corral import errors
 from corral.client import Client
 from corral.models import ErrorCategory, IntegrationReport, IntegrationStatus, Task, TaskState
-from corrald.process import proctree
+from tests import procs
 from tests.conftest import git
 from tests.daemon_proc import DaemonProcess
 from tests.test_pool import agent_config, finished, wait_for
@@ -402,9 +402,7 @@ def test_a_hanging_gate_is_killed_whole(
         task = tasks_of(c)["h"]
     assert (task.state, task.error_category) == (TaskState.FAILED, ErrorCategory.GATE)
     assert task.error is not None and "runtime limit" in task.error
-    roles = [line.split() for line in pidfile.read_text().splitlines()]
-    assert {r for *_, r in roles} == {"gate", "gate-child"}
-    assert all(proctree.same_process(int(p), float(t)) is None for p, t, _ in roles)
+    procs.assert_all_dead(pidfile, "gate", "gate-child")
 
 
 @pytest.mark.parametrize(

@@ -10,12 +10,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import psutil
 import pytest
 
 from corral import errors
 from corral.client import Client
 from corral.models import ErrorCategory, TaskState
+from tests import procs
 from tests.conftest import git
 from tests.daemon_proc import DaemonProcess
 
@@ -230,15 +230,8 @@ def test_total_memory_breach_requeues_the_newest_agent(
 
 
 def assert_all_dead(pidfile: Path) -> None:
-    """Every process the fake agents recorded is gone (pid + start time)."""
-    for line in pidfile.read_text().splitlines():
-        pid, created, role = line.split()
-        try:
-            proc = psutil.Process(int(pid))
-            alive = abs(proc.create_time() - float(created)) < 0.01 and proc.status() != "zombie"
-        except psutil.NoSuchProcess:
-            alive = False
-        assert not alive, f"{role} {pid} survived"
+    """Every process the fake agents recorded is gone (pid + start ticks)."""
+    procs.assert_all_dead(pidfile)
 
 
 def test_daemon_killed_mid_run_recovers_everything(plan: Path, repo: Path, tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """Supervisor tests: real processes (tests/fake_agent.py), real signals, no sleeps.
 
 Every test checks at the end that no process the fake agent created is
-alive, by pid *and* create_time (so a reused pid cannot fake a survivor).
+alive, by pid *and* start ticks (so a reused pid cannot fake a survivor).
 """
 
 from __future__ import annotations
@@ -26,12 +26,13 @@ from corral.models import (
     Violation,
 )
 from corrald.agents.parsers import make_parser
-from corrald.process import proctree
+from corrald.core.accounting import RunAccounting
 from corrald.process.cgroups import detect
 from corrald.process.executor import LocalExecutor
-from corrald.process.run import AgentRun, kill_stale, run_agent
+from corrald.process.run import AgentRun, kill_leftovers, run_agent
 from corrald.process.sampler import SampleHub
-from corrald.process.spec import NoEvents, RunEvents, RunResult, RunSpec
+from corrald.process.spec import MARK_ENV, NoEvents, RunEvents, RunResult, RunSpec
+from tests import procs
 from tests.waits import wait_until
 
 FAKE = Path(__file__).with_name("fake_agent.py")
@@ -95,14 +96,8 @@ class Agent:
         self.violations.append(violation)
         self.events.append(("violation", violation.to_wire()))
 
-    def pids(self) -> list[tuple[int, float, str]]:
-        if not self.pidfile.exists():
-            return []
-        out = []
-        for line in self.pidfile.read_text().splitlines():
-            pid, ctime, role = line.split()
-            out.append((int(pid), float(ctime), role))
-        return out
+    def pids(self) -> list[tuple[int, int, str]]:
+        return procs.recorded(self.pidfile)
 
     async def wait_roles(self, *roles: str) -> None:
         """Wait until every role named has written its pid."""
@@ -110,16 +105,10 @@ class Agent:
             await wait_until(lambda: set(roles) <= {r for _, _, r in self.pids()})
 
     def alive(self) -> list[tuple[int, str]]:
-        return [
-            (pid, role)
-            for pid, ctime, role in self.pids()
-            if proctree.same_process(pid, ctime) is not None
-        ]
+        return procs.survivors(self.pidfile)
 
     def assert_all_dead(self, *roles: str) -> None:
-        seen = {r for _, _, r in self.pids()}
-        assert set(roles) <= seen, f"expected roles {roles}, pidfile has {seen}"
-        assert self.alive() == []
+        procs.assert_all_dead(self.pidfile, *roles)
 
 
 def read_text(path: str) -> str:
@@ -399,36 +388,50 @@ async def test_cgroup_used_when_available(agent: Agent) -> None:
     assert not exists(str(run.cgroup.path))  # removed after the run
 
 
-def test_kill_stale(agent: Agent) -> None:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            str(FAKE),
-            "--pidfile",
-            str(agent.pidfile),
-            "--sleep",
-            "60",
-            "--grandchild-ignore-sigterm",
-            "--ignore-sigterm",
-        ],
+def _orphan(agent: Agent, token: str, *extra: str) -> subprocess.Popen[bytes]:
+    """A fake agent tree started outside any supervisor, as a dead daemon leaves it."""
+    return subprocess.Popen(
+        [sys.executable, str(FAKE), "--pidfile", str(agent.pidfile), "--sleep", "60", *extra],
         start_new_session=True,
         stdout=subprocess.DEVNULL,
+        env={**os.environ, MARK_ENV: token},
     )
+
+
+async def _roles(agent: Agent, *roles: str) -> None:
+    with trio.fail_after(10):
+        await wait_until(lambda: set(roles) <= {r for _, _, r in agent.pids()})
+
+
+async def test_leftovers_are_found_by_pid_and_start_time(agent: Agent) -> None:
+    proc = _orphan(agent, "t-one", "--grandchild-ignore-sigterm", "--ignore-sigterm")
     try:
-        deadline = time.monotonic() + 10
-        while {r for _, _, r in agent.pids()} != {"agent", "grandchild"}:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)  # sync test: no trio clock to wait on
-        ((pid, ctime),) = [(p, c) for p, c, r in agent.pids() if r == "agent"]
-        assert not kill_stale(pid, ctime + 100)  # a different process with this pid
-        assert agent.alive()
-        assert kill_stale(pid, ctime)
+        await _roles(agent, "agent", "grandchild")
+        pids = {r: (p, c) for p, c, r in agent.pids()}
+        (pid, start), grandchild = pids["agent"], pids["grandchild"]
+        # A reused pid (another start time) is never taken for ours.
+        stranger = RunAccounting("", pid=pid, start=start + 100)
+        assert await kill_leftovers(stranger) == 0 and len(agent.alive()) == 2
+        record = RunAccounting("", pid=pid, start=start, descendants=[grandchild])
+        assert await kill_leftovers(record) == 2
         proc.wait(timeout=5)
-        deadline = time.monotonic() + 5
-        while agent.alive():
-            assert time.monotonic() < deadline, agent.alive()
-            time.sleep(0.01)
-        assert not kill_stale(pid, ctime)
+        assert agent.alive() == []
+        assert await kill_leftovers(record) == 0  # gone is gone
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+async def test_leftovers_are_found_by_token_setsid_escapers_too(agent: Agent) -> None:
+    # Nothing but the token on record: the daemon died between spawn and pid.
+    proc = _orphan(agent, "t-two", "--setsid-escape", "--grandchild-ignore-sigterm")
+    try:
+        await _roles(agent, "agent", "escaped", "grandchild")
+        assert await kill_leftovers(RunAccounting("t-other")) == 0  # not ours
+        assert len(agent.alive()) == 3
+        assert await kill_leftovers(RunAccounting("t-two")) == 3
+        proc.wait(timeout=5)
+        agent.assert_all_dead("agent", "escaped", "grandchild")
     finally:
         proc.kill()
         proc.wait()

@@ -11,6 +11,7 @@ keeps its worktree and branch.
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
@@ -32,9 +33,11 @@ from corrald.agents.types import (
     resolution_note,
     resolve_type,
 )
+from corrald.core.accounting import RunAccounting
 from corrald.git import worktrees
 from corrald.pool.finish import AttemptEnd
 from corrald.pool.records import AttemptStage, Run
+from corrald.process import cgroups
 from corrald.process.executor import Executor
 from corrald.process.spec import RunSpec
 from corrald.state.engine import Engine, SessionState
@@ -140,8 +143,18 @@ async def run_attempt(ctx: AttemptContext, run: Run) -> AttemptEnd:
         parser=parser,
         completion_marker=config.completion_marker,
     )
+    # Recorded before the process exists: a crash right after the spawn still
+    # leaves a restart the token and the cgroup to find it by.
+    spec.token = uuid.uuid4().hex
+    run.accounting = RunAccounting(
+        token=spec.token,
+        cgroup=cgroups.planned_path(cgroups.run_cgroup_name(run.agent_id, spec.token)),
+    )
+    engine.run_accounting([(run.agent_id, run.accounting)])
     handle = await ctx.executor.submit(spec, _Sink(engine, run))
     run.handle = handle
+    run.accounting.pid, run.accounting.start = handle.pid, handle.start_ticks
+    run.accounting.descendants = [m for m in handle.new_members() if m[0] != handle.pid]
     if run.stop is not None:
         handle.cancel(EndReason.CANCELLED, "stopped before it started")
     run.agent = engine.agent_spawned(
@@ -150,6 +163,7 @@ async def run_attempt(ctx: AttemptContext, run: Run) -> AttemptEnd:
         pid=handle.pid,
         create_time=handle.create_time,
         lifecycle=handle.lifecycle,
+        accounting=run.accounting,
     )
     await enter_stage(ctx, run, AttemptStage.RUNNING)
     result = await handle.wait()

@@ -43,6 +43,7 @@ from corral.models import (
     WorktreeAllocation,
 )
 from corrald.agents.types import AgentTypeConfig
+from corrald.core.accounting import RunAccounting
 from corrald.core.outcome import Stop
 from corrald.git import worktrees
 from corrald.git.repo import repo_key
@@ -113,27 +114,27 @@ class AgentPool:
             self._nursery = nursery
             self._executor = self.executor_factory(nursery)
             self._executor.hub.after_tick.append(self._after_sample)
-            self.recover()
+            await self.recover()
             for state in self.engine.sessions.values():
                 self.wake(state)
             task_status.started()
             await trio.sleep_forever()
 
-    def recover(self) -> list[str]:
-        """After a restart: kill agents the previous daemon left alive, requeue their tasks.
+    async def recover(self) -> list[str]:
+        """After a restart: end the runs the previous daemon left, requeue their tasks.
 
-        An agent is the same process only if pid and process start time both
-        match; a reused pid is left alone. Tasks keep worktree and branch and
-        no retry is consumed. Returns the ids of the agents found.
+        What to kill comes from each run's stored record (`core.accounting`):
+        its cgroup, its token, its recorded processes (pid and start time
+        must both match: a reused pid is left alone). Tasks keep worktree and
+        branch and no retry is consumed. Returns the ids of the agents found.
         """
         found = []
-        for agent, pid_started in self.engine.left_running():
+        for agent, kept in self.engine.left_running():
             found.append(agent.id)
-            killed = False
-            if agent.process_id and pid_started:
-                killed = self.executor.reattach(agent.process_id, pid_started)
-            self.engine.agent_lost(agent, killed=killed)
-            log.info("recovered agent %s (pid %s, killed=%s)", agent.id, agent.process_id, killed)
+            if kept is not None:
+                await self.executor.reattach(kept)
+            self.engine.agent_lost(agent, killed=kept is not None)
+            log.info("recovered agent %s (pid %s)", agent.id, agent.process_id)
         cgroups.remove_stale()  # empty per-agent cgroups of crashed daemons
         return found
 
@@ -331,9 +332,15 @@ class AgentPool:
     def _after_sample(self) -> None:
         """After each sampling tick: enforce session totals, wake sessions waiting for room."""
         by_session: dict[str, list[Run]] = {}
+        grown: list[tuple[str, RunAccounting]] = []
         for run in self.runs:
             if run.handle is not None:
                 by_session.setdefault(run.state.id, []).append(run)
+                if run.accounting is not None and (new := run.handle.new_members()):
+                    run.accounting.descendants += new
+                    grown.append((run.agent_id, run.accounting))
+        # Every process of every run is on record before it can be orphaned.
+        self.engine.run_accounting(grown)
         for group in by_session.values():
             limits = group[0].state.session.config.resource_limits
             breach = totals.memory_victim(group, limits)

@@ -16,6 +16,7 @@ from enum import StrEnum
 import trio
 
 from corral.models import Agent
+from corrald.core.accounting import RunAccounting
 from corrald.core.outcome import Stop
 from corrald.process.executor import RunHandle
 from corrald.state.engine import SessionState
@@ -39,6 +40,7 @@ class Run:
     agent: Agent
     started_mono: float = field(default_factory=time.monotonic)
     handle: RunHandle | None = None
+    accounting: RunAccounting | None = None  # what a restart needs to end its processes
     stop: Stop | None = None
     stage: AttemptStage = AttemptStage.ALLOCATING
 

@@ -128,8 +128,7 @@ class AgentCgroup:
         features = features or detect()
         if not features.available or features.path is None:
             raise OSError(errno.ENOTSUP, f"cgroup v2 unavailable: {features.reason}")
-        safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)[:120]
-        path = Path(features.path) / safe
+        path = Path(features.path) / _safe(name)
         path.mkdir()
         return cls(path, features)
 
@@ -208,6 +207,23 @@ class AgentCgroup:
 
     def __repr__(self) -> str:
         return f"<AgentCgroup {self.path} limits={self.limits}>"
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)[:120]
+
+
+def run_cgroup_name(agent_id: str, token: str) -> str:
+    """The name of a run's cgroup (one place, so it can be recorded before it exists)."""
+    return f"{agent_id}-{token[:8]}"
+
+
+def planned_path(name: str) -> str | None:
+    """Where `AgentCgroup.create(name)` will put the cgroup; None without cgroup v2."""
+    features = detect()
+    if not features.available or features.path is None:
+        return None
+    return str(Path(features.path) / _safe(name))
 
 
 def remove_stale(min_age_secs: float = 60.0) -> list[str]:

@@ -21,8 +21,9 @@ import psutil
 import trio
 
 from corral.models import AgentLifecycle, EndReason, ErrorCategory, LogEntry
+from corrald.core.accounting import RunAccounting
 from corrald.process import cgroups
-from corrald.process.run import AgentRun, kill_stale, run_agent
+from corrald.process.run import AgentRun, kill_leftovers, run_agent
 from corrald.process.sampler import SampleHub
 from corrald.process.spec import RunEvents, RunResult, RunSpec, RunStats
 from corrald.process.terminate import TerminationStage
@@ -45,6 +46,10 @@ class RunHandle(Protocol):
     async def wait(self) -> RunResult: ...
     def tail(self, n: int | None = None, since_offset: int | None = None) -> list[LogEntry]: ...
     def note(self, text: str) -> None: ...
+    def new_members(self) -> list[tuple[int, int]]: ...
+
+    @property
+    def start_ticks(self) -> int | None: ...
 
 
 class Executor(Protocol):
@@ -57,8 +62,12 @@ class Executor(Protocol):
         """Start a run; what it reports goes to `events`. Raises only if it could not start."""
         ...
 
-    def reattach(self, pid: int, create_time: float) -> bool:
-        """Handle a run a previous daemon left behind; True if it was found (and ended)."""
+    async def reattach(self, record: RunAccounting) -> bool:
+        """Deal with a run a previous daemon left behind; True if it took it back.
+
+        The local executor cannot (the run's pipes died with that daemon):
+        it ends every process the record names and answers False.
+        """
         ...
 
     def capacity(self) -> dict[str, Any]:
@@ -89,10 +98,11 @@ class LocalExecutor:
         run: AgentRun = await self.nursery.start(_bounded_run, spec, events, self.hub)
         return run
 
-    def reattach(self, pid: int, create_time: float) -> bool:
+    async def reattach(self, record: RunAccounting) -> bool:
         # A local process cannot be re-adopted (its pipes died with the old
         # daemon), so the old tree is ended and the task runs again.
-        return kill_stale(pid, create_time)
+        await kill_leftovers(record)
+        return False
 
     def capacity(self) -> dict[str, Any]:
         return dict(self._capacity)

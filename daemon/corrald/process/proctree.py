@@ -26,10 +26,6 @@ import psutil
 
 log = logging.getLogger(__name__)
 
-#: create_time values from psutil are derived from boot time + clock ticks;
-#: two readings of the same process agree far better than this.
-_CTIME_TOLERANCE = 0.01
-
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -121,15 +117,28 @@ def is_alive(proc: psutil.Process) -> bool:
         return False
 
 
-def same_process(pid: int, create_time: float) -> psutil.Process | None:
-    """The live process with this pid and start time, or None (gone or pid reused)."""
+def start_ticks(pid: int) -> int | None:
+    """When `pid` started, in clock ticks since boot (None if it is gone).
+
+    This, not psutil's `create_time`, is a process's identity with its pid:
+    `create_time` adds the kernel's boot time, which moves by a second when
+    the wall clock is adjusted, so two readings of one process can disagree.
+    """
+    st = _stat(pid)
+    return st.start_ticks if st is not None else None
+
+
+def same_process(pid: int, start: int) -> psutil.Process | None:
+    """The live process with this pid and start ticks, or None (gone, a zombie, or pid reused)."""
+    st = _stat(pid)
+    if st is None or st.start_ticks != start or st.state == b"Z":
+        return None
     try:
         proc = psutil.Process(pid)
-        if abs(proc.create_time() - create_time) > _CTIME_TOLERANCE:
-            return None
     except psutil.Error:
         return None
-    return proc if is_alive(proc) else None
+    # Checked again after psutil took hold of it: the pid could have changed hands.
+    return proc if start_ticks(pid) == start else None
 
 
 def _signal(proc: psutil.Process, sig: int) -> bool:
@@ -170,6 +179,7 @@ class TreeSampler:
         self.root_pid = root_pid
         self.window_secs = window_secs
         self._tracked: dict[tuple[int, int], psutil.Process] = {}
+        self._new: list[tuple[int, int]] = []  # first seen, not yet drained
         self._cpu_seen: dict[tuple[int, int], int] = {}
         self._cpu_ticks = 0
         self._history: collections.deque[tuple[float, int]] = collections.deque()
@@ -211,7 +221,18 @@ class TreeSampler:
                     self._tracked[key] = psutil.Process(key[0])
                 except psutil.Error:
                     continue
+                self._new.append(key)
         return out
+
+    def drain_new(self) -> list[tuple[int, int]]:
+        """(pid, start ticks) of members first seen since the last call, root included."""
+        new, self._new = self._new, []
+        return new
+
+    @property
+    def root_start(self) -> int | None:
+        """The root's start ticks (its identity with its pid)."""
+        return self._root_start
 
     def refresh(self) -> list[psutil.Process]:
         """Walk the live tree, add new members to the tracked set, return the tree."""

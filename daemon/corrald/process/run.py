@@ -26,6 +26,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import psutil
 import trio
@@ -38,13 +39,14 @@ from corral.models import (
     Violation,
 )
 from corrald.agents.output import ParsedEvent
+from corrald.core.accounting import RunAccounting
 from corrald.core.outcome import CATEGORY
 from corrald.process import proctree
-from corrald.process.cgroups import AgentCgroup, cgroup_of, detect
+from corrald.process.cgroups import AgentCgroup, detect, run_cgroup_name
 from corrald.process.logfile import LogWriter, make_log_entry
 from corrald.process.sampler import SampleHub, next_tick
 from corrald.process.spec import MARK_ENV, NoEvents, RunEvents, RunResult, RunSpec, RunStats
-from corrald.process.terminate import Ladder, TerminationStage
+from corrald.process.terminate import Ladder, TerminationStage, wait_gone
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ LINE_CAP = 64 * 1024
 _READ_CHUNK = 256 * 1024
 _DRAIN_SECS = 2.0
 _CLEANUP_SLACK = 10.0
+_AFTER_KILL_SECS = 2.0
 
 
 class AgentRun:
@@ -71,7 +74,7 @@ class AgentRun:
         self.cgroup: AgentCgroup | None = None
         self.sampler: proctree.TreeSampler | None = None
         self.ladder: Ladder | None = None
-        self.token = uuid.uuid4().hex
+        self.token = spec.token or uuid.uuid4().hex
         self._scope = trio.CancelScope()
         self._reason: EndReason | None = None
         self._reason_detail = ""
@@ -101,6 +104,11 @@ class AgentRun:
     def stage(self) -> TerminationStage:
         """How far the termination ladder got (`running` until it starts)."""
         return self.ladder.stage if self.ladder is not None else TerminationStage.RUNNING
+
+    @property
+    def start_ticks(self) -> int | None:
+        """The root's start in clock ticks (its identity with its pid)."""
+        return self.sampler.root_start if self.sampler is not None else None
 
     @property
     def completion_seen(self) -> bool:
@@ -144,6 +152,10 @@ class AgentRun:
         if since_offset is not None:
             entries = [e for e in entries if e.offset >= since_offset]
         return entries if n is None else entries[-n:]
+
+    def new_members(self) -> list[tuple[int, int]]:
+        """(pid, start ticks) of tree members seen since the last call (for the record)."""
+        return self.sampler.drain_new() if self.sampler is not None else []
 
     def note(self, text: str) -> None:
         """Add a daemon line (stream "daemon") to the ring and the log."""
@@ -431,7 +443,7 @@ async def run_agent(
     env.setdefault("CORRAL_AGENT_ID", spec.agent_id)
     if spec.use_cgroup and detect().available:
         try:
-            run.cgroup = AgentCgroup.create(f"{spec.agent_id}-{run.token[:8]}")
+            run.cgroup = AgentCgroup.create(run_cgroup_name(spec.agent_id, run.token))
             run.cgroup.set_limits(
                 # Headroom so our sampler normally acts first (and says why).
                 memory_max_mb=math.ceil(spec.limits.max_memory_mb_per_agent * 1.1),
@@ -554,28 +566,53 @@ async def _feed_stdin(proc: trio.Process, data: bytes) -> None:
             await proc.stdin.aclose()
 
 
-def kill_stale(pid: int, create_time: float) -> bool:
-    """Kill a previous daemon's agent tree if `pid` still is that process.
+async def kill_leftovers(record: RunAccounting) -> int:
+    """End every process a previous daemon's run left behind; how many it found.
 
-    Used on restart with the pid and start time stored for the agent; a pid
-    reused by an unrelated process is left alone. True if anything was killed.
+    By the record, not by memory (`core.accounting`): the run's cgroup
+    (`cgroup.kill`), every process carrying its token (setsid escapers
+    included), every recorded (pid, start time) pair and the root's process
+    group. A pid now used by another process never matches. Waits (bounded)
+    until they are gone, then removes the cgroup.
     """
-    root = proctree.same_process(pid, create_time)
-    if root is None:
-        return False
-    victims = [root]
-    with contextlib.suppress(psutil.Error):
-        victims += root.children(recursive=True)
-    token = None
-    with contextlib.suppress(psutil.Error):
-        token = root.environ().get(MARK_ENV)
-    cg = cgroup_of(pid)
-    with contextlib.suppress(OSError):
-        if os.getpgid(pid) == pid:
-            proctree.killpg(pid, signal.SIGKILL)
-    killed = proctree.kill_procs(victims, signal.SIGKILL)
-    if token:
-        killed += proctree.kill_procs(proctree.find_marked(MARK_ENV, token), signal.SIGKILL)
-    if cg is not None:
-        AgentCgroup(cg, detect()).kill()
-    return killed > 0 or not proctree.is_alive(root)
+    victims, cgroup = await trio.to_thread.run_sync(_signal_leftovers, record)
+    with trio.move_on_after(_AFTER_KILL_SECS):
+        await wait_gone(victims)
+    if cgroup is not None:
+        with trio.move_on_after(_AFTER_KILL_SECS):
+            await wait_gone(_members(cgroup))
+        cgroup.remove()
+    return len(victims)
+
+
+def _signal_leftovers(
+    record: RunAccounting,
+) -> tuple[list[psutil.Process], AgentCgroup | None]:
+    """SIGKILL what `record` names (in a thread: it reads every process's environment)."""
+    victims: list[psutil.Process] = []  # distinct processes, alive now
+    for pid, started in record.processes():
+        proc = proctree.same_process(pid, started)
+        if proc is not None:
+            victims.append(proc)
+    if record.token:
+        marked = proctree.find_marked(MARK_ENV, record.token)
+        seen = {p.pid for p in victims}
+        victims += [p for p in marked if p.pid != os.getpid() and p.pid not in seen]
+    if victims and victims[0].pid == record.pid:
+        with contextlib.suppress(OSError):
+            if os.getpgid(victims[0].pid) == victims[0].pid:
+                proctree.killpg(victims[0].pid, signal.SIGKILL)
+    cgroup = None
+    if record.cgroup and os.path.isdir(record.cgroup):
+        cgroup = AgentCgroup(Path(record.cgroup), detect())
+        cgroup.kill()
+    proctree.kill_procs(victims, signal.SIGKILL)
+    return victims, cgroup
+
+
+def _members(cgroup: AgentCgroup) -> list[psutil.Process]:
+    out = []
+    for pid in cgroup.pids():
+        with contextlib.suppress(psutil.Error):
+            out.append(psutil.Process(pid))
+    return out

@@ -45,6 +45,7 @@ class RunSpec:
     ring_lines: int = 2000
     completion_marker: str | None = None
     task_id: str = ""
+    token: str = ""  # set in the run's environment (MARK_ENV); generated when empty
     use_cgroup: bool = True
     pids_max: int | None = 4096
 

@@ -71,6 +71,7 @@ from corral.models import (
     WorktreeAllocation,
     check_task_id,
 )
+from corrald.core.accounting import RunAccounting
 from corrald.core.outcome import Disposition, Outcome
 from corrald.core.scheduler import Scheduler
 from corrald.state.events import EventBus, Record, Subscription
@@ -284,9 +285,20 @@ class Engine:
     def agents(self, session_id: str) -> list[Agent]:
         return self.store.agents(session_id)
 
-    def left_running(self) -> list[tuple[Agent, float | None]]:
-        """Agents whose row says they run, with their process start time (after a restart)."""
-        return self.store.live_agent_pids()
+    def left_running(self) -> list[tuple[Agent, RunAccounting | None]]:
+        """Agents whose row says they run, with what was recorded of their processes."""
+        return [
+            (agent, RunAccounting.from_json(accounting) if accounting else None)
+            for agent, accounting in self.store.live_runs()
+        ]
+
+    def run_accounting(self, records: Sequence[tuple[str, RunAccounting]]) -> None:
+        """Store what a restart needs to end these runs' processes (before they exist)."""
+        if not records:
+            return
+        with self._change():
+            for agent_id, record in records:
+                self.store.put_accounting(agent_id, record.to_json())
 
     def allocations(self, session_id: str | None = None) -> list[WorktreeAllocation]:
         return self.store.allocations(session_id)
@@ -527,11 +539,14 @@ class Engine:
         pid: int | None,
         create_time: float | None,
         lifecycle: AgentLifecycle,
+        accounting: RunAccounting | None = None,
     ) -> Agent:
         """The agent's process exists (pid and start time are what a restart kills by)."""
         row = agent.model_copy(update={"process_id": pid, "lifecycle": lifecycle})
         with self._change(state) as batch:
             self.store.put_agent(row, create_time)
+            if accounting is not None:
+                self.store.put_accounting(row.id, accounting.to_json())
             self._agent_status(batch, row)
         return row
 

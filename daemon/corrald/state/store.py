@@ -22,7 +22,7 @@ from typing import Any
 
 from corral.models import Agent, Session, Task, WorktreeAllocation
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 MIGRATIONS: list[str] = [
     # 1: initial schema
@@ -65,6 +65,10 @@ MIGRATIONS: list[str] = [
         session_id TEXT,
         data TEXT NOT NULL
     );
+    """,
+    # 2: what survives the daemon about each run (core.accounting.RunAccounting)
+    """
+    ALTER TABLE attempts ADD COLUMN accounting TEXT;
     """,
 ]
 
@@ -223,9 +227,14 @@ class Store:
         )
         return [str(r[0]) for r in rows]
 
-    def live_agent_pids(self) -> list[tuple[Agent, float | None]]:
-        rows = self.db.execute("SELECT data, pid_started FROM attempts WHERE live = 1")
+    def live_runs(self) -> list[tuple[Agent, str | None]]:
+        """Agents whose row says they run, with their accounting JSON (core.accounting)."""
+        rows = self.db.execute("SELECT data, accounting FROM attempts WHERE live = 1")
         return [(Agent.model_validate_json(r[0]), r[1]) for r in rows]
+
+    def put_accounting(self, agent_id: str, accounting: str) -> None:
+        """A run's process bookkeeping (core.accounting), as JSON."""
+        self.db.execute("UPDATE attempts SET accounting = ? WHERE id = ?", (accounting, agent_id))
 
     # --- allocations --------------------------------------------------------------------
     def put_allocation(self, alloc: WorktreeAllocation) -> None:
