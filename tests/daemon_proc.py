@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from corral.client import Client
 from corral.launch import LocalDaemon
@@ -49,3 +52,25 @@ class DaemonProcess(LocalDaemon):
             assert self.proc is not None
             self.proc.kill()
             self.proc.wait(10)
+
+
+#: Root may write into a read-only directory, so the daemon would never meet the
+#: permission errors a user's daemon meets. Without these capabilities root's
+#: permission checks are those of an ordinary owner.
+OWNER_ONLY = ("setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner")
+
+
+def unprivileged(cmd: list[str]) -> list[str]:
+    """`cmd` run with an ordinary owner's permission checks, also when we are root."""
+    if os.geteuid() != 0:
+        return cmd
+    if shutil.which(OWNER_ONLY[0]) is None:
+        pytest.skip("running as root without setpriv: permission errors cannot happen")
+    return [*OWNER_ONLY, *cmd]
+
+
+class UnprivilegedDaemon(DaemonProcess):
+    """A daemon whose permission checks are an ordinary user's, also when we are root."""
+
+    def command(self) -> list[str]:
+        return unprivileged(super().command())

@@ -61,6 +61,9 @@ EXPECTED: dict[int, str] = {
     6001: "EventsExpired",
     6002: "SubscriptionNotFound",
     7001: "StorageError",
+    7002: "StorageFull",
+    7003: "StorageReadOnly",
+    7004: "StateFileGone",
 }
 
 # The JSON-RPC 2.0 specification's own messages, exactly.

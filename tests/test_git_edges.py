@@ -17,7 +17,7 @@ import pytest
 from corral import errors
 from corrald.git import worktrees as wt
 from tests.conftest import git
-from tests.daemon_proc import DaemonProcess
+from tests.daemon_proc import DaemonProcess, UnprivilegedDaemon
 
 
 @pytest.fixture
@@ -133,24 +133,6 @@ def test_allocation_over_rpc_clears_a_stale_lock_and_reports_a_live_one(repo: Pa
 
 
 # --- symlinks are never followed when removing a worktree ------------------------------
-#: Root may write into a read-only directory, so the daemon would never meet the
-#: permission errors a user's daemon meets. These capabilities make root's
-#: permission checks those of an ordinary owner.
-_OWNER_ONLY = ("setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner")
-
-
-class UnprivilegedDaemon(DaemonProcess):
-    """A daemon whose permission checks are an ordinary user's, also when we are root."""
-
-    def command(self) -> list[str]:
-        cmd = super().command()
-        if os.geteuid() != 0:
-            return cmd
-        if shutil.which(_OWNER_ONLY[0]) is None:
-            pytest.skip("running as root without setpriv: permission errors cannot happen")
-        return [*_OWNER_ONLY, *cmd]
-
-
 def symlinks_out(worktree: Path, outside: Path) -> list[Path]:
     """Links inside `worktree` to `outside`, some in directories that deny writing."""
     links = []

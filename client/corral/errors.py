@@ -320,6 +320,30 @@ class StorageError(CorralError):
     default_message = "The state file could not be written"
 
 
+class StorageFull(StorageError):
+    """No space for the state file: free some and retry; nothing of the request was kept."""
+
+    code = 7002
+    default_message = "The disk holding the state file is full"
+
+
+class StorageReadOnly(StorageError):
+    """The state file or its filesystem refuses writes; nothing of the request was kept."""
+
+    code = 7003
+    default_message = "The state file is read-only"
+
+
+class StateFileGone(StorageError):
+    """The state file was removed or replaced under the daemon; it records nothing more.
+
+    `data.rescued`, when present, is a copy of everything the file held.
+    """
+
+    code = 7004
+    default_message = "The state file was removed or replaced while the daemon ran"
+
+
 def _collect() -> dict[int, type[CorralError]]:
     table: dict[int, type[CorralError]] = {}
     stack: list[type[CorralError]] = [CorralError]

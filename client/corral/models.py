@@ -698,6 +698,22 @@ class CgroupFeatures(Wire):
     reason: str = ""
 
 
+class StorageHealth(Wire):
+    """Whether the state file takes writes; set by the last write that failed, cleared by a success.
+
+    `state` is ok, full, readOnly, gone (removed or replaced under the daemon:
+    sticky until a restart) or error. `rescued` is where a gone file's
+    contents were copied.
+    """
+
+    path: str
+    state: str = "ok"
+    error: str | None = None
+    since: Timestamp | None = None
+    failed_writes: int = 0
+    rescued: str | None = None
+
+
 class DaemonStatus(Wire):
     version: str
     pid: int
@@ -710,6 +726,7 @@ class DaemonStatus(Wire):
     socket_path: str
     state_dir: str
     cgroup: CgroupFeatures
+    storage: StorageHealth | None = None
 
 
 class ParkedTask(Wire):

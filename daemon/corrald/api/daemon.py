@@ -19,7 +19,11 @@ async def daemon_status(call: Call, p: NoParams) -> DaemonStatus:
 
     Result: DaemonStatus. `cgroup` says whether per-agent cgroups (v2) are
     available here, with which controllers, and why not if they are not;
-    `executor` is what runs agents and its capacity (cores, memory).
+    `executor` is what runs agents and its capacity (cores, memory);
+    `storage` says whether the state file takes writes (ok, full, readOnly,
+    gone, error), since when it has not, and where a vanished file's contents
+    were rescued to. While it is not ok every mutating method answers 7002,
+    7003, 7004 or 7001 and keeps nothing of the request.
     """
     info = call.daemon
     return DaemonStatus(
@@ -34,6 +38,7 @@ async def daemon_status(call: Call, p: NoParams) -> DaemonStatus:
         socket_path=info.socket_path,
         state_dir=info.state_dir,
         cgroup=info.cgroup,
+        storage=call.engine.storage,
     )
 
 

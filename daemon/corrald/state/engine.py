@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -63,6 +62,7 @@ from corral.models import (
     SchedulerStats,
     Session,
     SessionStatus,
+    StorageHealth,
     Task,
     TaskSpec,
     TaskState,
@@ -75,7 +75,7 @@ from corrald.core.accounting import RunAccounting
 from corrald.core.outcome import Disposition, Outcome
 from corrald.core.scheduler import Scheduler
 from corrald.state.events import EventBus, Record, Subscription
-from corrald.state.store import Store
+from corrald.state.store import Fault, Store, StoreFault
 
 log = logging.getLogger("corrald.engine")
 
@@ -85,6 +85,13 @@ COMPLETED_KEPT = 10_000
 VIOLATIONS_KEPT = 1000
 #: Longest log line carried by an event; bounds the replay window's memory.
 EVENT_LINE_CAP = 2000
+
+_STORAGE_ERRORS: dict[Fault, type[errors.StorageError]] = {
+    Fault.FULL: errors.StorageFull,
+    Fault.READ_ONLY: errors.StorageReadOnly,
+    Fault.GONE: errors.StateFileGone,
+    Fault.ERROR: errors.StorageError,
+}
 
 _ALLOWED_FROM: dict[SessionStatus, set[SessionStatus]] = {
     SessionStatus.RUNNING: {
@@ -153,6 +160,7 @@ class Engine:
         self._batch: _Batch | None = None
         self.last_batch: dict[str, IntegrationBatch] = {}  # per session, for integration_status
         self.blocked: dict[str, str] = {}  # per session: why its integration queue cannot move
+        self.storage = StorageHealth(path=str(store.path))
         for session in store.sessions():
             state = self._restore(session)
             self.sessions[session.id] = state
@@ -164,8 +172,11 @@ class Engine:
         scheduler = Scheduler(session.config, stored, aborted=session.aborted)
         moved = [t for t in scheduler.tasks() if before.get(t.id) is not t.state]
         if moved:  # e.g. pending with every dependency done: ready, as it should have been
-            with self.store.transaction():
-                self.store.put_tasks(session.id, moved)
+            try:
+                with self.store.transaction():
+                    self.store.put_tasks(session.id, moved)
+            except StoreFault as exc:  # derived states: written by the next change that can
+                log.warning("session %s: derived task states not written: %s", session.id, exc)
         return SessionState(session, scheduler)
 
     # --- the one way state changes --------------------------------------------------
@@ -183,26 +194,50 @@ class Engine:
         batch = self._batch = _Batch(self.bus)
         for state in states:
             batch.touched[state.id] = state
+        mark = self.bus.mark()
         try:
             with self.store.transaction():
                 yield batch
         except BaseException as exc:
             self._batch = None
+            self.bus.rewind(mark)  # its events were never announced: their seqs are free
             # Domain errors are raised before anything changes (the scheduler
             # validates first), so only other failures need the reload.
             if not isinstance(exc, errors.CorralError):
                 for state in batch.touched.values():
                     self._reload(state)
-            if isinstance(exc, sqlite3.Error):
-                raise errors.StorageError(
-                    f"the state file could not be written: {exc}", {"cause": str(exc)}
-                ) from exc
+            if isinstance(exc, StoreFault):
+                raise self._storage_failed(exc) from exc
             raise
         self._batch = None
+        if self.storage.state != Fault.GONE.value and self.storage.error is not None:
+            log.warning("the state file takes writes again")
+            self.storage = StorageHealth(
+                path=str(self.store.path), failed_writes=self.storage.failed_writes
+            )
         self.bus.fan_out(batch.records)
         for state in batch.touched.values():
             for callback in self.on_change:
                 callback(state)
+
+    def _storage_failed(self, fault: StoreFault) -> errors.StorageError:
+        """Note a write the state file refused; the error the request answers with."""
+        first = self.storage.state != fault.fault.value
+        self.storage = StorageHealth(
+            path=str(self.store.path),
+            state=fault.fault.value,
+            error=fault.detail,
+            since=self.storage.since if not first else self.clock(),
+            failed_writes=self.storage.failed_writes + 1,
+            rescued=str(fault.rescued) if fault.rescued else self.storage.rescued,
+        )
+        if first:
+            log.error("the state file refused a write (%s): %s", fault.fault.value, fault.detail)
+        data: dict[str, Any] = {"storage": fault.fault.value, "path": str(self.store.path)}
+        if self.storage.rescued:
+            data["rescued"] = self.storage.rescued
+        cls = _STORAGE_ERRORS[fault.fault]
+        return cls(f"{cls.default_message}; nothing of this request was kept: {fault.detail}", data)
 
     def _reload(self, state: SessionState) -> None:
         """After a failed transaction: the session as the store has it."""

@@ -123,6 +123,14 @@ class EventBus:
         """The oldest seq a client may resume after (sinceSeq >= oldest - 1)."""
         return self.window[0].seq if self.window else self._seq + 1
 
+    def mark(self) -> tuple[int, int]:
+        """Where numbering stands, for `rewind` if the transaction being built fails."""
+        return (self._seq, self._reserved)
+
+    def rewind(self, mark: tuple[int, int]) -> None:
+        """Forget seqs made since `mark`: their transaction (and its reservation) rolled back."""
+        self._seq, self._reserved = mark
+
     def make(self, session_id: str | None, payload: Payload) -> Record:
         """Number and encode an event; a state event is also written to the store.
 

@@ -13,7 +13,9 @@ run on the trio thread so the order of commits is the order of mutations.
 
 from __future__ import annotations
 
+import enum
 import json
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -77,6 +79,49 @@ class StoreError(RuntimeError):
     """The state file cannot be used; never silently recreated."""
 
 
+class Fault(enum.Enum):
+    """Why a write did not reach the state file."""
+
+    FULL = "full"  # no space: SQLite maps ENOSPC and EDQUOT to SQLITE_FULL
+    READ_ONLY = "readOnly"  # the file or its filesystem refuses writes
+    GONE = "gone"  # the file was removed or replaced while we had it open
+    ERROR = "error"  # any other I/O or database error
+
+
+class StoreFault(Exception):
+    """A write transaction failed; nothing of it was kept."""
+
+    def __init__(self, fault: Fault, detail: str, rescued: Path | None = None) -> None:
+        super().__init__(detail)
+        self.fault = fault
+        self.detail = detail
+        self.rescued = rescued
+
+
+def classify(exc: sqlite3.Error) -> Fault:
+    """A SQLite error's fault, from its (extended) result code."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        return Fault.ERROR
+    primary = code & 0xFF
+    if primary == sqlite3.SQLITE_FULL:
+        return Fault.FULL
+    if primary == sqlite3.SQLITE_READONLY:
+        return Fault.GONE if code == _SQLITE_READONLY_DBMOVED else Fault.READ_ONLY
+    return Fault.ERROR
+
+
+_SQLITE_READONLY_DBMOVED = sqlite3.SQLITE_READONLY | (4 << 8)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
 def _dump(model: Any) -> str:
     return json.dumps(model.model_dump(mode="json", by_alias=True, exclude_none=True))
 
@@ -86,30 +131,56 @@ class Store:
 
     def __init__(self, path: Path, *, durability: str = "normal") -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        existed = path.exists() and path.stat().st_size > 0
+        self._rescued: Path | None = None
         try:
-            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
-            self.db.execute("PRAGMA foreign_keys=ON")
-            version = self.db.execute("PRAGMA user_version").fetchone()[0]
-            if existed and version == 0:
-                tables = self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-                if tables:
-                    raise StoreError(f"{path} is not a corral state file (no schema version)")
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._open(durability)
+        except OSError as exc:
+            raise StoreError(f"{path} cannot be opened: {exc}") from exc
         except sqlite3.DatabaseError as exc:
-            raise StoreError(
-                f"{path} is corrupt or not a SQLite database ({exc}); move it aside to start fresh"
-            ) from exc
+            if exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+                raise StoreError(
+                    f"{path} is corrupt or not a SQLite database ({exc});"
+                    " move it aside to start fresh"
+                ) from exc
+            raise StoreError(self._unwritable(classify(exc), str(exc))) from exc
+        except StoreFault as exc:
+            raise StoreError(self._unwritable(exc.fault, exc.detail)) from exc
+        self._ord = self._scalar("SELECT coalesce(max(ord), 0) FROM tasks")
+        self._session_ord = self._scalar("SELECT coalesce(max(ord), 0) FROM sessions")
+
+    def _open(self, durability: str) -> None:
+        path = self.path
+        existed = path.exists() and path.stat().st_size > 0
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute(f"PRAGMA synchronous={'FULL' if durability == 'full' else 'NORMAL'}")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        version = self.db.execute("PRAGMA user_version").fetchone()[0]
+        if existed and version == 0:
+            tables = self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            if tables:
+                raise StoreError(f"{path} is not a corral state file (no schema version)")
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"{path} has schema version {version}, newer than this corrald supports"
                 f" ({SCHEMA_VERSION}); upgrade corral or use another --state-dir"
             )
+        self._identity = _identity(path)
         self._migrate(version)
-        self._ord = self._scalar("SELECT coalesce(max(ord), 0) FROM tasks")
-        self._session_ord = self._scalar("SELECT coalesce(max(ord), 0) FROM sessions")
+        # A file that cannot take a write is refused now, not at the first request.
+        with self.transaction():
+            self.set_meta("opened_by_pid", str(os.getpid()))
+
+    def _unwritable(self, fault: Fault, detail: str) -> str:
+        hint = {
+            Fault.FULL: "free some space on its disk",
+            Fault.READ_ONLY: "make it and its directory writable by this user",
+        }.get(fault, "check the file and its disk")
+        return (
+            f"{self.path} cannot be written ({fault.value}: {detail}); corrald would keep"
+            f" nothing it is asked to do, so it does not start: {hint}"
+        )
 
     def _scalar(self, sql: str, *args: Any) -> int:
         return int(self.db.execute(sql, args).fetchone()[0])
@@ -127,17 +198,52 @@ class Store:
         """One atomic commit; nested use joins the outer transaction.
 
         Only the engine opens transactions (it is the store's one writer).
+        Raises `StoreFault` when the write does not reach the file: SQLite's
+        errors classified, and a state file that was removed or replaced
+        (SQLite keeps writing to the old inode in WAL mode without a word).
         """
         if self.db.in_transaction:
             yield
             return
-        self.db.execute("BEGIN IMMEDIATE")
+        self._check_identity()
         try:
-            yield
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self.db.execute("COMMIT")
+            except BaseException:
+                if self.db.in_transaction:  # SQLite rolls back itself on SQLITE_FULL
+                    self.db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreFault(classify(exc), str(exc)) from exc
+
+    def _check_identity(self) -> None:
+        if _identity(self.path) == self._identity:
+            return
+        if self._rescued is None:
+            self._rescued = self._rescue()
+        where = f"; everything it held is copied to {self._rescued}" if self._rescued else ""
+        raise StoreFault(
+            Fault.GONE,
+            f"{self.path} was removed or replaced while corrald had it open{where}",
+            self._rescued,
+        )
+
+    def _rescue(self) -> Path | None:
+        """Copy the open (unlinked) database beside where it was, for a person to restore."""
+        target = self.path.with_name(self.path.name + ".rescued")
+        try:
+            if not target.parent.is_dir() or target.exists():
+                return None
+            dest = sqlite3.connect(target)
+            try:
+                self.db.backup(dest)
+            finally:
+                dest.close()
+        except (OSError, sqlite3.Error):
+            return None
+        return target
 
     def close(self) -> None:
         self.db.close()
