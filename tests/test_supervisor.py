@@ -6,6 +6,7 @@ alive, by pid *and* start ticks (so a reused pid cannot fake a survivor).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -29,9 +30,17 @@ from corrald.agents.parsers import make_parser
 from corrald.core.accounting import RunAccounting
 from corrald.process.cgroups import detect
 from corrald.process.executor import LocalExecutor
+from corrald.process.lines import Skipped
 from corrald.process.run import AgentRun, kill_leftovers, run_agent
 from corrald.process.sampler import SampleHub
-from corrald.process.spec import MARK_ENV, NoEvents, RunEvents, RunResult, RunSpec
+from corrald.process.spec import (
+    MARK_ENV,
+    NoEvents,
+    OutputBounds,
+    RunEvents,
+    RunResult,
+    RunSpec,
+)
 from tests import procs
 from tests.waits import wait_until
 
@@ -76,12 +85,15 @@ class Agent:
             log_path=self.log_path,
             parser=make_parser(parser, completion_marker=marker),
             completion_marker=marker,
-            log_cap_bytes=1024 * 1024,
+            output=OutputBounds(log_cap_bytes=1024 * 1024),
         )
 
     # --- RunEvents: what the run reports, recorded in order -------------------
     def log(self, entry: LogEntry) -> None:
         self.events.append(("log", entry.to_wire()))
+
+    def log_skipped(self, skipped: Skipped) -> None:
+        self.events.append(("log.skipped", dataclasses.asdict(skipped)))
 
     def activity(self, activity: AgentActivity) -> None:
         self.events.append(("activity", {"activity": activity.value}))

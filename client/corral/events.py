@@ -103,6 +103,23 @@ class LogPayload(Payload):
     truncated: bool = False
 
 
+class LogSkippedPayload(Payload):
+    """Lines of a flooding run that were not announced: offsets `first`..`last`, all of them.
+
+    Each run's lines are announced up to a rate (`daemon.log_events_per_sec`);
+    the rest are in its ring and log file, readable with
+    `parallel_get_agent_logs(offset=first)`. Summaries come before the next
+    announced line, within a sampling tick, and when the run ends.
+    """
+
+    agent_id: str
+    task_id: str
+    first: int
+    last: int
+    lines: int
+    bytes: int
+
+
 class ViolationPayload(Violation, Payload):
     """A limit was hit; the action taken is in `action`."""
 
@@ -197,6 +214,11 @@ class LogEvent(EventBase):
     payload: LogPayload
 
 
+class LogSkippedEvent(EventBase):
+    type: Literal["log.skipped"] = "log.skipped"
+    payload: LogSkippedPayload
+
+
 class ViolationEvent(EventBase):
     type: Literal["violation"] = "violation"
     payload: ViolationPayload
@@ -259,6 +281,7 @@ KnownEvent = (
     | AgentTokensEvent
     | AgentRateLimitEvent
     | LogEvent
+    | LogSkippedEvent
     | ViolationEvent
     | WorktreeAllocatedEvent
     | WorktreeReleasedEvent
@@ -296,6 +319,7 @@ AnyEvent = Annotated[
     | Annotated[AgentTokensEvent, Tag("agent.tokens")]
     | Annotated[AgentRateLimitEvent, Tag("agent.rate_limit")]
     | Annotated[LogEvent, Tag("log")]
+    | Annotated[LogSkippedEvent, Tag("log.skipped")]
     | Annotated[ViolationEvent, Tag("violation")]
     | Annotated[WorktreeAllocatedEvent, Tag("worktree.allocated")]
     | Annotated[WorktreeReleasedEvent, Tag("worktree.released")]

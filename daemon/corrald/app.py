@@ -18,6 +18,7 @@ from corrald.api import Call, ClientState, DaemonInfo, methods
 from corrald.config import Config, ConfigError, default_state_dir, load_config
 from corrald.pool.pool import AgentPool
 from corrald.process import cgroups
+from corrald.process.spec import OutputBounds
 from corrald.rpc.server import (
     AlreadyRunning,
     Connection,
@@ -44,6 +45,8 @@ class Daemon:
             self.store,
             window=config.daemon.event_window,
             queue_size=config.daemon.subscriber_queue,
+            window_bytes=config.daemon.event_window_bytes,
+            queue_bytes=config.daemon.subscriber_queue_bytes,
         )
         self.engine = Engine(self.store, self.bus)
         self.pool = AgentPool(
@@ -51,7 +54,13 @@ class Daemon:
             logs_dir=state_dir / "logs",
             worktree_base=config.daemon.worktree_base,
             custom_types=config.agents,
-            log_cap_bytes=config.daemon.log_cap_bytes,
+            output=OutputBounds(
+                log_cap_bytes=config.daemon.log_cap_bytes,
+                ring_lines=config.daemon.ring_lines,
+                ring_bytes=config.daemon.ring_bytes,
+                log_events_per_sec=config.daemon.log_events_per_sec,
+                log_events_burst=config.daemon.log_events_burst,
+            ),
         )
         d = config.daemon
         self.server: Server[Call, ClientState] = Server(

@@ -39,7 +39,14 @@ class DaemonSection(_Strict):
     shutdown_grace_secs: float = Field(10.0, ge=0)
     event_window: int = Field(50_000, ge=100)
     subscriber_queue: int = Field(100_000, ge=10)
+    event_window_bytes: int = Field(32 * 1024 * 1024, ge=64 * 1024)
+    subscriber_queue_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024)
     log_cap_bytes: int = Field(10 * 1024 * 1024, ge=0)
+    ring_lines: int = Field(2000, ge=1, le=1_000_000)
+    ring_bytes: int = Field(4 * 1024 * 1024, ge=64 * 1024)
+    # Lines per second per run announced as `log` events (0: all); the rest are summed up.
+    log_events_per_sec: float = Field(200.0, ge=0, le=1_000_000)
+    log_events_burst: int = Field(2000, ge=1, le=1_000_000)
     durability: Literal["normal", "full"] = "normal"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

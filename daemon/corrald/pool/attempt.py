@@ -39,7 +39,8 @@ from corrald.pool.finish import AttemptEnd
 from corrald.pool.records import AttemptStage, Run
 from corrald.process import cgroups
 from corrald.process.executor import Executor
-from corrald.process.spec import RunSpec
+from corrald.process.lines import Skipped
+from corrald.process.spec import OutputBounds, RunSpec
 from corrald.state.engine import Engine, SessionState
 
 StageHook = Callable[[Run, AttemptStage], Awaitable[None]]
@@ -51,7 +52,7 @@ class AttemptContext(Protocol):
     engine: Engine
     custom_types: dict[str, AgentTypeConfig]
     base_env: dict[str, str]
-    log_cap_bytes: int
+    output: OutputBounds
     stage_hooks: list[StageHook]
 
     @property
@@ -73,6 +74,10 @@ class _Sink:
 
     def log(self, entry: LogEntry) -> None:
         self.engine.agent_log(self.run.agent, entry.offset, entry.stream, entry.line, entry.at)
+
+    def log_skipped(self, skipped: Skipped) -> None:
+        agent = self.run.agent
+        self.engine.log_skipped(agent.session_id, agent.id, agent.task_id, skipped.as_tuple())
 
     def activity(self, activity: AgentActivity) -> None:
         self.engine.agent_activity(self.run.agent, activity)
@@ -139,7 +144,7 @@ async def run_attempt(ctx: AttemptContext, run: Run) -> AttemptEnd:
         stdin_data=prompt.encode() if kind.prompt_via == "stdin" else None,
         limits=config.resource_limits,
         log_path=ctx.log_path(state.id, run.agent_id),
-        log_cap_bytes=ctx.log_cap_bytes,
+        output=ctx.output,
         parser=parser,
         completion_marker=config.completion_marker,
     )

@@ -51,6 +51,7 @@ from corrald.core.graph import merge_order
 from corrald.git import worktrees
 from corrald.git.merge import integrate
 from corrald.process.executor import RunHandle
+from corrald.process.lines import Skipped
 from corrald.process.spec import NoEvents, RunSpec
 from corrald.state.engine import SessionState, Setback
 
@@ -89,6 +90,9 @@ class _GateLog(NoEvents):
 
     def log(self, entry: LogEntry) -> None:
         self.pool.engine.gate_log(self.state, self.run_id, entry)
+
+    def log_skipped(self, skipped: Skipped) -> None:
+        self.pool.engine.log_skipped(self.state.id, self.run_id, "", skipped.as_tuple())
 
     def violation(self, violation: Violation) -> None:
         self.pool.engine.violation(self.state.id, violation)
@@ -276,7 +280,7 @@ class Integrator:
             stdin_data=None,
             limits=limits,
             log_path=pool.log_path(state.id, run_id),
-            log_cap_bytes=pool.log_cap_bytes,
+            output=pool.output,
             parser=PlainParser(),
         )
         handle = await pool.executor.submit(spec, _GateLog(pool, state, run_id))

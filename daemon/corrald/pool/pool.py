@@ -54,13 +54,18 @@ from corrald.pool.integration import Integrator
 from corrald.pool.records import AttemptStage, Run, Runs
 from corrald.process import cgroups
 from corrald.process.executor import Executor, LocalExecutor
+from corrald.process.lines import newest_within
 from corrald.process.logfile import read_log
+from corrald.process.spec import OutputBounds
 from corrald.state.engine import Engine, SessionState
 
 log = logging.getLogger("corrald.pool")
 
-#: Finished runs whose output ring stays readable from memory.
+#: Finished runs whose last lines stay readable from memory (the rest is in the log file),
+#: and how much of each: at most 12.5 MiB for all of them.
 FINISHED_RUNS_KEPT = 200
+FINISHED_TAIL_LINES = 200
+FINISHED_TAIL_BYTES = 64 * 1024
 #: How long to wait before retrying to record an end the store refused (a full disk).
 _RECORD_RETRY = (0.5, 30.0)
 
@@ -75,7 +80,7 @@ class AgentPool:
         logs_dir: Path,
         worktree_base: Path | None = None,
         custom_types: dict[str, AgentTypeConfig] | None = None,
-        log_cap_bytes: int = 10 * 1024 * 1024,
+        output: OutputBounds | None = None,
         base_env: dict[str, str] | None = None,
         executor_factory: Callable[[trio.Nursery], Executor] = LocalExecutor,
     ) -> None:
@@ -83,7 +88,7 @@ class AgentPool:
         self.logs_dir = logs_dir
         self.worktree_base = worktree_base
         self.custom_types = custom_types or {}
-        self.log_cap_bytes = log_cap_bytes
+        self.output = output or OutputBounds()
         self.base_env = dict(os.environ if base_env is None else base_env)
         self.executor_factory = executor_factory
         self.runs = Runs()
@@ -324,7 +329,9 @@ class AgentPool:
 
     def _keep_ring(self, run: Run) -> None:
         if run.handle is not None:
-            self._rings[run.agent_id] = run.handle.tail()
+            self._rings[run.agent_id] = newest_within(
+                run.handle.tail(FINISHED_TAIL_LINES), FINISHED_TAIL_LINES, FINISHED_TAIL_BYTES
+            )
             while len(self._rings) > FINISHED_RUNS_KEPT:
                 del self._rings[next(iter(self._rings))]
 

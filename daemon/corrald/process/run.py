@@ -16,7 +16,6 @@ category `internal` and the cause in its log.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import math
@@ -43,6 +42,7 @@ from corrald.core.accounting import RunAccounting
 from corrald.core.outcome import CATEGORY
 from corrald.process import proctree
 from corrald.process.cgroups import AgentCgroup, detect, run_cgroup_name
+from corrald.process.lines import FloodGate, LineRing
 from corrald.process.logfile import LogWriter, make_log_entry
 from corrald.process.sampler import SampleHub, next_tick
 from corrald.process.spec import MARK_ENV, NoEvents, RunEvents, RunResult, RunSpec, RunStats
@@ -64,7 +64,9 @@ class AgentRun:
     def __init__(self, spec: RunSpec, events: RunEvents | None = None) -> None:
         self.spec = spec
         self.events: RunEvents = events or NoEvents()
-        self.ring: collections.deque[LogEntry] = collections.deque(maxlen=max(1, spec.ring_lines))
+        bounds = spec.output
+        self.ring = LineRing(bounds.ring_lines, bounds.ring_bytes)
+        self._gate = FloodGate(bounds.log_events_per_sec, bounds.log_events_burst, time.monotonic)
         self.stats = RunStats()
         self.pid: int | None = None
         self.create_time: float | None = None
@@ -90,7 +92,7 @@ class AgentRun:
         self._completion_seen = False
         self._last_stderr = ""
         self._parser_ok = True
-        self._log = LogWriter(spec.log_path, spec.log_cap_bytes)
+        self._log = LogWriter(spec.log_path, bounds.log_cap_bytes)
         if self._log.failure:
             self._ring_note(self._log.failure)
 
@@ -148,10 +150,7 @@ class AgentRun:
 
     def tail(self, n: int | None = None, since_offset: int | None = None) -> list[LogEntry]:
         """The last `n` ring entries, or those at or after `since_offset`."""
-        entries = list(self.ring)
-        if since_offset is not None:
-            entries = [e for e in entries if e.offset >= since_offset]
-        return entries if n is None else entries[-n:]
+        return self.ring.tail(n, since_offset)
 
     def new_members(self) -> list[tuple[int, int]]:
         """(pid, start ticks) of tree members seen since the last call (for the record)."""
@@ -196,7 +195,15 @@ class AgentRun:
         self._log.write(stream, text)
         if self._log.failure and not failed_before:
             self._ring_note(self._log.failure)
-        _safely(self.events.log, entry)
+        if self._gate.admit(entry, always=stream == "daemon"):
+            self._flush_skipped()
+            _safely(self.events.log, entry)
+
+    def _flush_skipped(self) -> None:
+        """Announce the lines left out since the last announced one (if any)."""
+        skipped = self._gate.flush()
+        if skipped is not None:
+            _safely(self.events.log_skipped, skipped)
 
     def _line(self, stream: str, raw: bytes | bytearray, truncated: bool = False) -> None:
         text = raw.decode("utf-8", "replace")
@@ -297,6 +304,7 @@ class AgentRun:
         if sampler is None:
             return False
         lim = self.spec.limits
+        self._flush_skipped()  # a flood that stopped is summed up within a tick
         cpu, rss = sampler.sample()
         self.stats.cpu_percent, self.stats.memory_mb = cpu, rss
         if self._ending:
@@ -386,6 +394,7 @@ class AgentRun:
             )
         self._ending = True
         self._log.close()
+        self._flush_skipped()
         self._done.set()
         return self.result
 

@@ -6,7 +6,7 @@ them needs another's internals.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -19,9 +19,27 @@ from corral.models import (
     Violation,
 )
 from corrald.agents.output import OutputParser
+from corrald.process.lines import Skipped
 
 #: Environment variable set in every agent; finds descendants that escaped.
 MARK_ENV = "CORRAL_RUN_TOKEN"
+
+
+@dataclass(frozen=True)
+class OutputBounds:
+    """What a run's output may cost: the log file, the ring in memory, the events.
+
+    The log file keeps the first `log_cap_bytes`; the ring the last
+    `ring_lines` lines within `ring_bytes`; at most `log_events_per_sec`
+    lines a second (bursts of `log_events_burst`) become `log` events, the
+    rest one `log.skipped` summary (0: every line).
+    """
+
+    log_cap_bytes: int = 10 * 1024 * 1024
+    ring_lines: int = 2000
+    ring_bytes: int = 4 * 1024 * 1024
+    log_events_per_sec: float = 200.0
+    log_events_burst: int = 2000
 
 
 @dataclass(kw_only=True)
@@ -41,8 +59,7 @@ class RunSpec:
     limits: ResourceLimits
     log_path: Path
     parser: OutputParser
-    log_cap_bytes: int = 10 * 1024 * 1024
-    ring_lines: int = 2000
+    output: OutputBounds = field(default_factory=OutputBounds)
     completion_marker: str | None = None
     task_id: str = ""
     token: str = ""  # set in the run's environment (MARK_ENV); generated when empty
@@ -86,6 +103,7 @@ class RunEvents(Protocol):
     """What a run reports while it runs. A failing sink never stops the run."""
 
     def log(self, entry: LogEntry) -> None: ...
+    def log_skipped(self, skipped: Skipped) -> None: ...
     def activity(self, activity: AgentActivity) -> None: ...
     def tokens(self, tokens: int, cost: float) -> None: ...
     def rate_limit(self, reset_at: float | None, detail: str) -> None: ...
@@ -96,6 +114,9 @@ class NoEvents:
     """A sink that ignores everything (tests and tools that only want the result)."""
 
     def log(self, entry: LogEntry) -> None:
+        pass
+
+    def log_skipped(self, skipped: Skipped) -> None:
         pass
 
     def activity(self, activity: AgentActivity) -> None:

@@ -34,6 +34,7 @@ from corral.events import (
     IntegrationBatchPayload,
     IntegrationBlockedPayload,
     LogPayload,
+    LogSkippedPayload,
     MergeCompletedPayload,
     Payload,
     SessionCreatedPayload,
@@ -713,6 +714,23 @@ class Engine:
                 line=line[:EVENT_LINE_CAP] if truncated else line,
                 at=at,
                 truncated=truncated,
+            ),
+        )
+
+    def log_skipped(
+        self, session_id: str, agent_id: str, task_id: str, skipped: tuple[int, int, int, int]
+    ) -> None:
+        """Lines of a flooding run left unannounced: (first, last, lines, bytes)."""
+        first, last, lines, nbytes = skipped
+        self._announce(
+            session_id,
+            LogSkippedPayload(
+                agent_id=agent_id,
+                task_id=task_id,
+                first=first,
+                last=last,
+                lines=lines,
+                bytes=nbytes,
             ),
         )
 

@@ -27,24 +27,78 @@ from typing import Any
 import trio
 
 from corral import errors
-from corral.events import Payload, event_type
+from corral.events import LogPayload, LogSkippedPayload, Payload, event_type
 from corral.models import rfc3339
 from corrald.state.store import Store
 
 SEQ_BLOCK = 10_000
-UNPERSISTED = frozenset({"log"})
+UNPERSISTED = frozenset({"log", "log.skipped"})
+
+
+class LogSpan:
+    """Output lines of one run, offsets `first`..`last`: what a `log` or `log.skipped` covers."""
+
+    __slots__ = ("agent_id", "bytes", "first", "last", "lines", "seq", "task_id")
+
+    def __init__(
+        self, agent_id: str, task_id: str, first: int, last: int, lines: int, nbytes: int
+    ) -> None:
+        self.agent_id = agent_id
+        self.task_id = task_id
+        self.first = first
+        self.last = last
+        self.lines = lines
+        self.bytes = nbytes
+        self.seq = 0  # of the last event merged in
+
+    @staticmethod
+    def of(payload: Payload) -> LogSpan | None:
+        if isinstance(payload, LogPayload):
+            return LogSpan(
+                payload.agent_id,
+                payload.task_id,
+                payload.offset,
+                payload.offset,
+                1,
+                len(payload.line),
+            )
+        if isinstance(payload, LogSkippedPayload):
+            return LogSpan(
+                payload.agent_id,
+                payload.task_id,
+                payload.first,
+                payload.last,
+                payload.lines,
+                payload.bytes,
+            )
+        return None
+
+    def __repr__(self) -> str:
+        return f"LogSpan({self.agent_id}, {self.first}..{self.last}, lines={self.lines})"
 
 
 class Record:
-    """One event: its filter keys and its encoded JSON (`{seq, type, sessionId, payload, at}`)."""
+    """One event: its filter keys and its encoded JSON (`{seq, type, sessionId, payload, at}`).
 
-    __slots__ = ("data", "seq", "session_id", "type")
+    `span` is set for output lines (`log`, `log.skipped`), which a slow
+    subscriber may receive summed up instead of one by one.
+    """
 
-    def __init__(self, seq: int, type_: str, session_id: str | None, data: bytes) -> None:
+    __slots__ = ("data", "seq", "session_id", "span", "type")
+
+    def __init__(
+        self,
+        seq: int,
+        type_: str,
+        session_id: str | None,
+        data: bytes,
+        span: LogSpan | None = None,
+    ) -> None:
         self.seq = seq
         self.type = type_
         self.session_id = session_id
         self.data = data
+        self.span = span
 
     def decoded(self) -> dict[str, Any]:
         """The event as a JSON object (tests and the rare consumer that needs one)."""
@@ -62,17 +116,97 @@ def encode(seq: int, type_: str, session_id: str | None, payload: Payload, at: f
     return f'{head[:-1]},"payload":{body},"at":"{rfc3339(at)}"}}'.encode()
 
 
+#: A subscriber with this many events (or bytes) queued gets output lines summed up.
+HOLD_EVENTS = 1000
+HOLD_BYTES = 2 * 1024 * 1024
+
+
 class Subscription:
-    """One subscriber's filter and bounded queue."""
+    """One subscriber's filter and bounded queue.
+
+    While its queue is long (`HOLD_EVENTS`, `HOLD_BYTES`), output lines are
+    held back as one `LogSpan` per run instead of queued; the spans go out as
+    `log.skipped` summaries once the queue has drained by half, or before any
+    other event so that seqs stay in order. A subscriber that reads slowly
+    thus gets fewer lines, and knows exactly which ones it did not get,
+    rather than falling behind until it is dropped.
+    """
 
     _ids = itertools.count(1)
 
-    def __init__(self, topics: set[str] | None, session_id: str | None, capacity: int) -> None:
+    def __init__(
+        self,
+        topics: set[str] | None,
+        session_id: str | None,
+        capacity: int,
+        capacity_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
         self.id = f"sub-{next(self._ids)}"
         self.topics = topics
         self.session_id = session_id
+        self.capacity_bytes = capacity_bytes
         self.send, self.receive = trio.open_memory_channel[Record](capacity)
         self.lagged = False
+        self.queued_bytes = 0  # of the events offered and not yet taken by `pump`
+        self.held: dict[str, tuple[str | None, LogSpan]] = {}  # by agent id
+        self.summed_lines = 0  # output lines this subscriber got summed up, not one by one
+
+    def queued(self) -> int:
+        return self.send.statistics().current_buffer_used
+
+    def offer(self, record: Record) -> bool:
+        """Queue `record` (or hold it back); False if the queue is full: the subscriber lags."""
+        span = record.span
+        if span is not None and (self.queued() >= HOLD_EVENTS or self.queued_bytes >= HOLD_BYTES):
+            self._hold(record, span)
+            return True
+        if self.held and not self.release_held():
+            return False
+        return self._put(record)
+
+    def _hold(self, record: Record, span: LogSpan) -> None:
+        self.summed_lines += span.lines
+        entry = self.held.get(span.agent_id)
+        if entry is None:
+            mine = LogSpan(
+                span.agent_id, span.task_id, span.first, span.last, span.lines, span.bytes
+            )
+            self.held[span.agent_id] = (record.session_id, mine)
+        else:
+            mine = entry[1]
+            mine.last = span.last
+            mine.lines += span.lines
+            mine.bytes += span.bytes
+        mine.seq = record.seq
+
+    def release_held(self) -> bool:
+        """Queue the held spans as `log.skipped` summaries, in seq order."""
+        held = sorted(self.held.values(), key=lambda e: e[1].seq)
+        self.held.clear()
+        now = time.time()
+        for session_id, span in held:
+            payload = LogSkippedPayload(
+                agent_id=span.agent_id,
+                task_id=span.task_id,
+                first=span.first,
+                last=span.last,
+                lines=span.lines,
+                bytes=span.bytes,
+            )
+            data = encode(span.seq, "log.skipped", session_id, payload, now)
+            if not self._put(Record(span.seq, "log.skipped", session_id, data)):
+                return False
+        return True
+
+    def _put(self, record: Record) -> bool:
+        if self.queued_bytes + len(record.data) > self.capacity_bytes:
+            return False
+        try:
+            self.send.send_nowait(record)
+        except trio.WouldBlock:
+            return False
+        self.queued_bytes += len(record.data)
+        return True
 
     def wants(self, event: Record) -> bool:
         if self.topics is not None and not _topic_match(self.topics, event.type):
@@ -98,11 +232,17 @@ class EventBus:
         *,
         window: int = 50_000,
         queue_size: int = 100_000,
+        window_bytes: int = 32 * 1024 * 1024,
+        queue_bytes: int = 64 * 1024 * 1024,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
-        self.window: collections.deque[Record] = collections.deque(maxlen=window)
+        self.window: collections.deque[Record] = collections.deque()
+        self.window_size = window
+        self.window_bytes = window_bytes
+        self._window_used = 0
         self.queue_size = queue_size
+        self.queue_bytes = queue_bytes
         self.clock = clock
         self.subscribers: dict[str, Subscription] = {}
         self._seq = 0
@@ -112,7 +252,7 @@ class EventBus:
             self._reserved = self._seq
             # Replay what survived the restart (state events only).
             for seq, type_, session_id, data in store.events_after(self._seq - window, window):
-                self.window.append(Record(seq, type_, session_id, data.encode()))
+                self._retain(Record(seq, type_, session_id, data.encode()))
 
     @property
     def seq(self) -> int:
@@ -147,28 +287,38 @@ class EventBus:
             type_,
             session_id,
             encode(self._seq, type_, session_id, payload, self.clock()),
+            LogSpan.of(payload),
         )
         if self.store is not None and type_ not in UNPERSISTED:
             self.store.put_event(record.seq, type_, session_id, record.data.decode())
             if record.seq % 1000 == 0:
-                self.store.prune_events(self.window.maxlen or 50_000)
+                self.store.prune_events(self.window_size)
         return record
 
     def fan_out(self, records: Iterable[Record]) -> None:
         """Retain `records` in the window and offer them to every subscriber. Never blocks."""
         subscribers = self.subscribers
         for record in records:
-            self.window.append(record)
+            self._retain(record)
             for sub in list(subscribers.values()):
                 if sub.wants(record):
                     self._offer(sub, record)
 
+    def _retain(self, record: Record) -> None:
+        """Keep `record` in the window: the last `window_size` events within `window_bytes`."""
+        window = self.window
+        window.append(record)
+        self._window_used += len(record.data)
+        while len(window) > 1 and (
+            len(window) > self.window_size or self._window_used > self.window_bytes
+        ):
+            self._window_used -= len(window.popleft().data)
+
     def _offer(self, sub: Subscription, event: Record) -> None:
         try:
-            sub.send.send_nowait(event)
-        except trio.WouldBlock:
-            sub.lagged = True
-            self.unsubscribe(sub.id)
+            if not sub.offer(event):
+                sub.lagged = True
+                self.unsubscribe(sub.id)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self.unsubscribe(sub.id)
 
@@ -176,7 +326,9 @@ class EventBus:
         self, topics: list[str] | None, session_id: str | None, since_seq: int | None
     ) -> Subscription:
         """Register a subscriber, pre-filled with what it missed after `since_seq`."""
-        sub = Subscription(set(topics) if topics else None, session_id, self.queue_size)
+        sub = Subscription(
+            set(topics) if topics else None, session_id, self.queue_size, self.queue_bytes
+        )
         if since_seq is not None:
             if since_seq > self._seq:
                 raise errors.EventsExpired(
@@ -186,18 +338,23 @@ class EventBus:
             if since_seq < self.oldest - 1:
                 raise errors.EventsExpired(
                     f"sinceSeq {since_seq} is older than the window, which starts at seq"
-                    f" {self.oldest} (the last {self.window.maxlen} events are kept)",
+                    f" {self.oldest} (the last {self.window_size} events, at most"
+                    f" {self.window_bytes} bytes, are kept)",
                     {"sinceSeq": since_seq, "oldest": self.oldest, "newest": self._seq},
                 )
             backlog = [e for e in self.window if e.seq > since_seq and sub.wants(e)]
-            if len(backlog) > self.queue_size:
+            if len(backlog) > self.queue_size or sum(len(e.data) for e in backlog) > (
+                self.queue_bytes
+            ):
                 raise errors.EventsExpired(
                     f"{len(backlog)} events to replay exceed the subscriber queue"
-                    f" ({self.queue_size}); resume from a later seq",
+                    f" ({self.queue_size} events, {self.queue_bytes} bytes);"
+                    " resume from a later seq",
                     {"sinceSeq": since_seq, "oldest": self.oldest, "newest": self._seq},
                 )
             for event in backlog:
                 sub.send.send_nowait(event)
+                sub.queued_bytes += len(event.data)  # the replay is never summed up
         self.subscribers[sub.id] = sub
         return sub
 
@@ -234,7 +391,10 @@ async def pump(
                     burst.append(sub.receive.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
+            sub.queued_bytes -= sum(len(e.data) for e in burst)
             if not await deliver(burst):
                 return
+            if sub.held and sub.queued() < HOLD_EVENTS // 2:
+                sub.release_held()  # room again: say what was left out, then lines again
     if sub.lagged:
         await on_lag()
