@@ -24,7 +24,9 @@ def test_kill_9_loses_nothing_acknowledged(repo: Path, tmp_path: Path) -> None:
     plan.write_text(json.dumps({"*": ["--sleep", "60", "--pidfile", str(pidfile)]}))
     state = tmp_path / "state"
     config = agent_config(plan, "fake")
-    limits = {"maxAgents": 25}
+    # Durability, not admission: twenty Python start-ups at once on a busy machine
+    # would otherwise trip the default total-CPU gate and refuse a start.
+    limits = {"maxAgents": 25, "maxTotalCpu": 100_000.0}
     with DaemonProcess(state, config=config) as d:
         with d.client() as c:
             c.init_parallel_scheduler(
