@@ -336,7 +336,14 @@ def test_overlapping_paths_never_run_together(
             ],
             maxParallel=3,
         )
+        # While api runs, users is ready but held back, and the stats say so.
+        wait_for(
+            lambda: c.parallel_get_scheduler_stats(session_id="s").waiting_for_paths == 1,
+            30,
+            "users to wait for api's paths",
+        )
         wait_for(lambda: finished(c, "s"), 60, "the session to finish")
+        assert c.parallel_get_scheduler_stats(session_id="s").waiting_for_paths == 0
         spans = {
             a.task_id: (a.started_at, a.ended_at or 0.0)
             for a in c.parallel_list_agents(session_id="s")

@@ -515,6 +515,8 @@ class SchedulerStats(Wire):
     max_parallel: int
     strategy: Strategy
     session_status: SessionStatus
+    # Ready tasks waiting because their `paths` overlap a running task's.
+    waiting_for_paths: int = 0
 
 
 class Assignment(Wire):
