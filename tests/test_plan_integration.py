@@ -186,3 +186,21 @@ def test_nothing_lands_unless_everything_is_integrated_and_merge_dry_run_moves_n
     assert git(repo, "rev-parse", "main") == main_before
     code, _, err = cli("run", str(prd), "--repo", str(repo), "--land", "--no-watch")
     assert code == 2 and "--land" in err and "--no-watch" in err
+
+
+def test_run_and_watch_show_integration(
+    cli: Cli, behaviour: Path, repo: Path, tmp_path: Path
+) -> None:
+    behaviour.write_text(json.dumps({"US-1": quick("US-1"), "US-2": quick("US-2")}))
+    prd = _prd(tmp_path, "")
+    code, out, err = cli("run", str(prd), "--repo", str(repo), "--agent", "fake", "--land")
+    assert code == 0, err
+    # the plain progress lines (not a terminal), then the summary and the landing
+    assert "task US-1: completed, integration queued" in out
+    assert "integration: batch US-1, 1 gate run(s); integrated US-1" in out
+    assert "integration branch ralph/feature: 2 integrated" in out
+    assert "landed ralph/feature on main (fast_forward)" in out
+    code, out, err = cli("watch", "--once")
+    assert code == 0, err
+    assert "integration ralph/feature @" in out and "2 integrated" in out
+    assert "last batch 1: 1 gate run" in out

@@ -106,7 +106,8 @@ def _merge_args(parser: argparse.ArgumentParser) -> None:
 
 @command(
     "merge",
-    "merge the branches of completed tasks into the target, skipping conflicting ones",
+    "land the session's work on the target (default: its base branch): the integration"
+    " branch, or with integration off each completed branch, skipping conflicting ones",
     _merge_args,
 )
 def cmd_merge(args: argparse.Namespace, out: Out) -> int:
