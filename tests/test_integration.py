@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from corral import errors
+from corral.cli import main
 from corral.client import Client
 from corral.models import ErrorCategory, IntegrationReport, IntegrationStatus, Task, TaskState
 from tests import procs
@@ -144,8 +145,43 @@ def test_a_conflict_goes_back_to_the_agent_and_is_resolved(
     assert merges(repo) == ["left", "right"]
 
 
+def test_the_resolver_policy_hands_the_conflict_to_the_resolver_agent(
+    plan: Path, repo: Path, tmp_path: Path
+) -> None:
+    behave(
+        plan,
+        {
+            "left": ["--edit", "x.txt=LEFT\n"],
+            "right": ["--edit", "x.txt=RIGHT\n", "--sleep", "1"],
+            "right#2": ["--resolve-markers"],
+        },
+    )
+    with (
+        DaemonProcess(tmp_path / "state", config=agent_config(plan, "fake", "fixer")) as d,
+        d.client() as c,
+    ):
+        with pytest.raises(errors.ConfigInvalid) as refused:  # a resolver needs an agent type
+            c.init_parallel_scheduler(repo_path=str(repo), config={"onConflict": "resolver"})
+        assert "resolverAgent" in refused.value.message and c.session_list() == []
+        start(
+            c,
+            repo,
+            [{"id": "left", "title": "left"}, {"id": "right", "title": "right"}],
+            maxParallel=2,
+            onConflict="resolver",
+            resolverAgent="fixer",
+        )
+        wait_for(lambda: finished(c, "s"), 60, "both to be integrated")
+        right = tasks_of(c)["right"]
+        runs = [a for a in c.parallel_list_agents(session_id="s") if a.task_id == "right"]
+    assert right.integration_status is IntegrationStatus.INTEGRATED
+    assert [a.agent_type for a in runs] == ["fake", "fixer"]  # the resolution went to the fixer
+    assert (right.attempts, right.integration_attempts) == (1, 1)
+    assert sorted(git(repo, "show", f"{BRANCH}:x.txt").splitlines()) == ["LEFT", "RIGHT"]
+
+
 def test_manual_parks_until_a_person_fixes_it(
-    daemon: DaemonProcess, plan: Path, repo: Path
+    daemon: DaemonProcess, plan: Path, repo: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     behave(
         plan,
@@ -166,10 +202,15 @@ def test_manual_parks_until_a_person_fixes_it(
             c.task_integrate(session_id="s", task_id="left")  # integrated, not parked
         worktree = Path(tasks_of(c)["right"].worktree_path or "")
         assert "<<<<<<<" in (worktree / "x.txt").read_text()  # the merge, with markers
-        # A person resolves it and commits.
+        capsys.readouterr()
+        assert main(["integration", "--socket", str(daemon.socket)]) == 0
+        shown = capsys.readouterr().out
+        assert "parked: right (conflict: x.txt)" in shown and "corral integrate right" in shown
+        # A person resolves it and commits, then puts it back in the queue with the CLI.
         (worktree / "x.txt").write_text("LEFT and RIGHT\n")
         git(worktree, "commit", "-qam", "resolved by hand")
-        task = c.task_integrate(session_id="s", task_id="right")
+        assert main(["integrate", "right", "--json", "--socket", str(daemon.socket)]) == 0
+        task = Task.model_validate(json.loads(capsys.readouterr().out))
         assert task.integration_status is IntegrationStatus.QUEUED
         wait_for(
             lambda: tasks_of(c)["right"].integration_status is IntegrationStatus.INTEGRATED,
