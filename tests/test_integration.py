@@ -276,8 +276,7 @@ def test_a_failing_batch_is_bisected(
             + [{"id": f"t{i}", "title": f"t{i}"} for i in range(1, 5)],
             maxParallel=5,
             gateCommand=gate("--fail-if-exists", "BAD", "--sleep", "1.5", "--count", str(runs)),
-            gateBatch=4,
-        )
+        )  # gateBatch is left at its default, 4
         batch = wait_for(
             lambda: (
                 (b := c.integration_status(session_id="s").last_batch)
@@ -454,15 +453,23 @@ def test_a_hanging_gate_is_killed_whole(
 
 
 @pytest.mark.parametrize(
-    ("template", "why"),
-    [("bad..name/{session_id}", "invalid branch name"), ("corral/{session_id}", "collide")],
+    ("template", "task_template", "why"),
+    [
+        ("bad..name/{session_id}", "corral/{task_id}", "invalid branch name"),
+        ("corral/{session_id}", "corral/{task_id}", "collide"),
+        ("work/{session_id}", "work/{task_id}", "collide"),  # a custom task template too
+        ("work", "work/{task_id}", "collide"),  # `work` would be a directory of task branches
+    ],
 )
 def test_bad_integration_templates_are_refused(
-    daemon: DaemonProcess, repo: Path, template: str, why: str
+    daemon: DaemonProcess, repo: Path, template: str, task_template: str, why: str
 ) -> None:
     with daemon.client() as c:
         with pytest.raises(errors.InvalidBranchName) as info:
-            c.init_parallel_scheduler(repo_path=str(repo), config={"integrationBranch": template})
+            c.init_parallel_scheduler(
+                repo_path=str(repo),
+                config={"integrationBranch": template, "branchTemplate": task_template},
+            )
         assert why in info.value.message
         assert c.session_list() == []
     assert git(repo, "branch", "--format=%(refname:short)") == "main"
