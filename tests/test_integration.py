@@ -492,7 +492,9 @@ def test_landing_puts_the_integration_branch_on_main(
     assert os.path.exists(repo / "l1.txt")  # the clean checkout was updated
 
 
-def test_every_gate_command_must_pass(daemon: DaemonProcess, plan: Path, repo: Path) -> None:
+def test_every_gate_command_must_pass(
+    daemon: DaemonProcess, plan: Path, repo: Path, tmp_path: Path
+) -> None:
     behave(plan, {"v": ["--edit", "v.txt=1"]})
     with daemon.client() as c:
         start(
@@ -505,5 +507,22 @@ def test_every_gate_command_must_pass(daemon: DaemonProcess, plan: Path, repo: P
         )
         wait_for(lambda: finished(c, "s"), 60, "the gate to fail")
         task = tasks_of(c)["v"]
+        # every change of the way in was announced (and kept: read from seq 0)
+        ways: list[str] = []
+        batches: list[dict[str, Any]] = []
+        for event in c.events(["task", "integration"], session_id="s", since_seq=0):
+            if event.type == "task.status" and event.payload.get("integrationStatus"):
+                ways.append(event.payload["integrationStatus"])
+            elif event.type == "integration.batch":
+                batches.append(event.payload)
+                break  # published with the batch's task changes, after them
     assert (task.state, task.error_category) == (TaskState.FAILED, ErrorCategory.GATE)
     assert task.error is not None and "missing.txt is missing" in task.error
+    assert ways[:3] == ["queued", "gating", "gate_failed"]
+    (batch,) = batches
+    assert (batch["taskIds"], batch["gateFailed"], batch["gateRuns"]) == (["v"], ["v"], 1)
+    # each gate command's output has its log, like an agent's
+    logs = sorted((tmp_path / "state" / "logs" / "s").glob("gate-s-*.log"))
+    assert [path.name for path in logs] == ["gate-s-1.log", "gate-s-2.log"]
+    assert "gate: all good" in logs[0].read_text()
+    assert "gate: missing.txt is missing" in logs[1].read_text()
