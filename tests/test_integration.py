@@ -452,6 +452,28 @@ def test_a_hanging_gate_is_killed_whole(
     procs.assert_all_dead(pidfile, "gate", "gate-child")
 
 
+def test_a_gate_over_its_memory_limit_is_killed(
+    daemon: DaemonProcess, plan: Path, repo: Path, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "gate-pids"
+    behave(plan, {"h": ["--edit", "h.txt=1"]})
+    with daemon.client() as c:
+        start(
+            c,
+            repo,
+            [{"id": "h", "title": "h"}],
+            gateCommand=gate("--hog", "200", "--pidfile", str(pidfile)),
+            gateTimeoutSecs=60,
+            maxIntegrationAttempts=0,
+            resourceLimits={"maxMemoryMbPerAgent": 100, "sampleIntervalSecs": 0.2},
+        )
+        wait_for(lambda: finished(c, "s"), 60, "the gate to be killed")
+        task = tasks_of(c)["h"]
+    assert (task.state, task.error_category) == (TaskState.FAILED, ErrorCategory.GATE)
+    assert task.error is not None and "memory" in task.error
+    procs.assert_all_dead(pidfile, "gate")
+
+
 @pytest.mark.parametrize(
     ("template", "task_template", "why"),
     [
