@@ -204,3 +204,12 @@ def test_run_and_watch_show_integration(
     assert code == 0, err
     assert "integration ralph/feature @" in out and "2 integrated" in out
     assert "last batch 1: 1 gate run" in out
+
+
+def test_add_declares_paths_and_a_bad_glob_is_refused(cli: Cli, repo: Path) -> None:
+    cli.json("init", str(repo), "--session", "p", "--agent", "fake")
+    task = cli.json("add", "Users API", "--paths", "src/api/**", "docs/api.md")
+    assert task["paths"] == ["src/api/**", "docs/api.md"]
+    code, out, err = cli("add", "Escape", "--paths", "../outside")
+    assert code != 0 and out == "" and "must be relative" in err
+    assert [t["id"] for t in cli.json("tasks")] == ["users-api"]  # nothing else was added
