@@ -143,29 +143,34 @@ def _prd(tmp_path: Path, gate_args: str, **config: Any) -> Path:
     return prd
 
 
-def test_run_land_puts_the_prd_branch_on_main(
+def test_run_land_puts_the_prd_branch_on_main_and_the_views_show_integration(
     cli: Cli, behaviour: Path, repo: Path, tmp_path: Path
 ) -> None:
     behaviour.write_text(
         json.dumps({"US-1": quick("US-1"), "US-2": quick("US-2", "--require", "US-1.txt")})
     )
     prd = _prd(tmp_path, "--require US-1.txt")  # the gate passes once US-1's work is in
-    code, out, err = cli(
-        "run", str(prd), "--repo", str(repo), "--agent", "fake", "--land", "--json"
-    )
+    code, out, err = cli("run", str(prd), "--repo", str(repo), "--agent", "fake", "--land")
     assert code == 0, err
-    summary = json.loads(out)
-    assert summary["ok"] and summary["integration"]["branch"] == "ralph/feature"
-    assert [t["integrationStatus"] for t in summary["tasks"]] == ["integrated", "integrated"]
-    landing = summary["landing"]
-    assert landing["landed"] and landing["target"] == "main"
-    assert landing["branch"] == "ralph/feature" and landing["status"] == "fast_forward"
+    # the plain progress lines (not a terminal), then the summary and the landing
+    assert "task US-1: completed, integration queued" in out
+    assert "integration: batch US-1, 1 gate run(s); integrated US-1" in out
+    assert "integration branch ralph/feature: 2 integrated" in out
+    assert "landed ralph/feature on main (fast_forward)" in out
     assert git(repo, "rev-parse", "main") == git(repo, "rev-parse", "ralph/feature")
     assert sorted(git(repo, "ls-files").split()) == ["README.md", "US-1.txt", "US-2.txt"]
     session = cli.json("sessions")[0]
+    assert session["integrationBranch"] == "ralph/feature"
     assert session["config"]["gateCommands"] == [
         [sys.executable, str(GATE), "--require", "US-1.txt"]
     ]
+    report = cli.json("integration")
+    assert report["integrated"] == ["US-1", "US-2"] and report["queue"] == []
+    assert report["head"] == git(repo, "rev-parse", "ralph/feature")
+    code, out, err = cli("watch", "--once")
+    assert code == 0, err
+    assert "integration ralph/feature @" in out and "2 integrated" in out
+    assert "last batch 1: 1 gate run" in out
 
 
 def test_nothing_lands_unless_everything_is_integrated_and_merge_dry_run_moves_nothing(
@@ -175,10 +180,20 @@ def test_nothing_lands_unless_everything_is_integrated_and_merge_dry_run_moves_n
     main_before = git(repo, "rev-parse", "main")
     # The verification command always fails: no story gets in, and --land lands nothing.
     prd = _prd(tmp_path, "--require never-there.txt", maxIntegrationAttempts=0)
-    code, out, err = cli("run", str(prd), "--repo", str(repo), "--agent", "fake", "--land")
+    code, out, err = cli(
+        "run", str(prd), "--repo", str(repo), "--agent", "fake", "--land", "--json"
+    )
     assert code == 1, err
-    assert "not landed" in out and "not every task is integrated: US-1, US-2" in out
-    assert "gate_failed" in out or "failed" in out
+    summary = json.loads(out)
+    assert not summary["ok"]
+    assert summary["landing"] == {
+        "landed": False,
+        "reason": "not every task is integrated: US-1, US-2",
+    }
+    assert [(t["status"], t["integrationStatus"]) for t in summary["tasks"]] == [
+        ("failed", "gate_failed"),
+        ("blocked", None),
+    ]
     assert git(repo, "rev-parse", "main") == main_before
     # `corral merge --dry-run` reports what landing would do, and moves nothing.
     report = cli.json("merge", "--dry-run")
@@ -187,29 +202,10 @@ def test_nothing_lands_unless_everything_is_integrated_and_merge_dry_run_moves_n
     code, _, err = cli("run", str(prd), "--repo", str(repo), "--land", "--no-watch")
     assert code == 2 and "--land" in err and "--no-watch" in err
 
-
-def test_run_and_watch_show_integration(
-    cli: Cli, behaviour: Path, repo: Path, tmp_path: Path
-) -> None:
-    behaviour.write_text(json.dumps({"US-1": quick("US-1"), "US-2": quick("US-2")}))
-    prd = _prd(tmp_path, "")
-    code, out, err = cli("run", str(prd), "--repo", str(repo), "--agent", "fake", "--land")
-    assert code == 0, err
-    # the plain progress lines (not a terminal), then the summary and the landing
-    assert "task US-1: completed, integration queued" in out
-    assert "integration: batch US-1, 1 gate run(s); integrated US-1" in out
-    assert "integration branch ralph/feature: 2 integrated" in out
-    assert "landed ralph/feature on main (fast_forward)" in out
-    code, out, err = cli("watch", "--once")
-    assert code == 0, err
-    assert "integration ralph/feature @" in out and "2 integrated" in out
-    assert "last batch 1: 1 gate run" in out
-
-
-def test_add_declares_paths_and_a_bad_glob_is_refused(cli: Cli, repo: Path) -> None:
+    # `corral add --paths` declares paths by hand; a glob outside the repository is refused.
     cli.json("init", str(repo), "--session", "p", "--agent", "fake")
-    task = cli.json("add", "Users API", "--paths", "src/api/**", "docs/api.md")
+    task = cli.json("add", "Users API", "--session", "p", "--paths", "src/api/**", "docs/api.md")
     assert task["paths"] == ["src/api/**", "docs/api.md"]
-    code, out, err = cli("add", "Escape", "--paths", "../outside")
+    code, out, err = cli("add", "Escape", "--session", "p", "--paths", "../outside")
     assert code != 0 and out == "" and "must be relative" in err
-    assert [t["id"] for t in cli.json("tasks")] == ["users-api"]  # nothing else was added
+    assert [t["id"] for t in cli.json("tasks", "--session", "p")] == ["users-api"]
