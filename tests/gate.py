@@ -37,6 +37,7 @@ def main() -> int:
     ap.add_argument(
         "--hang", action="store_true", help="never finish (and a child that ignores TERM)"
     )
+    ap.add_argument("--hog", type=int, default=0, metavar="MB", help="hold MB of memory, hang")
     ap.add_argument("--pidfile")
     ap.add_argument("--count", metavar="FILE", help="append one line per run")
     args = ap.parse_args()
@@ -52,6 +53,10 @@ def main() -> int:
                 time.sleep(3600)
         while True:
             time.sleep(3600)
+    if args.hog:
+        held = bytearray(b"\x01") * (args.hog * 1024 * 1024)  # touched: real RSS
+        print(f"gate: holding {len(held) >> 20} MB", flush=True)
+        time.sleep(3600)
     while args.slow_while and Path(args.slow_while).exists():
         time.sleep(0.05)
     if args.sleep:

@@ -31,11 +31,16 @@ def test_demo_json_shows_every_outcome_and_leaves_nothing_running() -> None:
     assert session["tokens"] > 0 and session["cost"] > 0
     tasks = {t["id"]: t for t in session["tasks"]}
 
-    # parallel, with dependencies respected
+    # parallel, with dependencies respected: each dependent started once its
+    # dependencies were integrated, and read their files (it fails without them)
     assert result["peakParallel"] == 3
     changelog = tasks["changelog"]
-    assert len(changelog["dependencies"]) == 4
+    assert len(changelog["dependencies"]) == 5
     assert changelog["startedAt"] >= max(tasks[d]["completedAt"] for d in changelog["dependencies"])
+    dependents = {d["taskId"]: d for d in result["dependents"]}
+    assert set(dependents) == {"greeting-en", "greeting-fr", "changelog"}
+    assert all(d["startedAfterIntegration"] for d in dependents.values())
+    assert tasks["changelog"]["endReasons"] == ["ok"]  # its required files were there
     # memory limit: killed, retried, completed
     (killed,) = result["memoryKilled"]
     assert killed["taskId"] == "search-index" and killed["memoryMb"] > killed["limitMb"]
@@ -46,25 +51,41 @@ def test_demo_json_shows_every_outcome_and_leaves_nothing_running() -> None:
     assert limited["taskId"] == "api-docs" and limited["resumed"] and limited["parkedSecs"] > 1
     assert "rate_limited" in result["statusHistory"]["api-docs"]
     assert tasks["api-docs"]["endReasons"][-1] == "ok"
-    # a conflicting pair and a clean overlap
-    assert result["conflicts"] == [
-        {"branches": ["corral/greeting-en", "corral/greeting-fr"], "files": ["app/greeting.py"]}
-    ]
-    assert result["overlaps"] == [
-        {"branches": ["corral/config-timeout", "corral/config-retries"], "files": ["app/config.py"]}
-    ]
-    # merged what merges; the second of the conflicting pair is skipped
-    merge = result["merge"]
-    assert set(merge["merged"]) == {f"corral/{t}" for t in tasks} - {"corral/greeting-fr"}
-    assert [(n["branch"], n["status"]) for n in merge["notMerged"]] == [
-        ("corral/greeting-fr", "conflict")
-    ]
+    # one conflict, resolved by a new attempt of the agent (policy `agent`), keeping both sides
+    (conflict,) = result["conflicts"]
+    assert conflict["taskId"] == "greeting-fr" and conflict["files"] == ["app/greeting.py"]
+    assert (conflict["agentRuns"], conflict["integrationAttempts"]) == (2, 1)
+    assert conflict["finalIntegrationStatus"] == "integrated"
+    # one gate failure, fixed on the second try; the gate's output reached the report
+    (gate,) = result["gateFailures"]
+    assert gate["taskId"] == "config-timeout" and "TIMEOUT must be an integer" in gate["detail"]
+    assert (gate["agentRuns"], gate["integrationAttempts"]) == (2, 1)
+    assert gate["finalIntegrationStatus"] == "integrated"
+    # every task integrated exactly once, one batch at least, gate runs counted
+    integration = result["integration"]
+    assert sorted(integration["integrated"]) == sorted(tasks)
+    assert integration["integrated"].index("scaffold") < integration["integrated"].index(
+        "greeting-en"
+    )
+    assert integration["integrated"][-1] == "changelog"
+    assert integration["gateRuns"] >= len(integration["batches"]) - 1
+    assert all(t["integrationStatus"] == "integrated" for t in tasks.values())
+    # landed on main, which now holds everyone's work
+    landing = result["landing"]
+    assert landing["target"] == "main" and landing["status"] == "fast_forward"
+    assert landing["branch"] == integration["branch"] == "corral-integration/demo"
     repo = Path(result["repoPath"])
-    assert git(repo, "rev-parse", "main") == merge["targetCommit"]
+    assert git(repo, "rev-parse", "main") == landing["targetCommit"] == integration["head"]
+    greeting = (repo / "app" / "greeting.py").read_text()
+    assert '"en-gb": "hiya"' in greeting and '"fr": "bonjour"' in greeting
+    assert "<<<<<<<" not in greeting
     config = (repo / "app" / "config.py").read_text()
-    assert "TIMEOUT = 30" in config and "RETRIES = 5" in config  # the overlap merged cleanly
-    assert (repo / "app" / "greeting.py").read_text().startswith('GREETING = "hello there"')
-    assert result["wallSecs"] < 30
+    assert "TIMEOUT = 30\n" in config and "RETRIES = 5" in config  # fixed; a clean overlap
+    for name in ("app/version.py", "data/index.txt", "docs/api.md", "CHANGELOG.md"):
+        assert (repo / name).is_file(), name
+    first_parent = git(repo, "log", "--first-parent", "--format=%s", "main").splitlines()
+    assert sum(line.startswith("Integrate") for line in first_parent) == len(tasks)
+    assert result["wallSecs"] < 40
 
     # nothing left: the daemon is gone, no process mentions the demo dir, no socket
     assert (

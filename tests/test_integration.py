@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from corral import errors
+from corral.cli import main
 from corral.client import Client
 from corral.models import ErrorCategory, IntegrationReport, IntegrationStatus, Task, TaskState
 from tests import procs
@@ -144,8 +145,43 @@ def test_a_conflict_goes_back_to_the_agent_and_is_resolved(
     assert merges(repo) == ["left", "right"]
 
 
+def test_the_resolver_policy_hands_the_conflict_to_the_resolver_agent(
+    plan: Path, repo: Path, tmp_path: Path
+) -> None:
+    behave(
+        plan,
+        {
+            "left": ["--edit", "x.txt=LEFT\n"],
+            "right": ["--edit", "x.txt=RIGHT\n", "--sleep", "1"],
+            "right#2": ["--resolve-markers"],
+        },
+    )
+    with (
+        DaemonProcess(tmp_path / "state", config=agent_config(plan, "fake", "fixer")) as d,
+        d.client() as c,
+    ):
+        with pytest.raises(errors.ConfigInvalid) as refused:  # a resolver needs an agent type
+            c.init_parallel_scheduler(repo_path=str(repo), config={"onConflict": "resolver"})
+        assert "resolverAgent" in refused.value.message and c.session_list() == []
+        start(
+            c,
+            repo,
+            [{"id": "left", "title": "left"}, {"id": "right", "title": "right"}],
+            maxParallel=2,
+            onConflict="resolver",
+            resolverAgent="fixer",
+        )
+        wait_for(lambda: finished(c, "s"), 60, "both to be integrated")
+        right = tasks_of(c)["right"]
+        runs = [a for a in c.parallel_list_agents(session_id="s") if a.task_id == "right"]
+    assert right.integration_status is IntegrationStatus.INTEGRATED
+    assert [a.agent_type for a in runs] == ["fake", "fixer"]  # the resolution went to the fixer
+    assert (right.attempts, right.integration_attempts) == (1, 1)
+    assert sorted(git(repo, "show", f"{BRANCH}:x.txt").splitlines()) == ["LEFT", "RIGHT"]
+
+
 def test_manual_parks_until_a_person_fixes_it(
-    daemon: DaemonProcess, plan: Path, repo: Path
+    daemon: DaemonProcess, plan: Path, repo: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     behave(
         plan,
@@ -166,10 +202,15 @@ def test_manual_parks_until_a_person_fixes_it(
             c.task_integrate(session_id="s", task_id="left")  # integrated, not parked
         worktree = Path(tasks_of(c)["right"].worktree_path or "")
         assert "<<<<<<<" in (worktree / "x.txt").read_text()  # the merge, with markers
-        # A person resolves it and commits.
+        capsys.readouterr()
+        assert main(["integration", "--socket", str(daemon.socket)]) == 0
+        shown = capsys.readouterr().out
+        assert "parked: right (conflict: x.txt)" in shown and "corral integrate right" in shown
+        # A person resolves it and commits, then puts it back in the queue with the CLI.
         (worktree / "x.txt").write_text("LEFT and RIGHT\n")
         git(worktree, "commit", "-qam", "resolved by hand")
-        task = c.task_integrate(session_id="s", task_id="right")
+        assert main(["integrate", "right", "--json", "--socket", str(daemon.socket)]) == 0
+        task = Task.model_validate(json.loads(capsys.readouterr().out))
         assert task.integration_status is IntegrationStatus.QUEUED
         wait_for(
             lambda: tasks_of(c)["right"].integration_status is IntegrationStatus.INTEGRATED,
@@ -235,8 +276,7 @@ def test_a_failing_batch_is_bisected(
             + [{"id": f"t{i}", "title": f"t{i}"} for i in range(1, 5)],
             maxParallel=5,
             gateCommand=gate("--fail-if-exists", "BAD", "--sleep", "1.5", "--count", str(runs)),
-            gateBatch=4,
-        )
+        )  # gateBatch is left at its default, 4
         batch = wait_for(
             lambda: (
                 (b := c.integration_status(session_id="s").last_batch)
@@ -336,7 +376,14 @@ def test_overlapping_paths_never_run_together(
             ],
             maxParallel=3,
         )
+        # While api runs, users is ready but held back, and the stats say so.
+        wait_for(
+            lambda: c.parallel_get_scheduler_stats(session_id="s").waiting_for_paths == 1,
+            30,
+            "users to wait for api's paths",
+        )
         wait_for(lambda: finished(c, "s"), 60, "the session to finish")
+        assert c.parallel_get_scheduler_stats(session_id="s").waiting_for_paths == 0
         spans = {
             a.task_id: (a.started_at, a.ended_at or 0.0)
             for a in c.parallel_list_agents(session_id="s")
@@ -405,16 +452,46 @@ def test_a_hanging_gate_is_killed_whole(
     procs.assert_all_dead(pidfile, "gate", "gate-child")
 
 
+def test_a_gate_over_its_memory_limit_is_killed(
+    daemon: DaemonProcess, plan: Path, repo: Path, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "gate-pids"
+    behave(plan, {"h": ["--edit", "h.txt=1"]})
+    with daemon.client() as c:
+        start(
+            c,
+            repo,
+            [{"id": "h", "title": "h"}],
+            gateCommand=gate("--hog", "200", "--pidfile", str(pidfile)),
+            gateTimeoutSecs=60,
+            maxIntegrationAttempts=0,
+            resourceLimits={"maxMemoryMbPerAgent": 100, "sampleIntervalSecs": 0.2},
+        )
+        wait_for(lambda: finished(c, "s"), 60, "the gate to be killed")
+        task = tasks_of(c)["h"]
+    assert (task.state, task.error_category) == (TaskState.FAILED, ErrorCategory.GATE)
+    assert task.error is not None and "memory" in task.error
+    procs.assert_all_dead(pidfile, "gate")
+
+
 @pytest.mark.parametrize(
-    ("template", "why"),
-    [("bad..name/{session_id}", "invalid branch name"), ("corral/{session_id}", "collide")],
+    ("template", "task_template", "why"),
+    [
+        ("bad..name/{session_id}", "corral/{task_id}", "invalid branch name"),
+        ("corral/{session_id}", "corral/{task_id}", "collide"),
+        ("work/{session_id}", "work/{task_id}", "collide"),  # a custom task template too
+        ("work", "work/{task_id}", "collide"),  # `work` would be a directory of task branches
+    ],
 )
 def test_bad_integration_templates_are_refused(
-    daemon: DaemonProcess, repo: Path, template: str, why: str
+    daemon: DaemonProcess, repo: Path, template: str, task_template: str, why: str
 ) -> None:
     with daemon.client() as c:
         with pytest.raises(errors.InvalidBranchName) as info:
-            c.init_parallel_scheduler(repo_path=str(repo), config={"integrationBranch": template})
+            c.init_parallel_scheduler(
+                repo_path=str(repo),
+                config={"integrationBranch": template, "branchTemplate": task_template},
+            )
         assert why in info.value.message
         assert c.session_list() == []
     assert git(repo, "branch", "--format=%(refname:short)") == "main"
@@ -437,7 +514,9 @@ def test_landing_puts_the_integration_branch_on_main(
     assert os.path.exists(repo / "l1.txt")  # the clean checkout was updated
 
 
-def test_every_gate_command_must_pass(daemon: DaemonProcess, plan: Path, repo: Path) -> None:
+def test_every_gate_command_must_pass(
+    daemon: DaemonProcess, plan: Path, repo: Path, tmp_path: Path
+) -> None:
     behave(plan, {"v": ["--edit", "v.txt=1"]})
     with daemon.client() as c:
         start(
@@ -450,5 +529,22 @@ def test_every_gate_command_must_pass(daemon: DaemonProcess, plan: Path, repo: P
         )
         wait_for(lambda: finished(c, "s"), 60, "the gate to fail")
         task = tasks_of(c)["v"]
+        # every change of the way in was announced (and kept: read from seq 0)
+        ways: list[str] = []
+        batches: list[dict[str, Any]] = []
+        for event in c.events(["task", "integration"], session_id="s", since_seq=0):
+            if event.type == "task.status" and event.payload.get("integrationStatus"):
+                ways.append(event.payload["integrationStatus"])
+            elif event.type == "integration.batch":
+                batches.append(event.payload)
+                break  # published with the batch's task changes, after them
     assert (task.state, task.error_category) == (TaskState.FAILED, ErrorCategory.GATE)
     assert task.error is not None and "missing.txt is missing" in task.error
+    assert ways[:3] == ["queued", "gating", "gate_failed"]
+    (batch,) = batches
+    assert (batch["taskIds"], batch["gateFailed"], batch["gateRuns"]) == (["v"], ["v"], 1)
+    # each gate command's output has its log, like an agent's
+    logs = sorted((tmp_path / "state" / "logs" / "s").glob("gate-s-*.log"))
+    assert [path.name for path in logs] == ["gate-s-1.log", "gate-s-2.log"]
+    assert "gate: all good" in logs[0].read_text()
+    assert "gate: missing.txt is missing" in logs[1].read_text()

@@ -157,7 +157,7 @@ def test_overlapping_paths_never_run_together() -> None:
     s.start("api-1", 0)
     second = s.next_task(0)
     assert second is not None and second.id == "docs"  # api-2 waits for api-1
-    assert s.held_for_paths == 1
+    assert s.held_for_paths == 1 and s.waiting_for_paths() == 1
     s.start("docs", 0)
     third = s.next_task(0)
     assert third is not None and third.id == "free"
@@ -166,6 +166,7 @@ def test_overlapping_paths_never_run_together() -> None:
     s.complete("api-1", 1)
     after = s.next_task(1)
     assert after is not None and after.id == "api-2" and s.held_for_paths == 0
+    assert s.waiting_for_paths() == 0  # api-1 is done: nothing holds api-2 back
 
 
 @pytest.mark.parametrize(

@@ -1,25 +1,36 @@
 """`corral demo`: the whole product on a throwaway repository, with no setup.
 
-It writes a small demo agent (a Python script standing in for a coding CLI)
-and a daemon config whose `[agents.command]` runs it, starts a PRIVATE
-corrald on a temporary socket, creates a git repository with a few files and
-runs a plan of eight tasks, three at a time. The agent looks up
+It writes a small demo agent (a Python script standing in for a coding CLI),
+a gate (a check the merged work must pass) and a daemon config whose
+`[agents.command]` runs the agent, starts a PRIVATE corrald on a temporary
+socket, creates a git repository with a few files and runs a plan of eight
+tasks, three at a time, with integration on. The agent looks up
 `$CORRAL_TASK_ID` (and its attempt number) in `BEHAVIOUR` below and makes
 that task's edit, printing claude-style stream-json so tokens, cost and
 activity show in the live view. The plan is built to show, in one run:
 
-- parallel execution that respects dependencies (`changelog` waits for four);
+- parallel execution that respects dependencies, where dependent tasks read
+  their dependencies' files and fail without them (`greeting-en` and
+  `greeting-fr` need `scaffold`'s `app/version.py`; `changelog` needs the
+  docs, the index and the version): each task starts from the integration
+  branch, which holds every task integrated so far;
 - `search-index` killed by its memory limit on attempt 1 (it allocates
   ~300 MB against a 150 MB limit) and retried with success;
 - `api-docs` rate-limited on attempt 1 (a `rate_limit_event` that resets in
   3 s), parked without consuming a retry, then resumed;
-- `greeting-en` and `greeting-fr` editing the same line (a conflict) and
-  `config-timeout` and `config-retries` editing different lines of one file
-  (an overlap that merges cleanly).
+- `greeting-en` and `greeting-fr` adding different lines at the same place of
+  one file: the second to reach the integration queue conflicts, corral
+  merges the integration branch into its worktree with the markers, and a
+  new attempt of its agent (told so in its prompt) resolves them keeping both
+  sides (the `agent` policy);
+- `config-timeout` setting a number as a string: the merged work fails the
+  gate, the batch is bisected so the others go in, and the agent's second
+  try (given the gate's output) fixes it; `config-retries` edits another
+  line of the same file and merges cleanly;
+- the integration branch landed on `main` at the end (a fast-forward).
 
-Then it detects conflicts, merges the completed branches into `main`, prints
-a summary, shuts its daemon down and checks nothing is left running. The
-repository is kept (its path is printed) unless `--cleanup` is given.
+Then it prints a summary, shuts its daemon down and checks nothing is left
+running. The repository is kept (its path is printed) unless `--cleanup`.
 """
 
 from __future__ import annotations
@@ -34,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from corral.client import Client
 from corral.launch import DaemonStartError, LocalDaemon
@@ -46,7 +56,11 @@ FILES: dict[str, str] = {
     "README.md": "# demo-shop\n\nA tiny shop used by `corral demo`.\n",
     "app/__init__.py": "",
     "app/greeting.py": (
-        'GREETING = "hello"\n\n\ndef greet(name: str) -> str:\n    return f"{GREETING}, {name}!"\n'
+        "GREETINGS = {\n"
+        '    "en": "hello",\n'
+        "}\n\n\n"
+        'def greet(name: str, lang: str = "en") -> str:\n'
+        '    return f"{GREETINGS[lang]}, {name}!"\n'
     ),
     "app/config.py": "".join(
         f"{line}\n"
@@ -70,21 +84,35 @@ TASKS: list[dict[str, Any]] = [
     {"id": "scaffold", "title": "Add a version module", "dependencies": []},
     {"id": "search-index", "title": "Build the search index", "priority": -1},
     {"id": "api-docs", "title": "Write the API docs", "priority": -1},
-    {"id": "greeting-en", "title": "Friendlier English greeting", "dependencies": ["scaffold"]},
-    {"id": "greeting-fr", "title": "Greet in French", "dependencies": ["scaffold"]},
+    {"id": "greeting-en", "title": "Add a British greeting", "dependencies": ["scaffold"]},
+    {
+        "id": "greeting-fr",
+        "title": "Greet in French",
+        "dependencies": ["scaffold"],
+        "priority": 1,
+    },
     {"id": "config-timeout", "title": "Raise the timeout"},
     {"id": "config-retries", "title": "Retry more often"},
     {
         "id": "changelog",
         "title": "Write the changelog",
-        "dependencies": ["greeting-en", "config-timeout", "search-index", "api-docs"],
+        "dependencies": [
+            "greeting-en",
+            "greeting-fr",
+            "config-timeout",
+            "search-index",
+            "api-docs",
+        ],
     },
 ]
 
 #: What the demo agent does for each task, per attempt (the last entry repeats).
-#: Steps: "write" {path: text}; "line" [path, line number (1-based), new text];
-#: "hog_mb" allocate and hold that much memory; "rate_limit" report a limit
-#: that resets in N seconds and exit 1.
+#: Steps: "require" [paths that must be in the worktree, else exit 3];
+#: "write" {path: text}; "line" [path, line number (1-based), new text];
+#: "insert" [path, after line number, new line]; "hog_mb" allocate and hold
+#: that much memory; "rate_limit" report a limit that resets in N seconds and
+#: exit 1; "slow" seconds more of work. Whatever the step, an attempt whose
+#: prompt says there are conflict markers resolves them, keeping both sides.
 BEHAVIOUR: dict[str, list[dict[str, Any]]] = {
     "scaffold": [{"write": {"app/version.py": 'VERSION = "0.2.0"\n'}}],
     "search-index": [
@@ -93,19 +121,42 @@ BEHAVIOUR: dict[str, list[dict[str, Any]]] = {
     ],
     "api-docs": [
         {"rate_limit": 3},
-        {"write": {"docs/api.md": "# API\n\n`greet(name)` returns a greeting.\n"}},
+        {"write": {"docs/api.md": "# API\n\n`greet(name, lang)` returns a greeting.\n"}},
     ],
-    "greeting-en": [{"line": ["app/greeting.py", 1, 'GREETING = "hello there"']}],
-    "greeting-fr": [{"line": ["app/greeting.py", 1, 'GREETING = "bonjour"']}],
-    "config-timeout": [{"line": ["app/config.py", 1, "TIMEOUT = 30"]}],
+    "greeting-en": [
+        {"require": ["app/version.py"], "insert": ["app/greeting.py", 2, '    "en-gb": "hiya",']}
+    ],
+    "greeting-fr": [
+        {
+            "require": ["app/version.py"],
+            "insert": ["app/greeting.py", 2, '    "fr": "bonjour",'],
+            "slow": 0.8,
+        },
+        {},  # the resolution attempt: its prompt lists the conflicting file
+    ],
+    "config-timeout": [
+        {"line": ["app/config.py", 1, 'TIMEOUT = "30s"']},  # a string: the gate says no
+        {"line": ["app/config.py", 1, "TIMEOUT = 30"]},  # fixed, after reading the gate's output
+    ],
     "config-retries": [{"line": ["app/config.py", 10, "RETRIES = 5"]}],
-    "changelog": [{"write": {"CHANGELOG.md": "# 0.2.0\n\n- search, docs, greeting, config\n"}}],
+    "changelog": [
+        {
+            "require": ["app/version.py", "docs/api.md", "data/index.txt"],
+            "write": {"CHANGELOG.md": "# 0.2.0\n\n- search, docs, greetings, config\n"},
+        }
+    ],
 }
 
 #: Scheduler settings: small limits so the memory hog trips, quick retries.
+#: `gateCommand` is added when the demo knows where its gate is.
 CONFIG: dict[str, Any] = {
     "agentType": "command",
-    "integrate": False,
+    "integrate": True,
+    "onConflict": "agent",
+    "onGateFailure": "agent",
+    "gateBatch": 4,
+    "gateTimeoutSecs": 30,
+    "maxIntegrationAttempts": 2,
     "maxParallel": 3,
     "maxRetries": 2,
     "strategy": "dependency_first",
@@ -124,10 +175,11 @@ CONFIG: dict[str, Any] = {
 }
 
 AGENT_SCRIPT = r'''"""corral demo agent: makes the edit behaviour.json gives for $CORRAL_TASK_ID."""
-import json, os, sys, time
+import json, os, subprocess, sys, time
 from pathlib import Path
 
 demo = Path(sys.argv[1])
+prompt = sys.argv[2] if len(sys.argv) > 2 else ""
 task = os.environ["CORRAL_TASK_ID"]
 counter = demo / "attempts" / task
 counter.parent.mkdir(exist_ok=True)
@@ -152,6 +204,11 @@ def say(i, text, tool=None, tokens=0):
 emit({"type": "system", "subtype": "init", "model": "demo"})
 say(0, f"attempt {attempt} at {task}", ("Read", {"file_path": "README.md"}), 400)
 time.sleep(0.3)
+for name in step.get("require", []):  # a dependency's work must be here
+    if not Path(name).exists():
+        print(f"{name} is missing: its dependency's work is not in this worktree",
+              file=sys.stderr, flush=True)
+        sys.exit(3)
 if "hog_mb" in step:
     say(1, f"loading {step['hog_mb']} MB of data")
     hog = bytearray(b"\x01") * (step["hog_mb"] * 1024 * 1024)  # touched: real RSS
@@ -161,6 +218,16 @@ if "rate_limit" in step:
     emit({"type": "rate_limit_event", "rate_limit_info": info})
     print("rate limited", file=sys.stderr, flush=True)
     sys.exit(1)
+if "conflict markers" in prompt:  # corral merged the integration branch in: resolve
+    unmerged = subprocess.run(["git", "diff", "--name-only", "--diff-filter=U"],
+                              capture_output=True, text=True, check=True).stdout.split()
+    for name in unmerged:
+        lines = Path(name).read_text().splitlines(keepends=True)
+        kept = [l for l in lines if not l.startswith(("<<<<<<<", "=======", ">>>>>>>"))]
+        Path(name).write_text("".join(kept))
+        say(1, f"resolved {name}, keeping both sides", ("Edit", {"file_path": name}))
+if "fails the integration check" in prompt:
+    say(1, "the gate said: " + prompt.rsplit("```", 2)[-2].strip().splitlines()[-1])
 say(2, "editing", ("Edit", {"file_path": "x"}), 900)
 for path, text in step.get("write", {}).items():
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -170,11 +237,35 @@ if "line" in step:
     lines = Path(path).read_text().splitlines()
     lines[number - 1] = text
     Path(path).write_text("\n".join(lines) + "\n")
-time.sleep(0.6)
+if "insert" in step:
+    path, after, text = step["insert"]
+    lines = Path(path).read_text().splitlines()
+    lines.insert(after, text)
+    Path(path).write_text("\n".join(lines) + "\n")
+time.sleep(0.6 + step.get("slow", 0))
 say(3, "testing", ("Bash", {"command": "python -m pytest -q"}), 1200)
 time.sleep(0.3)
 emit({"type": "result", "subtype": "success", "is_error": False, "result": "done",
       "total_cost_usd": 0.0042 * attempt, "usage": {"input_tokens": 2000, "output_tokens": 500}})
+'''
+
+GATE_SCRIPT = r'''"""corral demo gate: the merged work imports, and its settings are numbers."""
+import sys
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, ".")
+from app import config  # noqa: E402
+from app.greeting import GREETINGS, greet  # noqa: E402
+
+for lang in GREETINGS:
+    print(greet("gate", lang))
+wrong = {n: getattr(config, n) for n in ("TIMEOUT", "PORT", "WORKERS", "RETRIES")
+         if not isinstance(getattr(config, n), int)}
+if wrong:
+    print("FAILED: " + ", ".join(f"config.{n} must be an integer, not {v!r}"
+                                for n, v in wrong.items()))
+    sys.exit(1)
+print("gate passed")
 '''
 
 
@@ -208,7 +299,7 @@ def make_repo(path: Path) -> Path:
 
 def daemon_config(root: Path, script: Path) -> str:
     """The private daemon's TOML: worktrees inside the demo dir, the demo agent type."""
-    argv = json.dumps([sys.executable, str(script), str(root)])
+    argv = json.dumps([sys.executable, str(script), str(root), "{prompt}"])
     return (
         "[daemon]\n"
         f"worktree_base = {json.dumps(str(root / 'worktrees'))}\n"
@@ -224,32 +315,65 @@ def _peak_parallel(agents: list[Agent]) -> int:
     return max((sum(1 for s, e in spans if s <= start < e) for start, _ in spans), default=0)
 
 
-def run_plan(c: Client, repo: Path, console: Console, mode: Mode) -> dict[str, Any]:
-    """Run the demo plan on `repo` through the daemon and collect what happened."""
+def _last_line(text: str | None) -> str:
+    lines = [line for line in (text or "").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+def run_plan(c: Client, repo: Path, console: Console, mode: Mode, gate: Path) -> dict[str, Any]:
+    """Run the demo plan on `repo` through the daemon, land it, and collect what happened."""
     history: dict[str, list[str]] = {}
+    integrated_at: dict[str, float] = {}
+    setbacks: list[dict[str, Any]] = []
+    batches: list[dict[str, Any]] = []
+    sid = "demo"
 
     def note(event: Event) -> None:
+        p = event.payload
         if event.type == "task.status":
-            history.setdefault(str(event.payload.get("taskId")), []).append(
-                str(event.payload.get("state"))
+            task_id = str(p.get("taskId"))
+            history.setdefault(task_id, []).append(str(p.get("state")))
+            status = p.get("integrationStatus")
+            if status == "integrated":
+                integrated_at.setdefault(task_id, event.at)
+            elif status in ("conflict", "gate_failed") and not any(
+                s["taskId"] == task_id and s["kind"] == status for s in setbacks
+            ):
+                task = c.parallel_get_task(session_id=sid, task_id=task_id)
+                setbacks.append(
+                    {
+                        "taskId": task_id,
+                        "kind": status,
+                        "files": task.conflict_files,
+                        "detail": _last_line(task.integration_error),
+                    }
+                )
+        elif event.type == "integration.batch":
+            batches.append(
+                {
+                    k: p.get(k)
+                    for k in ("taskIds", "gateRuns", "integrated", "conflicted", "gateFailed")
+                }
             )
 
     started = time.monotonic()
-    session = c.init_parallel_scheduler(repo_path=str(repo), session_id="demo", config=CONFIG)
-    c.parallel_add_tasks(session_id=session.id, tasks=TASKS)
+    config = {**CONFIG, "gateCommand": [sys.executable, str(gate)]}
+    c.init_parallel_scheduler(repo_path=str(repo), session_id=sid, config=config)
+    c.parallel_add_tasks(session_id=sid, tasks=TASKS)
     follow(
         c,
-        session.id,
+        sid,
         console,
         mode=mode,
         show_tasks=True,
         on_event=note,
-        start=lambda: c.session_start(session_id=session.id),
+        start=lambda: c.session_start(session_id=sid),
     )
     run_secs = time.monotonic() - started
-    summary = summarize(c, session.id, run_secs)
-    agents = c.parallel_list_agents(session_id=session.id)
-    violations = c.parallel_check_violations(session_id=session.id)
+    summary = summarize(c, sid, run_secs)
+    agents = c.parallel_list_agents(session_id=sid)
+    violations = c.parallel_check_violations(session_id=sid)
+    integration = c.integration_status(session_id=sid)
     tasks = {t["id"]: t for t in summary["tasks"]}
 
     killed = [
@@ -277,41 +401,54 @@ def run_plan(c: Client, repo: Path, console: Console, mode: Mode) -> dict[str, A
                     "finalStatus": tasks[task_id]["status"],
                 }
             )
-
-    found = c.conflicts_detect(session_id=session.id)
-    pairs: dict[tuple[str, str, bool], set[str]] = {}
-    for f in found:
-        pairs.setdefault((f.branch1, f.branch2, f.auto_resolvable), set()).add(f.file_path)
-    conflicts = [
-        {"branches": [b1, b2], "files": sorted(files)}
-        for (b1, b2, auto), files in pairs.items()
-        if not auto
+    # A dependent started only once every dependency was in the integration branch.
+    dependents = [
+        {
+            "taskId": t["id"],
+            "dependencies": t["dependencies"],
+            "startedAt": t["startedAt"],
+            "startedAfterIntegration": all(
+                d in integrated_at and t["startedAt"] >= integrated_at[d] for d in t["dependencies"]
+            ),
+        }
+        for t in summary["tasks"]
+        if t["dependencies"]
     ]
-    overlaps = [
-        {"branches": [b1, b2], "files": sorted(files)}
-        for (b1, b2, auto), files in pairs.items()
-        if auto
-    ]
-    report = c.merge_completed_branches(session_id=session.id)
-    merged = [r.branch for r in report.results if r.status.value in ("merged", "fast_forward")]
-    not_merged = [
-        {"branch": r.branch, "status": r.status.value, "files": r.files or [], "error": r.error}
-        for r in report.results
-        if r.branch not in merged
-    ]
+    for s in setbacks:
+        t = tasks[s["taskId"]]
+        s.update(
+            {
+                "agentRuns": t["attempts"],
+                "integrationAttempts": t["integrationAttempts"],
+                "finalIntegrationStatus": t["integrationStatus"],
+            }
+        )
+    report = c.merge_completed_branches(session_id=sid)
+    landed = report.results[0] if report.results else None
     return {
         "session": summary,
         "statusHistory": history,
         "peakParallel": _peak_parallel(agents),
         "memoryKilled": killed,
         "rateLimited": rate_limited,
-        "conflicts": conflicts,
-        "overlaps": overlaps,
-        "merge": {
+        "dependents": dependents,
+        "conflicts": [s for s in setbacks if s["kind"] == "conflict"],
+        "gateFailures": [s for s in setbacks if s["kind"] == "gate_failed"],
+        "integration": {
+            "branch": integration.branch,
+            "head": integration.head,
+            # in the order they went in (the report lists them in plan order)
+            "integrated": [t for b in batches for t in b["integrated"] or []],
+            "batches": batches,
+            "gateRuns": sum(b["gateRuns"] or 0 for b in batches),
+            "gate": config["gateCommand"],
+        },
+        "landing": {
             "target": report.target,
             "targetCommit": report.target_commit,
-            "merged": merged,
-            "notMerged": not_merged,
+            "branch": landed.branch if landed else None,
+            "status": landed.status.value if landed else None,
+            "worktreeUpdated": report.worktree_updated,
         },
     }
 
@@ -321,6 +458,15 @@ def _print(console: Console, result: dict[str, Any]) -> None:
     console.print()
     print_summary(console, s)
     console.print(f"at most {result['peakParallel']} agents ran at once", highlight=False)
+    for d in result["dependents"]:
+        deps = d["dependencies"]
+        when = "once" if d["startedAfterIntegration"] else "[red]before[/]"
+        console.print(
+            f"[cyan]dependencies[/]: {d['taskId']} started {when} {', '.join(deps)}"
+            f" {'was' if len(deps) == 1 else 'were'} integrated, on a branch holding"
+            f" {'its' if len(deps) == 1 else 'their'} work",
+            highlight=False,
+        )
     for k in result["memoryKilled"]:
         console.print(
             f"[red]memory kill[/]: {k['taskId']} used {k['memoryMb']} MB (limit"
@@ -333,23 +479,30 @@ def _print(console: Console, result: dict[str, Any]) -> None:
             f" resumed → {r['finalStatus']}",
             highlight=False,
         )
-    table = Table(title="branch pairs touching the same files", title_justify="left")
-    for column in ("branches", "files", "result"):
-        table.add_column(column)
     for c in result["conflicts"]:
-        table.add_row(" vs ".join(c["branches"]), ", ".join(c["files"]), "[red]conflict[/]")
-    for o in result["overlaps"]:
-        table.add_row(" + ".join(o["branches"]), ", ".join(o["files"]), "[green]merges clean[/]")
-    console.print(table)
-    m = result["merge"]
-    console.print(
-        f"merged into {m['target']}: {', '.join(m['merged']) or 'nothing'}", highlight=False
-    )
-    for n in m["notMerged"]:
         console.print(
-            f"[yellow]not merged[/]: {n['branch']} ({n['status']}: {', '.join(n['files'])})",
+            f"[yellow]conflict[/]: {c['taskId']} conflicted in {', '.join(c['files'])};"
+            f" its agent resolved the markers in a new attempt → {c['finalIntegrationStatus']}",
             highlight=False,
         )
+    for g in result["gateFailures"]:
+        console.print(
+            f"[yellow]gate failure[/]: {g['taskId']}: {g['detail']}; fixed on its next try"
+            f" → {g['finalIntegrationStatus']}",
+            highlight=False,
+        )
+    i = result["integration"]
+    console.print(
+        f"[green]integration[/]: {len(i['batches'])} batches, {i['gateRuns']} gate runs;"
+        f" in this order: {', '.join(i['integrated'])}",
+        highlight=False,
+    )
+    landing = result["landing"]
+    console.print(
+        f"landed on {landing['target']}: {landing['branch']} ({landing['status']}),"
+        f" {landing['target']} is now {(landing['targetCommit'] or '')[:12]}",
+        highlight=False,
+    )
     console.print(
         f"demo took {result['wallSecs']:.1f} s; daemon (pid {result['daemonPid']}) is stopped.",
         highlight=False,
@@ -359,7 +512,7 @@ def _print(console: Console, result: dict[str, Any]) -> None:
     else:
         console.print(
             f"the repository is at [bold]{result['repoPath']}[/]"
-            f" (try: git -C {result['repoPath']} log --oneline --graph --all)",
+            f" (try: git -C {result['repoPath']} log --oneline --graph main)",
             soft_wrap=True,
         )
 
@@ -370,6 +523,8 @@ def run_demo(console: Console, *, as_json: bool = False, cleanup: bool = False) 
     root = Path(tempfile.mkdtemp(prefix="corral-demo-", dir="/tmp"))
     script = root / "demo_agent.py"
     script.write_text(AGENT_SCRIPT)
+    gate = root / "demo_gate.py"
+    gate.write_text(GATE_SCRIPT)
     (root / "behaviour.json").write_text(json.dumps(BEHAVIOUR))
     config_path = root / "config.toml"
     config_path.write_text(daemon_config(root, script))
@@ -387,7 +542,7 @@ def run_demo(console: Console, *, as_json: bool = False, cleanup: bool = False) 
         daemon.start()
         with Client(daemon.socket) as c:
             pid = c.daemon_status().pid
-            result = run_plan(c, repo, console, mode)
+            result = run_plan(c, repo, console, mode, gate)
     except (DemoError, DaemonStartError) as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 1
@@ -410,9 +565,12 @@ def run_demo(console: Console, *, as_json: bool = False, cleanup: bool = False) 
         result["session"]["ok"]
         and result["memoryKilled"]
         and result["rateLimited"]
+        and all(d["startedAfterIntegration"] for d in result["dependents"])
         and result["conflicts"]
-        and result["overlaps"]
-        and result["merge"]["merged"]
+        and all(c["finalIntegrationStatus"] == "integrated" for c in result["conflicts"])
+        and result["gateFailures"]
+        and all(g["finalIntegrationStatus"] == "integrated" for g in result["gateFailures"])
+        and result["landing"]["status"] in ("merged", "fast_forward")
         and not result["socketLeft"]
     )
     if as_json:

@@ -515,6 +515,8 @@ class SchedulerStats(Wire):
     max_parallel: int
     strategy: Strategy
     session_status: SessionStatus
+    # Ready tasks waiting because their `paths` overlap a running task's.
+    waiting_for_paths: int = 0
 
 
 class Assignment(Wire):
@@ -761,7 +763,7 @@ class IntegrationReport(Wire):
     gating: list[str] = Field(default_factory=list)  # the batch being gated now
     parked: list[ParkedTask] = Field(default_factory=list)
     resolving: list[str] = Field(default_factory=list)  # tasks whose agent is resolving
-    integrated: list[str] = Field(default_factory=list)  # in the order they went in
+    integrated: list[str] = Field(default_factory=list)  # in insertion order, not merge order
     last_batch: IntegrationBatch | None = None
     blocked: str | None = None  # why the queue cannot move (e.g. the gate cannot run)
 

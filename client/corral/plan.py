@@ -4,13 +4,20 @@ Accepted shapes:
 
 - TOML with `[[tasks]]` tables, or JSON `{"tasks": [...]}`; each task has
   `id`, `title`, `description`, `priority`, `dependencies` (also spelled
-  `deps` or `after`), `agent` (or `agentType`) and `estimatedTokens`.
-  An optional top-level `[config]` table (`"config"` object) is merged into
-  the session's SchedulerConfig.
-- A Ralph-style `prd.json`: `{"userStories": [{"id", "title", "description",
-  "priority", "dependencies"}]}`. Stories already marked `"passes": true` are
-  done and left out; `acceptanceCriteria` are appended to the description;
-  a top-level `"config"` object is honoured as in the JSON plan.
+  `deps` or `after`), `agent` (or `agentType`), `estimatedTokens` and
+  `paths` (globs the task expects to touch: tasks whose paths overlap never
+  run at the same time). An optional top-level `[config]` table (`"config"`
+  object) is merged into the session's SchedulerConfig.
+- A Ralph-style `prd.json`: `{"branchName", "verificationCommands",
+  "userStories": [{"id", "title", "description", "priority", "dependencies",
+  "paths", "acceptanceCriteria", "notes"}]}`. Stories already marked
+  `"passes": true` are done and left out; `acceptanceCriteria` and `notes`
+  are appended to the description (so they reach the agent's prompt);
+  `branchName` names the integration branch (`integrationBranch`); each of
+  `verificationCommands` is split into an argv with `shlex` (never run
+  through a shell) and appended to `gateCommands`, so all must pass before a
+  story's branch is integrated. A top-level `"config"` object is honoured as
+  in the JSON plan; the prd's own fields win over it.
 
 Everything is validated here, before the daemon sees it, so a bad plan is a
 usage error (exit 2) that names the file and the offending task.
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,8 +84,12 @@ def _task(raw: Any, where: str, *, story: bool = False) -> dict[str, Any]:
             description = f"{description}\n\nAcceptance criteria:\n" + "\n".join(
                 f"- {c}" for c in criteria
             )
-        for ignored in ("passes", "notes"):
-            item.pop(ignored, None)
+        notes = item.pop("notes", None)
+        if isinstance(notes, list):
+            notes = "\n".join(f"- {n}" for n in notes if str(n).strip())
+        if isinstance(notes, str) and notes.strip():
+            description = f"{description}\n\nNotes:\n{notes.strip()}"
+        item.pop("passes", None)
     spec["description"] = description
     if "priority" in item:
         spec["priority"] = item.pop("priority")
@@ -95,6 +107,9 @@ def _task(raw: Any, where: str, *, story: bool = False) -> dict[str, Any]:
     for key in ("estimatedTokens", "estimated_tokens"):
         if key in item:
             spec["estimatedTokens"] = item.pop(key)
+    if "paths" in item:
+        paths = item.pop("paths")
+        spec["paths"] = [paths] if isinstance(paths, str) else paths
     if item:
         raise PlanError(f"{where}: unknown key(s) {', '.join(sorted(item))}")
     try:
@@ -114,6 +129,45 @@ def _first_error(exc: Exception) -> str:
     return str(exc)
 
 
+def _prd_integration(data: dict[str, Any], name: str, config: dict[str, Any]) -> dict[str, Any]:
+    """What a prd.json says about integration, as SchedulerConfig fields.
+
+    `branchName` is the integration branch; `verificationCommands` (strings,
+    as a person types them) become argvs with `shlex`, appended to any
+    `gateCommands` the config already has: every one must pass.
+    """
+    out: dict[str, Any] = {}
+    branch = data.get("branchName")
+    if branch is not None:
+        if not isinstance(branch, str) or not branch.strip():
+            raise PlanError(f"{name}: `branchName` must be a non-empty string")
+        out["integrationBranch"] = branch.strip()
+    commands = data.get("verificationCommands")
+    if commands is not None:
+        if isinstance(commands, str):
+            commands = [commands]
+        if not isinstance(commands, list):
+            raise PlanError(f"{name}: `verificationCommands` must be a list of commands")
+        gates: list[list[str]] = []
+        for i, command in enumerate(commands):
+            where = f"{name}: verificationCommands[{i}]"
+            if not isinstance(command, str):
+                raise PlanError(
+                    f"{where}: a command must be a string, not {type(command).__name__}"
+                )
+            try:
+                argv = shlex.split(command)
+            except ValueError as exc:
+                raise PlanError(f"{where}: cannot split {command!r} into words: {exc}") from None
+            if not argv:
+                raise PlanError(f"{where}: the command is empty")
+            gates.append(argv)
+        if gates:
+            earlier = config.get("gateCommands", config.get("gate_commands")) or []
+            out["gateCommands"] = [*earlier, *gates]
+    return out
+
+
 def parse_plan(data: Any, path: Path) -> Plan:
     """Build a Plan from already-decoded TOML/JSON `data` (see the module doc)."""
     name = str(path)
@@ -131,6 +185,11 @@ def parse_plan(data: Any, path: Path) -> Plan:
         for t in tasks:  # a story that already passes is not a dependency any more
             t["dependencies"] = [d for d in t["dependencies"] if d not in done]
         config: Any = data.get("config", {})  # our extension; Ralph's other keys are ignored
+        if isinstance(config, dict):
+            prd = _prd_integration(data, name, config)
+            snake = {"gateCommands": "gate_commands", "integrationBranch": "integration_branch"}
+            config = {k: v for k, v in config.items() if k not in {snake[f] for f in prd}}
+            config.update(prd)
     else:
         raw_tasks = data.get("tasks")
         if not isinstance(raw_tasks, list):

@@ -1,11 +1,11 @@
-"""Git: `corral worktrees`, `conflicts`, `merge`."""
+"""Git: `corral worktrees`, `conflicts`, `merge`, `integration`, `integrate`."""
 
 from __future__ import annotations
 
 import argparse
 
 from corral.cli.common import EXIT_OK, Out, UsageError, command, connect, progress, session_arg
-from corral.watch import render_matrix
+from corral.watch import render_integration, render_matrix
 
 
 def _worktrees_args(parser: argparse.ArgumentParser) -> None:
@@ -106,7 +106,8 @@ def _merge_args(parser: argparse.ArgumentParser) -> None:
 
 @command(
     "merge",
-    "merge the branches of completed tasks into the target, skipping conflicting ones",
+    "land the session's work on the target (default: its base branch): the integration"
+    " branch, or with integration off each completed branch, skipping conflicting ones",
     _merge_args,
 )
 def cmd_merge(args: argparse.Namespace, out: Out) -> int:
@@ -132,4 +133,54 @@ def cmd_merge(args: argparse.Namespace, out: Out) -> int:
             for r in report.results
         ],
     )
+    return EXIT_OK
+
+
+@command(
+    "integration",
+    "the integration branch: its head, the queue, the batch being gated, parked tasks",
+    session_arg,
+)
+def cmd_integration(args: argparse.Namespace, out: Out) -> int:
+    with connect(args) as c:
+        report = c.integration_status(session_id=args.session)
+        tasks = c.parallel_list_tasks(session_id=args.session) if report.enabled else []
+    if out.as_json:
+        out.data(report)
+    elif not report.enabled:
+        out.line("integration is off for this session (each task stays on its own branch)")
+    else:
+        out.console.print(render_integration(report, tasks))
+        for parked in report.parked:
+            lines = (parked.error or "").strip().splitlines()
+            what = ", ".join(parked.files) or (lines[-1] if lines else "")
+            out.console.print(
+                f"  parked: {parked.task_id} ({parked.integration_status.value}: {what});"
+                f" fix and commit in its worktree, then `corral integrate {parked.task_id}`",
+                soft_wrap=True,
+                highlight=False,
+                markup=False,
+            )
+    return EXIT_OK
+
+
+def _integrate_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("task", metavar="TASK", help="the parked task")
+    session_arg(parser)
+
+
+@command(
+    "integrate",
+    "put a parked TASK back into the integration queue once a person has resolved and"
+    " committed it in the task's worktree (policy manual)",
+    _integrate_args,
+)
+def cmd_integrate(args: argparse.Namespace, out: Out) -> int:
+    with connect(args) as c, progress(out, f"queueing {args.task}"):
+        task = c.task_integrate(session_id=args.session, task_id=args.task)
+    if out.as_json:
+        out.data(task)
+    else:
+        status = task.integration_status.value if task.integration_status else "-"
+        out.line(f"task {task.id}: integration {status}")
     return EXIT_OK

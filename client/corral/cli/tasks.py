@@ -29,6 +29,13 @@ def _add_args(parser: argparse.ArgumentParser) -> None:
         "--after", nargs="+", default=[], metavar="ID", help="tasks that must complete first"
     )
     parser.add_argument("--agent", metavar="TYPE", help="agent type for this task only")
+    parser.add_argument(
+        "--paths",
+        nargs="+",
+        default=[],
+        metavar="GLOB",
+        help="paths the task expects to touch: tasks whose paths overlap never run at once",
+    )
 
 
 @command("add", "add a task to a session", _add_args)
@@ -47,6 +54,7 @@ def cmd_add(args: argparse.Namespace, out: Out) -> int:
             priority=args.priority,
             dependencies=args.after,
             agent_type=args.agent,
+            paths=args.paths,
         )
     if out.as_json:
         out.data(task)

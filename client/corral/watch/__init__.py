@@ -11,6 +11,7 @@ from __future__ import annotations
 from corral.watch.feed import EventFeed
 from corral.watch.live import FINISHED, VIEW_TOPICS, Mode, follow, watch
 from corral.watch.render import (
+    INTEGRATION_STYLE,
     STATUS_STYLE,
     Snapshot,
     bar,
@@ -18,6 +19,7 @@ from corral.watch.render import (
     fetch_matrix,
     gather,
     render,
+    render_integration,
     render_matrix,
     render_tasks,
 )
@@ -25,6 +27,7 @@ from corral.watch.summary import print_summary, summarize
 
 __all__ = [
     "FINISHED",
+    "INTEGRATION_STYLE",
     "STATUS_STYLE",
     "VIEW_TOPICS",
     "EventFeed",
@@ -37,6 +40,7 @@ __all__ = [
     "gather",
     "print_summary",
     "render",
+    "render_integration",
     "render_matrix",
     "render_tasks",
     "summarize",

@@ -25,7 +25,7 @@ __all__ = ["FINISHED", "VIEW_TOPICS", "Mode", "follow", "watch"]
 
 FINISHED = (SessionStatus.COMPLETED, SessionStatus.FAILED)
 #: The events a view redraws on (log lines are far too many to redraw on).
-VIEW_TOPICS = ["task", "agent", "violation", "session", "conflicts", "merge"]
+VIEW_TOPICS = ["task", "agent", "violation", "session", "conflicts", "merge", "integration"]
 
 Mode = Literal["live", "plain", "quiet"]
 
@@ -93,8 +93,10 @@ def _plain_line(console: Console, event: Event) -> None:
     stamp = time.strftime("%H:%M:%S", time.localtime(event.at or time.time()))
     if event.type == "task.status":
         extra = f" ({p['error']})" if p.get("error") and p.get("state") != "completed" else ""
+        way_in = p.get("integrationStatus")
+        integration = f", integration {way_in}" if way_in else ""
         console.print(
-            f"{stamp} task {p.get('taskId')}: {p.get('state')}"
+            f"{stamp} task {p.get('taskId')}: {p.get('state')}{integration}"
             f" (attempts {p.get('attempts', 0)}){extra}",
             highlight=False,
             soft_wrap=True,
@@ -107,6 +109,22 @@ def _plain_line(console: Console, event: Event) -> None:
         )
     elif event.type == "session.status":
         console.print(f"{stamp} session: {p.get('status')}", highlight=False)
+    elif event.type == "integration.batch":
+        went_back = [*p.get("conflicted", []), *p.get("gateFailed", [])]
+        console.print(
+            f"{stamp} integration: batch {' '.join(p.get('taskIds', []))},"
+            f" {p.get('gateRuns', 0)} gate run(s); integrated"
+            f" {' '.join(p.get('integrated', [])) or 'none'}"
+            + (f"; sent back {' '.join(went_back)}" if went_back else ""),
+            highlight=False,
+            soft_wrap=True,
+        )
+    elif event.type == "integration.blocked":
+        why = p.get("reason")
+        console.print(
+            f"{stamp} integration: {f'blocked: {why}' if why else 'moving again'}",
+            highlight=False,
+        )
 
 
 def watch(path: str | None, session_id: str | None, *, once: bool, console: Console) -> int:

@@ -21,6 +21,8 @@ from corral.client import Client
 from corral.models import (
     Agent,
     ConflictMatrix,
+    IntegrationReport,
+    IntegrationStatus,
     MatrixState,
     PoolStats,
     SchedulerStats,
@@ -31,6 +33,7 @@ from corral.models import (
 )
 
 __all__ = [
+    "INTEGRATION_STYLE",
     "STATUS_STYLE",
     "Snapshot",
     "bar",
@@ -38,6 +41,7 @@ __all__ = [
     "fetch_matrix",
     "gather",
     "render",
+    "render_integration",
     "render_matrix",
     "render_tasks",
 ]
@@ -56,6 +60,7 @@ class Snapshot:
     tasks: list[Task]
     violations: list[Violation]
     matrix: ConflictMatrix | None = None
+    integration: IntegrationReport | None = None  # None when the session does not integrate
     at: float = field(default_factory=time.time)
 
     def __repr__(self) -> str:
@@ -66,14 +71,17 @@ class Snapshot:
 
 def gather(c: Client, session_id: str, matrix: ConflictMatrix | None = None) -> Snapshot:
     """Ask the daemon for everything a view draws (the matrix is passed in: it is costly)."""
+    session = c.session_get(session_id=session_id)
+    integrating = session.config.integrate and session.integration_branch is not None
     return Snapshot(
-        session=c.session_get(session_id=session_id),
+        session=session,
         stats=c.parallel_get_scheduler_stats(session_id=session_id),
         pool=c.parallel_get_pool_stats(session_id=session_id),
         agents=c.parallel_list_agents(session_id=session_id, live=True),
         tasks=c.parallel_list_tasks(session_id=session_id),
         violations=c.parallel_check_violations(session_id=session_id),
         matrix=matrix,
+        integration=c.integration_status(session_id=session_id) if integrating else None,
     )
 
 
@@ -95,6 +103,15 @@ STATUS_STYLE = {
     TaskState.CANCELLED: "yellow",
     TaskState.RETRY_WAIT: "yellow",
     TaskState.RATE_LIMITED: "magenta",
+}
+
+
+INTEGRATION_STYLE = {
+    IntegrationStatus.QUEUED.value: "yellow",
+    IntegrationStatus.GATING.value: "cyan",
+    IntegrationStatus.INTEGRATED.value: "green",
+    IntegrationStatus.CONFLICT.value: "red",
+    IntegrationStatus.GATE_FAILED.value: "red",
 }
 
 
@@ -232,6 +249,8 @@ def render(
         ]
         table.add_row(*row)
     parts: list[RenderableType] = [header, counts, pool, table]
+    if snap.integration is not None:
+        parts.append(render_integration(snap.integration, snap.tasks))
     if tasks:
         parts.append(render_tasks(snap.tasks))
     if snap.violations:
@@ -247,11 +266,44 @@ def render(
     return Group(*parts)
 
 
+def render_integration(report: IntegrationReport, tasks: Iterable[Task]) -> Text:
+    """The integration branch: its head, what is queued, gated, parked or resolving."""
+    text = Text("integration ", style="bold")
+    text.append(report.branch or "-", style="bold cyan")
+    text.append(f" @ {(report.head or '')[:10]} · ")
+    text.append(f"{len(report.integrated)} integrated", style="green")
+    for label, ids, style in (
+        ("gating", report.gating, "cyan"),
+        ("queued", report.queue, "yellow"),
+        ("resolving", report.resolving, "magenta"),
+        ("parked", [p.task_id for p in report.parked], "red"),
+    ):
+        if ids:
+            text.append(f" · {label} ", style="dim")
+            text.append(" ".join(ids), style=style)
+    batch = report.last_batch
+    if batch is not None:
+        text.append(
+            f" · last batch {len(batch.task_ids)}: {batch.gate_runs} gate run"
+            f"{'s' * (batch.gate_runs != 1)}",
+            style="dim",
+        )
+        sent_back = batch.conflicted + batch.gate_failed
+        if sent_back:
+            text.append(f", sent back {' '.join(sent_back)}", style="red")
+    if report.blocked:
+        text.append(f"\n  blocked: {report.blocked}", style="bold red")
+    return text
+
+
 def render_tasks(tasks: Iterable[Task]) -> Text:
-    """Task ids grouped by status, one line per status."""
+    """Task ids grouped by status, one line per status (with any integration status)."""
     by: dict[TaskState, list[str]] = {}
     for t in tasks:
         label = t.id if t.attempts <= 1 else f"{t.id} (attempt {t.attempts})"
+        way_in = t.integration_status
+        if way_in is not None and way_in is not IntegrationStatus.INTEGRATED:
+            label += f" [{way_in.value}]"
         by.setdefault(t.state, []).append(label)
     text = Text()
     for status in TaskState:

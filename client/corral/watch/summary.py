@@ -9,8 +9,8 @@ from rich.table import Table
 from rich.text import Text
 
 from corral.client import Client
-from corral.models import Agent, TaskState
-from corral.watch.render import STATUS_STYLE, duration
+from corral.models import Agent, IntegrationStatus, TaskState
+from corral.watch.render import INTEGRATION_STYLE, STATUS_STYLE, duration
 
 __all__ = ["print_summary", "summarize"]
 
@@ -30,11 +30,19 @@ def summarize(c: Client, session_id: str, wall_secs: float | None = None) -> dic
     counts: dict[str, int] = {}
     for t in tasks:
         counts[t.state.value] = counts.get(t.state.value, 0) + 1
+    integrating = session.config.integrate and session.integration_branch is not None
+    report = c.integration_status(session_id=session_id) if integrating else None
     return {
         "sessionId": session.id,
         "repoPath": session.repo_path,
         "status": session.status.value,
-        "ok": bool(tasks) and all(t.state is TaskState.COMPLETED for t in tasks),
+        # With integration on, a task is done once its work is in the integration branch.
+        "ok": bool(tasks)
+        and all(
+            t.state is TaskState.COMPLETED
+            and (not integrating or t.integration_status is IntegrationStatus.INTEGRATED)
+            for t in tasks
+        ),
         "wallSecs": round(wall_secs, 2),
         "counts": counts,
         "tokens": sum(a.tokens for a in agents),
@@ -56,6 +64,8 @@ def summarize(c: Client, session_id: str, wall_secs: float | None = None) -> dic
                 "dependencies": t.dependencies,
                 "startedAt": t.started_at,
                 "completedAt": t.completed_at,
+                "integrationStatus": t.integration_status.value if t.integration_status else None,
+                "integrationAttempts": t.integration_attempts,
                 **({"error": t.error} if t.error else {}),
                 **({"errorCategory": t.error_category.value} if t.error_category else {}),
             }
@@ -71,6 +81,16 @@ def summarize(c: Client, session_id: str, wall_secs: float | None = None) -> dic
             for t in tasks
             if t.state is not TaskState.COMPLETED
         ],
+        "integration": None
+        if report is None
+        else {
+            "branch": report.branch,
+            "head": report.head,
+            "integrated": report.integrated,
+            "queue": report.queue,
+            "parked": [p.task_id for p in report.parked],
+            "blocked": report.blocked,
+        },
     }
 
 
@@ -79,13 +99,18 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
     table = Table(
         title=f"session {summary['sessionId']}: {summary['status']}", title_justify="left"
     )
+    integration = summary.get("integration")
     for column in ("task", "status", "attempts", "end reasons", "time", "tokens", "error"):
         table.add_column(column)
     for t in summary["tasks"]:
-        style = STATUS_STYLE.get(TaskState(t["status"]), "")
+        status = Text(t["status"], style=STATUS_STYLE.get(TaskState(t["status"]), ""))
+        way_in = t.get("integrationStatus")
+        if integration and t["status"] == TaskState.COMPLETED.value and way_in:
+            # A completed task's news is where its work is: integrated, or not yet.
+            status = Text(way_in, style=INTEGRATION_STYLE.get(way_in, ""))
         table.add_row(
             t["id"],
-            Text(t["status"], style=style),
+            status,
             str(t["attempts"]),
             ", ".join(r or "-" for r in t["endReasons"]),
             duration(t["secs"]),
@@ -99,3 +124,13 @@ def print_summary(console: Console, summary: dict[str, Any]) -> None:
         f" {summary['tokens']} tokens, ${summary['cost']:.4f}",
         highlight=False,
     )
+    if integration:
+        waiting = len(integration["queue"]) + len(integration["parked"])
+        console.print(
+            f"integration branch {integration['branch']}: {len(integration['integrated'])}"
+            f" integrated, head {(integration['head'] or '')[:12]}"
+            + (f", {waiting} not yet in" if waiting else "")
+            + (f"; blocked: {integration['blocked']}" if integration["blocked"] else ""),
+            highlight=False,
+            soft_wrap=True,
+        )

@@ -171,6 +171,19 @@ class Scheduler:
         """Number of tasks per status (every status present), kept incrementally."""
         return dict(self._count)
 
+    def waiting_for_paths(self) -> int:
+        """Ready tasks held back because their `paths` overlap a running task's."""
+        busy = [n.task.paths for n in self._running.values() if n.task.paths]
+        if not busy:
+            return 0
+        return sum(
+            1
+            for n in self._nodes.values()
+            if n.task.state is TaskState.READY
+            and n.task.paths
+            and any(any_overlap(n.task.paths, b) for b in busy)
+        )
+
     def in_progress(self) -> list[Task]:
         """Running tasks in insertion order."""
         return [n.task for n in sorted(self._running.values(), key=_seq)]

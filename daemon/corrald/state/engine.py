@@ -367,6 +367,7 @@ class Engine:
             max_parallel=state.session.config.max_parallel,
             strategy=state.session.config.strategy,
             session_status=state.session.status,
+            waiting_for_paths=state.scheduler.waiting_for_paths(),
         )
 
     def poll_completed(self, cursor: int) -> tuple[list[CompletedAgent], int]:
