@@ -38,6 +38,7 @@ from corral.models import (
     Violation,
 )
 from corrald.agents.output import ParsedEvent
+from corrald.agents.parsers import MAX_TOKENS
 from corrald.core.accounting import RunAccounting
 from corrald.core.outcome import CATEGORY
 from corrald.process import proctree
@@ -232,7 +233,7 @@ class AgentRun:
             self._tokens_sum += ev.tokens_delta
         if ev.tokens_total is not None:
             self._tokens_total = ev.tokens_total
-        self.stats.tokens = max(self._tokens_sum, self._tokens_total or 0)
+        self.stats.tokens = min(max(self._tokens_sum, self._tokens_total or 0), MAX_TOKENS)
         if ev.cost_total is not None:
             self.stats.cost = ev.cost_total
         sink = self.events
