@@ -7,11 +7,13 @@ hostile task ends with a clear category after at most one attempt.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
 import sys
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,9 @@ from corral.models import DAY_SECS, Backoff, EndReason, ErrorCategory, ResourceL
 from corrald.agents.output import ParsedEvent, Stream
 from corrald.agents.parsers import MAX_COST, MAX_TOKENS, PARSERS, PlainParser, make_parser
 from corrald.agents.ratelimit import MAX_RESET_SECS, parse_reset, reset_from_value
+from corrald.process.executor import LocalExecutor
 from corrald.process.run import LINE_CAP, run_agent
-from corrald.process.spec import RunSpec
+from corrald.process.spec import NoEvents, RunSpec
 from tests.daemon_proc import DaemonProcess
 from tests.test_pool import PLAN_AGENT, agent_config, finished, wait_for
 
@@ -307,3 +310,29 @@ def test_abort_survives_kill_9_and_restart(tmp_path: Path, repo: Path) -> None:
         assert tasks["later-1"].state is TaskState.READY and tasks["later-1"].attempts == 0
         assert tasks["later-2"].state is TaskState.READY and tasks["later-2"].attempts == 0
         assert [a.task_id for a in c.parallel_list_agents()] == ["boom"]
+
+
+async def test_a_finished_run_is_freed_at_once_not_at_a_full_garbage_collection(
+    tmp_path: Path,
+) -> None:
+    """A flooding run's ring (megabytes) goes when the run does, even on an idle daemon.
+
+    An idle daemon allocates little, so Python's cycle collector may not run
+    for hours: a finished run caught in a reference cycle kept its whole ring.
+    """
+    gc.collect()
+    gc.disable()
+    try:
+        async with trio.open_nursery() as nursery:
+            executor = LocalExecutor(nursery)
+            spec = _spec(tmp_path, "freed", PlainParser(), "--flood-mb", "2")
+            handle = await executor.submit(spec, NoEvents())
+            result = await handle.wait()
+            assert len(handle.ring) > 1000  # what is at stake
+            freed = weakref.ref(handle)
+            del handle
+            nursery.cancel_scope.cancel()  # (the executor's sampling hub)
+        assert result.end_reason is EndReason.OK
+        assert freed() is None, gc.get_referrers(freed())
+    finally:
+        gc.enable()
