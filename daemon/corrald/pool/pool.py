@@ -277,12 +277,12 @@ class AgentPool:
         try:
             try:
                 end = await run_attempt(self, run)
-            except Exception as exc:  # a bug of ours must not lose the task
+                await enter_stage(self, run, AttemptStage.FINISHING)
+            except Exception as exc:  # a bug of ours must not lose the task, nor the pool
                 log.exception("agent %s: the attempt failed inside corral", run.agent_id)
                 end = AttemptEnd.not_started(
                     f"internal error: {type(exc).__name__}: {exc}"[:500], ErrorCategory.INTERNAL
                 )
-            await enter_stage(self, run, AttemptStage.FINISHING)
         except BaseException:
             # Cancelled (the daemon is going down hard): the executor's scope
             # kills the tree. An end already known is recorded as it is;
