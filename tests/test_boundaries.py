@@ -22,13 +22,23 @@ import pytest
 import trio
 
 from corral import errors
-from corral.models import DAY_SECS, Backoff, EndReason, ErrorCategory, ResourceLimits, TaskState
+from corral.events import LogPayload, SessionCreatedPayload
+from corral.models import (
+    DAY_SECS,
+    Backoff,
+    EndReason,
+    ErrorCategory,
+    ResourceLimits,
+    SessionStatus,
+    TaskState,
+)
 from corrald.agents.output import ParsedEvent, Stream
 from corrald.agents.parsers import MAX_COST, MAX_TOKENS, PARSERS, PlainParser, make_parser
 from corrald.agents.ratelimit import MAX_RESET_SECS, parse_reset, reset_from_value
 from corrald.process.executor import LocalExecutor
 from corrald.process.run import LINE_CAP, run_agent
 from corrald.process.spec import NoEvents, RunSpec
+from corrald.state.events import EventBus
 from tests.daemon_proc import DaemonProcess
 from tests.test_pool import PLAN_AGENT, agent_config, finished, wait_for
 
@@ -336,3 +346,22 @@ async def test_a_finished_run_is_freed_at_once_not_at_a_full_garbage_collection(
         assert freed() is None, gc.get_referrers(freed())
     finally:
         gc.enable()
+
+
+def test_output_lines_take_only_their_share_of_the_replay_window() -> None:
+    """A flood of log events keeps at most `window_log_bytes` of them for resuming."""
+    bus = EventBus(None, window_log_bytes=64 * 1024)
+    created = bus.make("s", SessionCreatedPayload(status=SessionStatus.IDLE))
+    bus.fan_out([created])
+    for n in range(1000):
+        line = "x" * 1000
+        log = LogPayload(agent_id="a", task_id="t", offset=n, stream="stdout", line=line, at=0)
+        bus.fan_out([bus.make("s", log)])
+    logged = sum(len(r.data) for r in bus.window if r.span is not None)
+    assert 60 * 1024 < logged <= 64 * 1024
+    assert bus.window[-1].seq == bus.seq  # the newest lines are kept, the oldest went first
+    assert bus.oldest > created.seq  # (and what came before them: the window is in order)
+    quiet = EventBus(None)  # without a flood the window keeps its 50,000 events
+    for n in range(2000):
+        quiet.fan_out([quiet.make(f"s{n}", SessionCreatedPayload(status=SessionStatus.IDLE))])
+    assert len(quiet.window) == 2000
