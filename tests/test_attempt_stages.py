@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from corral.models import SchedulerConfig, TaskSpec, TaskState
+from corral.models import ErrorCategory, SchedulerConfig, TaskSpec, TaskState
 from corrald.agents.types import AgentTypeConfig
 from corrald.pool.pool import AgentPool
 from corrald.pool.records import AttemptStage, Run
@@ -153,3 +153,33 @@ async def test_hard_cancel_at_each_stage(tmp_path: Path, repo: Path, stage: Atte
     h.engine.store = Store(h.store_path)  # the harness closed its store on the way out
     _consistent(h)
     h.engine.store.close()
+
+
+@pytest.mark.parametrize("stage", STAGES, ids=[s.value for s in STAGES])
+async def test_a_bug_of_ours_at_each_stage_fails_the_task_internal_after_one_try(
+    tmp_path: Path, repo: Path, stage: AttemptStage
+) -> None:
+    """corral's own code raising mid-attempt: category internal, never retried, nothing left."""
+    async with harness(tmp_path, repo) as h:
+        state = h.engine.session("s")
+
+        async def bug_here(run: Run, reached: AttemptStage) -> None:
+            if reached is stage:
+                raise RuntimeError(f"a bug of ours at {stage.value}")
+
+        h.pool.stage_hooks.append(bug_here)
+        await h.pool.schedule_next(state)
+        with trio.fail_after(30):
+            while h.engine.get_task("s", "t").state is not TaskState.FAILED:
+                await h.pool.runs.wait_ended()
+        task = h.engine.get_task("s", "t")  # maxRetries is 3: none is spent on a bug of ours
+        assert (task.state, task.attempts, task.error_category) == (
+            TaskState.FAILED,
+            1,
+            ErrorCategory.INTERNAL,
+        ), task
+        assert task.error is not None and "a bug of ours" in task.error
+        assert h.engine.agents("s")[0].end_reason is not None
+        assert await h.pool.schedule_next(state) == (None, None, "no task is ready")
+        _consistent(h)
+        h.nursery.cancel_scope.cancel()

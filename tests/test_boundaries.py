@@ -7,9 +7,14 @@ hostile task ends with a clear category after at most one attempt.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import subprocess
 import sys
+import time
+import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,77 +22,219 @@ import pytest
 import trio
 
 from corral import errors
-from corral.models import EndReason, ErrorCategory, ResourceLimits, TaskState
+from corral.events import LogPayload, SessionCreatedPayload
+from corral.models import (
+    DAY_SECS,
+    Backoff,
+    EndReason,
+    ErrorCategory,
+    ResourceLimits,
+    SessionStatus,
+    TaskState,
+)
 from corrald.agents.output import ParsedEvent, Stream
-from corrald.agents.parsers import PlainParser
-from corrald.process.run import run_agent
-from corrald.process.spec import RunSpec
+from corrald.agents.parsers import MAX_COST, MAX_TOKENS, PARSERS, PlainParser, make_parser
+from corrald.agents.ratelimit import MAX_RESET_SECS, parse_reset, reset_from_value
+from corrald.process.executor import LocalExecutor
+from corrald.process.run import LINE_CAP, run_agent
+from corrald.process.spec import NoEvents, RunSpec
+from corrald.state.events import EventBus
 from tests.daemon_proc import DaemonProcess
-from tests.test_pool import agent_config, finished, wait_for
+from tests.test_pool import PLAN_AGENT, agent_config, finished, wait_for
 
 FAKE = Path(__file__).with_name("fake_agent.py")
 
-#: Lines that have broken parsers before (numbers too big for int or float,
-#: NaN, wrong types, nesting deeper than the json module can follow, bytes
-#: that are not UTF-8), each on its own line.
+#: Lines that have broken parsers before, or would have (numbers too big for
+#: int or float, NaN, wrong types, nesting deeper than the json module can
+#: follow, bytes that are not UTF-8, absurd reset times), each on its own
+#: line. Every parser gets every line, on stdout and on stderr: lines shaped
+#: for one CLI's JSON are hostile noise to the others.
 HOSTILE_LINES: list[bytes] = [
+    # claude stream-json
     b'{"type":"rate_limit_event","rate_limit_info":{"status":"rejected","resetsAt":1e400}}',
     b'{"type":"rate_limit_event","rate_limit_info":{"status":"rejected","resetsAt":NaN}}',
+    b'{"type":"rate_limit_event","rate_limit_info":{"status":"rejected","resetsAt":-1e400}}',
+    b'{"type":"rate_limit_event","rate_limit_info":{"status":"rejected","resetsAt":'
+    + b"9" * 400
+    + b"}}",
+    b'{"type":"rate_limit_event","rate_limit_info":{"status":"rejected","resetsAt":"9999-12-31"}}',
+    b'{"type":"rate_limit_event","rate_limit_info":{"status":"rejected","resetsAt":[1]}}',
+    b'{"type":"rate_limit_event","rate_limit_info":{"status":["rejected"]}}',
+    b'{"type":"rate_limit_event","rate_limit_info":"rejected"}',
     b'{"type":"assistant","message":{"content":5}}',
+    b'{"type":"assistant","message":{"content":"a bare string"}}',
+    b'{"type":"assistant","message":{"content":{"type":"text"}}}',
+    b'{"type":"assistant","message":{"content":[5,null,[],{"type":7}]}}',
     b'{"type":"assistant","message":{"content":[{"type":"tool_use","name":5,"input":[]}]}}',
+    b'{"type":"assistant","message":{"content":[{"type":"text","text":{"nested":1}}]}}',
     b'{"type":"assistant","message":{"id":[],"usage":{"input_tokens":1e400}}}',
+    b'{"type":"assistant","message":{"id":{},"usage":{"output_tokens":NaN}}}',
+    b'{"type":"assistant","message":{"id":"m","usage":{"input_tokens":' + b"9" * 5000 + b"}}}",
+    b'{"type":"assistant","message":{"usage":[1,2]}}',
+    b'{"type":"assistant","message":"hello"}',
     b'{"type":"result","total_cost_usd":1e400,"usage":{"input_tokens":-1e400}}',
+    b'{"type":"result","total_cost_usd":NaN,"is_error":true,"result":"Retry-After: '
+    + b"9" * 400
+    + b'"}',
     b'{"type":"result","total_cost_usd":"free","result":{"x":1}}',
+    b'{"type":"result","total_cost_usd":' + b"9" * 5000 + b',"usage":"x"}',
+    b'{"type":"result","is_error":true,"result":"usage limit reached|9999999999"}',
+    # codex json
+    b'{"type":"turn.completed","usage":{"input_tokens":1e400,"output_tokens":"x"}}',
+    b'{"type":"turn.failed","usage":{"input_tokens":-Infinity},"error":{"message":5}}',
+    b'{"type":"turn.failed","error":"rate limit"}',
+    b'{"type":"error","message":{"rate":"limit"}}',
+    b'{"type":"item.completed","item":{"type":"command_execution","command":[1,2]}}',
+    b'{"type":"item.started","item":[]}',
+    b'{"type":"item.updated","item":{"item_type":{"x":1},"text":null}}',
+    # anyone's
     b"{" + b'"a":[' * 50_000 + b"]" * 50_000 + b"}",
+    b'{"type":"assistant","message":' + b'{"a":' * 30_000,
     b"[" * 200_000,
     b'{"type":"assistant","message":{"content":[{"type":"text","text":"\xff\xfe\xc3"}]}}',
     b"\xff\xfe\xfa not utf-8 at all \xc3\x28",
-    b'{"type":"turn.completed","usage":{"input_tokens":1e400,"output_tokens":"x"}}',
+    b"Error: 429 Too Many Requests. Retry-After: " + b"9" * 400,
+    b"rate limited; resets at 0001-01-01T00:00:00-23:59",
+    b"rate limited; resets at 99999999999999999999",
+    b"\x00\x00\x00 \x1b[2J\x1b[31m rate_limit_error \x07",
+    b"{}",
+    b"null",
 ]
 
 
-def _hostile_file(tmp_path: Path) -> Path:
-    path = tmp_path / "hostile.bin"
+def _parser_events(name: str) -> list[tuple[str, bytes, list[ParsedEvent]]]:
+    parser = make_parser(name, completion_marker="DONE")
+    out = []
+    for raw in HOSTILE_LINES:
+        line = raw[:LINE_CAP].decode("utf-8", "replace")  # what a run hands its parser
+        for stream in ("stdout", "stderr"):
+            out.append((stream, raw, parser.feed(stream, line)))
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(PARSERS))
+def test_no_parser_raises_on_hostile_lines_and_every_number_it_reports_is_sane(
+    name: str,
+) -> None:
+    assert len(HOSTILE_LINES) >= 30
+    now = time.time()
+    results = _parser_events(name)
+    for stream, raw, events in results:
+        for ev in events:
+            where = f"{name} {stream} {raw[:80]!r}: {ev}"
+            assert 0 <= ev.tokens_delta <= MAX_TOKENS, where
+            assert ev.tokens_total is None or 0 <= ev.tokens_total <= MAX_TOKENS, where
+            assert ev.cost_total is None or 0 <= ev.cost_total <= MAX_COST, where
+            if ev.rate_limit_reset is not None:
+                assert 0 <= ev.rate_limit_reset <= now + MAX_RESET_SECS + 60, where
+            # What the run announces must be JSON: no inf, no NaN.
+            json.dumps([ev.tokens_total, ev.cost_total, ev.rate_limit_reset], allow_nan=False)
+    limited = [raw for _, raw, events in results if any(e.rate_limited for e in events)]
+    # The stderr fallback still reads the absurd Retry-After as a rate limit (clamped).
+    assert any(b"Retry-After: 999" in raw for raw in limited), name
+
+
+def test_absurd_reset_times_are_clamped_or_dropped() -> None:
+    now = 1_800_000_000.0
+    week = now + MAX_RESET_SECS
+    assert parse_reset("Retry-After: " + "9" * 400, now=now) == week
+    assert parse_reset("Retry-After: 30", now=now) == now + 30
+    assert reset_from_value(float("inf"), now=now) == week
+    assert reset_from_value(10**500, now=now) == week
+    assert reset_from_value(float("nan"), now=now) is None
+    assert reset_from_value(-1e400, now=now) is None
+    assert reset_from_value(True, now=now) is None
+    assert reset_from_value(now + 60, now=now) == now + 60
+    assert reset_from_value((now + 60) * 1000, now=now) == now + 60  # milliseconds
+    assert reset_from_value("9999-12-31T00:00:00Z", now=now) == week
+
+
+def test_backoff_never_overflows() -> None:
+    backoff = Backoff(base_secs=DAY_SECS, multiplier=100, cap_secs=60)
+    assert [backoff.delay(n) for n in (1, 2, 200, 10_000)] == [60.0, 60.0, 60.0, 60.0]
+
+
+def _hostile_file(tmp_path: Path, name: str, long_line_mb: int) -> Path:
+    path = tmp_path / f"hostile-{name}.bin"
     with path.open("wb") as fh:
         for line in HOSTILE_LINES:
             fh.write(line + b"\n")
-        fh.write(b"z" * (100 * 1024 * 1024))  # a 100 MB line with no newline at all
+        fh.write(b"z" * (long_line_mb * 1024 * 1024))  # a line with no newline at all
     return path
 
 
-def test_hostile_output_ends_only_that_run(tmp_path: Path, repo: Path) -> None:
-    hostile = _hostile_file(tmp_path)
-    plan = tmp_path / "plan.json"
-    plan.write_text(
-        json.dumps(
-            {
-                "hostile": ["--cat", str(hostile)],
-                "calm-1": ["--stream-json", "--tokens", "40", "--sleep", "1"],
-                "calm-2": ["--stream-json", "--tokens", "60", "--sleep", "1"],
-            }
-        )
+def _parser_config(plan: Path) -> str:
+    """One agent type per parser, each running tests/plan_agent.py on `plan`."""
+    argv = json.dumps([sys.executable, str(PLAN_AGENT), str(plan)])
+    return "".join(
+        f'[agents.{name}]\nargv = {argv}\nparser = "{name}"\n' for name in sorted(PARSERS)
     )
-    with DaemonProcess(config=agent_config(plan, "fake")) as d, d.client() as c:
+
+
+@pytest.fixture
+def full_log_dir(tmp_path: Path) -> Iterator[Path]:
+    """A daemon state directory whose `logs/` is a 256 KiB tmpfs: agent logs hit ENOSPC."""
+    state = tmp_path / "state"
+    logs = state / "logs"
+    logs.mkdir(parents=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(logs)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield state
+    finally:
+        subprocess.run(["umount", "-l", str(logs)], check=False)
+
+
+def test_hostile_output_per_parser_and_a_full_log_disk_end_only_those_runs(
+    tmp_path: Path, repo: Path, full_log_dir: Path
+) -> None:
+    """Each parser's hostile task, calm tasks beside them, every agent log on a full disk."""
+    hostile = {name: f"hostile-{name}" for name in sorted(PARSERS)}
+    plan = tmp_path / "plan.json"
+    behaviour: dict[str, list[str]] = {
+        task: ["--cat", str(_hostile_file(tmp_path, name, 100 if name == "plain" else 8))]
+        for name, task in hostile.items()
+    }
+    # The calm ones print enough to fill the log disk on their own.
+    calm = ["--stream-json", "--tokens", "40", "--flood-mb", "1", "--sleep", "1"]
+    behaviour |= {"calm-1": calm, "calm-2": calm}
+    plan.write_text(json.dumps(behaviour))
+    with DaemonProcess(full_log_dir, config=_parser_config(plan)) as d, d.client() as c:
         c.init_parallel_scheduler(
             repo_path=str(repo),
             session_id="h",
-            config={"agentType": "fake", "maxParallel": 3, "maxRetries": 2},
+            config={"agentType": "claude-stream-json", "maxParallel": 5, "maxRetries": 2},
         )
-        c.parallel_add_tasks(tasks=[{"id": t, "title": t} for t in ("hostile", "calm-1", "calm-2")])
+        c.parallel_add_tasks(
+            tasks=[{"id": t, "title": t, "agentType": n} for n, t in hostile.items()]
+            + [{"id": t, "title": t} for t in ("calm-1", "calm-2")]
+        )
         c.session_start()
-        wait_for(lambda: finished(c, "h"), 120, "the session to finish")
+        wait_for(lambda: finished(c, "h"), 180, "the session to finish")
         tasks = {t.id: t for t in c.parallel_list_tasks()}
         agents = c.parallel_list_agents()
         assert d.running() and c.daemon_status().pid == d.pid
+        c.daemon_shutdown()
+        assert d.proc is not None and d.proc.wait(30) == 0
+        daemon_log = d.log()
     assert tasks["calm-1"].state is TaskState.COMPLETED
     assert tasks["calm-2"].state is TaskState.COMPLETED
-    hostile_runs = [a for a in agents if a.task_id == "hostile"]
-    assert len(hostile_runs) == 1  # at most one attempt
-    task = tasks["hostile"]
-    assert task.state in (TaskState.COMPLETED, TaskState.FAILED)
-    if task.state is TaskState.FAILED:
-        assert task.error_category is ErrorCategory.INTERNAL, task
-    assert sum(a.tokens for a in agents if a.task_id != "hostile") == 100
+    assert sum(a.tokens for a in agents if a.task_id.startswith("calm")) == 80
+    for task_id in hostile.values():
+        runs = [a for a in agents if a.task_id == task_id]
+        assert len(runs) == 1, runs  # at most one attempt
+        # The parsers take every line without a fault: the agent's own exit decides.
+        assert tasks[task_id].state is TaskState.COMPLETED, tasks[task_id]
+        assert 0 <= runs[0].tokens <= MAX_TOKENS and 0 <= runs[0].cost <= MAX_COST
+    # The disk really was full, and the daemon said so for the runs it cut short.
+    assert "disabled: No space left on device" in daemon_log, daemon_log[-3000:]
+    logged = sum(f.stat().st_size for f in (full_log_dir / "logs").rglob("*.log"))
+    assert logged <= 256 * 1024 < 2 * 1024 * 1024  # two calm runs printed 1 MiB each
 
 
 class _RaisingParser:
@@ -173,3 +320,48 @@ def test_abort_survives_kill_9_and_restart(tmp_path: Path, repo: Path) -> None:
         assert tasks["later-1"].state is TaskState.READY and tasks["later-1"].attempts == 0
         assert tasks["later-2"].state is TaskState.READY and tasks["later-2"].attempts == 0
         assert [a.task_id for a in c.parallel_list_agents()] == ["boom"]
+
+
+async def test_a_finished_run_is_freed_at_once_not_at_a_full_garbage_collection(
+    tmp_path: Path,
+) -> None:
+    """A flooding run's ring (megabytes) goes when the run does, even on an idle daemon.
+
+    An idle daemon allocates little, so Python's cycle collector may not run
+    for hours: a finished run caught in a reference cycle kept its whole ring.
+    """
+    gc.collect()
+    gc.disable()
+    try:
+        async with trio.open_nursery() as nursery:
+            executor = LocalExecutor(nursery)
+            spec = _spec(tmp_path, "freed", PlainParser(), "--flood-mb", "2")
+            handle = await executor.submit(spec, NoEvents())
+            result = await handle.wait()
+            assert len(handle.ring) > 1000  # what is at stake
+            freed = weakref.ref(handle)
+            del handle
+            nursery.cancel_scope.cancel()  # (the executor's sampling hub)
+        assert result.end_reason is EndReason.OK
+        assert freed() is None, gc.get_referrers(freed())
+    finally:
+        gc.enable()
+
+
+def test_output_lines_take_only_their_share_of_the_replay_window() -> None:
+    """A flood of log events keeps at most `window_log_bytes` of them for resuming."""
+    bus = EventBus(None, window_log_bytes=64 * 1024)
+    created = bus.make("s", SessionCreatedPayload(status=SessionStatus.IDLE))
+    bus.fan_out([created])
+    for n in range(1000):
+        line = "x" * 1000
+        log = LogPayload(agent_id="a", task_id="t", offset=n, stream="stdout", line=line, at=0)
+        bus.fan_out([bus.make("s", log)])
+    logged = sum(len(r.data) for r in bus.window if r.span is not None)
+    assert 60 * 1024 < logged <= 64 * 1024
+    assert bus.window[-1].seq == bus.seq  # the newest lines are kept, the oldest went first
+    assert bus.oldest > created.seq  # (and what came before them: the window is in order)
+    quiet = EventBus(None)  # without a flood the window keeps its 50,000 events
+    for n in range(2000):
+        quiet.fan_out([quiet.make(f"s{n}", SessionCreatedPayload(status=SessionStatus.IDLE))])
+    assert len(quiet.window) == 2000

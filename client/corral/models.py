@@ -297,8 +297,12 @@ class Backoff(Wire):
     cap_secs: float = Field(300.0, ge=0, le=DAY_SECS)
 
     def delay(self, attempt: int) -> float:
-        """Delay before retry number `attempt` (1-based)."""
-        return float(min(self.cap_secs, self.base_secs * self.multiplier ** max(0, attempt - 1)))
+        """Delay before retry number `attempt` (1-based); never more than `cap_secs`."""
+        try:
+            raw = self.base_secs * self.multiplier ** max(0, attempt - 1)
+        except OverflowError:  # (100.0 ** 155 is past a float: the cap holds anyway)
+            return float(self.cap_secs)
+        return float(min(self.cap_secs, raw))
 
 
 def check_model_name(value: str | None) -> str | None:

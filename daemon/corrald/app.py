@@ -46,6 +46,7 @@ class Daemon:
             window=config.daemon.event_window,
             queue_size=config.daemon.subscriber_queue,
             window_bytes=config.daemon.event_window_bytes,
+            window_log_bytes=config.daemon.event_window_log_bytes,
             queue_bytes=config.daemon.subscriber_queue_bytes,
         )
         self.engine = Engine(self.store, self.bus)

@@ -40,6 +40,8 @@ class DaemonSection(_Strict):
     event_window: int = Field(50_000, ge=100)
     subscriber_queue: int = Field(100_000, ge=10)
     event_window_bytes: int = Field(32 * 1024 * 1024, ge=64 * 1024)
+    # Of which output lines may take this much (a flood of them evicts older events).
+    event_window_log_bytes: int = Field(4 * 1024 * 1024, ge=64 * 1024)
     subscriber_queue_bytes: int = Field(64 * 1024 * 1024, ge=64 * 1024)
     log_cap_bytes: int = Field(10 * 1024 * 1024, ge=0)
     ring_lines: int = Field(2000, ge=1, le=1_000_000)

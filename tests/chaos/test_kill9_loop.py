@@ -9,7 +9,7 @@ created must be dead (pid and start ticks), because the restart killed it
 from the runs' stored records. At the end no process carrying the test's own
 environment marker may be alive anywhere.
 
-Twenty kills by default; fifty with `-m chaos`.
+Three kills in a plain run, twenty with `-m chaos`, fifty with `-m chaos_long`.
 """
 
 from __future__ import annotations
@@ -122,10 +122,15 @@ def _loop(tmp_path: Path, repo: Path, kills: int, seed: int) -> None:
     assert git(repo, "status", "--porcelain") == ""  # the repository itself untouched
 
 
+def test_kill_9_loop_short(tmp_path: Path, repo: Path) -> None:
+    _loop(tmp_path, repo, kills=3, seed=3)
+
+
+@pytest.mark.chaos
 def test_kill_9_loop(tmp_path: Path, repo: Path) -> None:
     _loop(tmp_path, repo, kills=20, seed=1)
 
 
-@pytest.mark.chaos
+@pytest.mark.chaos_long
 def test_kill_9_loop_long(tmp_path: Path, repo: Path) -> None:
     _loop(tmp_path, repo, kills=50, seed=2)

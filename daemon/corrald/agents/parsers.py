@@ -3,11 +3,19 @@
 Structured parsers read the JSON lines of CLIs that have them (tokens,
 cost, activity, rate limits, completion marker); every parser falls back to
 the rate-limit regexes over stderr.
+
+A parser never raises, whatever a line holds: JSON of the wrong shape or
+nested too deep is no event, and numbers are taken only when finite and in
+range (token counts in [0, `MAX_TOKENS`], costs in [0, `MAX_COST`], reset
+times at most a week ahead), so nothing an agent prints becomes an `inf`
+that the wire cannot carry.
 """
 
 from __future__ import annotations
 
+import collections
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -17,10 +25,17 @@ from corrald.agents.activity import activity_for_command, activity_for_tool
 from corrald.agents.output import OutputParser, ParsedEvent, Stream
 from corrald.agents.ratelimit import (
     _CLAUDE_LIMIT_RE,
-    _parse_time,
     parse_reset,
     rate_limit_from_text,
+    reset_from_value,
 )
+
+#: More tokens than any run spends; a larger count is clamped to it.
+MAX_TOKENS = 10**12
+#: More dollars than any run costs; a larger cost is clamped to it.
+MAX_COST = 1e9
+#: Message ids whose usage is remembered (a message streams in a few lines).
+_MESSAGE_IDS = 256
 
 
 class _Base:
@@ -58,13 +73,26 @@ def _as_dict(line: str) -> dict[str, Any] | None:
         return None
     try:
         obj = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than json follows
         return None
     return obj if isinstance(obj, dict) else None
 
 
 def _int(value: Any) -> int:
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+    """A token count: a finite number in [0, MAX_TOKENS], anything else 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    if isinstance(value, float) and not math.isfinite(value):
+        return MAX_TOKENS if value > 0 else 0
+    return int(min(max(value, 0), MAX_TOKENS))
+
+
+def _cost(value: Any) -> float | None:
+    """A cost in dollars: a finite number in [0, MAX_COST], anything else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    cost = float(min(value, MAX_COST))  # (min first: an int may be too big for a float)
+    return cost if cost >= 0 else None  # (NaN >= 0 is False)
 
 
 class ClaudeStreamJsonParser(_Base):
@@ -78,7 +106,7 @@ class ClaudeStreamJsonParser(_Base):
 
     def __init__(self, completion_marker: str | None = None) -> None:
         super().__init__(completion_marker)
-        self._msg_tokens: dict[str, int] = {}
+        self._msg_tokens: collections.OrderedDict[str, int] = collections.OrderedDict()
 
     @staticmethod
     def _usage_tokens(usage: Any) -> int:
@@ -111,7 +139,10 @@ class ClaudeStreamJsonParser(_Base):
             return out
         texts: list[str] = []
         activity: AgentActivity | None = None
-        for block in msg.get("content") or []:
+        content = msg.get("content")
+        if isinstance(content, str):  # the API's short form of one text block
+            content = [{"type": "text", "text": content}]
+        for block in content if isinstance(content, list) else []:
             if not isinstance(block, dict):
                 continue
             btype = block.get("type")
@@ -126,10 +157,13 @@ class ClaudeStreamJsonParser(_Base):
         if activity is not None:
             out.append(ParsedEvent(activity=activity))
         tokens = self._usage_tokens(msg.get("usage"))
-        mid = str(msg.get("id", ""))
+        mid = str(msg.get("id", ""))[:200]
         delta = tokens - self._msg_tokens.get(mid, 0)
         if delta > 0:
             self._msg_tokens[mid] = tokens
+            self._msg_tokens.move_to_end(mid)
+            if len(self._msg_tokens) > _MESSAGE_IDS:  # bounded, whatever ids an agent makes up
+                self._msg_tokens.popitem(last=False)
             out.append(ParsedEvent(tokens_delta=delta))
         for text in texts:
             out += self._marker(text)
@@ -145,7 +179,7 @@ class ClaudeStreamJsonParser(_Base):
         out.append(
             ParsedEvent(
                 tokens_total=total,
-                cost_total=float(cost) if isinstance(cost, int | float) else None,
+                cost_total=_cost(cost),
                 activity=AgentActivity.IDLE,
             )
         )
@@ -164,11 +198,12 @@ class ClaudeStreamJsonParser(_Base):
         # "allowed" / "allowed_warning" are informational; only "rejected" stops us.
         if info.get("status") not in ("rejected", "blocked", "exceeded"):
             return []
-        reset = info.get("resetsAt", info.get("reset"))
-        when = _parse_time(str(int(reset))) if isinstance(reset, int | float) else None
-        if isinstance(reset, str):
-            when = _parse_time(reset)
-        return [ParsedEvent(rate_limited=True, rate_limit_reset=when, detail=json.dumps(info))]
+        when = reset_from_value(info.get("resetsAt", info.get("reset")))
+        try:
+            detail = json.dumps(info)[:500]  # (NaN and Infinity are written as such)
+        except (ValueError, RecursionError):
+            detail = "rate_limit_event"
+        return [ParsedEvent(rate_limited=True, rate_limit_reset=when, detail=detail)]
 
 
 class CodexJsonParser(_Base):

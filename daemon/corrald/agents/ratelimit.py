@@ -34,6 +34,37 @@ _ISO = r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d(?::\d\d(?:\.\d+)?)?(?:Z|[+-]\d\d:?\d\d)?"
 _RESETS_AT_RE = re.compile(rf"\bresets?(?: at)?\W{{0,3}}({_ISO}|\d{{10}}(?:\d{{3}})?\b)", re.I)
 _CLAUDE_LIMIT_RE = re.compile(r"usage limit reached\|(\d{10})\b", re.I)
 
+#: The furthest a reported reset is believed: providers' longest windows are
+#: weekly. A later (or non-finite) time is clamped to this, so a hostile
+#: `Retry-After: 999…` parks a task for a week, not forever, and never
+#: becomes an `inf` that JSON cannot carry.
+MAX_RESET_SECS = 8 * 24 * 3600.0
+
+
+def clamp_reset(when: float | None, *, now: float | None = None) -> float | None:
+    """`when` (epoch secs) if it is a finite time at most `MAX_RESET_SECS` ahead, else clamped.
+
+    NaN or a time before 1970 says nothing: None (the scheduler then uses
+    its backoff).
+    """
+    if when is None or not when >= 0:
+        return None
+    horizon = (time.time() if now is None else now) + MAX_RESET_SECS
+    return min(when, horizon)
+
+
+def reset_from_value(value: object, *, now: float | None = None) -> float | None:
+    """A reset time from a JSON value: epoch seconds or milliseconds, or an ISO string."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        # (an int too big for a float is infinitely far; a float may be NaN or inf)
+        when = value if isinstance(value, float) else float(min(value, 10**300))
+        return clamp_reset(when / 1000 if when > 1e12 else when, now=now)
+    if isinstance(value, str):
+        return clamp_reset(_parse_time(value), now=now)
+    return None
+
 
 def _parse_time(text: str) -> float | None:
     if text.isdigit():
@@ -41,22 +72,26 @@ def _parse_time(text: str) -> float | None:
         return value / 1000 if value > 1e12 else value
     try:
         stamp = datetime.fromisoformat(text.replace(" ", "T", 1))
-    except ValueError:
+        if stamp.tzinfo is None:
+            stamp = stamp.replace(tzinfo=UTC)
+        return stamp.timestamp()
+    except (ValueError, OverflowError):
         return None
-    if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=UTC)
-    return stamp.timestamp()
 
 
 def parse_reset(text: str, *, now: float | None = None) -> float | None:
-    """A reset time (epoch secs) from `Retry-After: N`, `resets at <time>`, etc."""
+    """A reset time (epoch secs) from `Retry-After: N`, `resets at <time>`, etc.
+
+    Never more than `MAX_RESET_SECS` ahead, never infinite.
+    """
+    now = time.time() if now is None else now
     m = _CLAUDE_LIMIT_RE.search(text) or _RESETS_AT_RE.search(text)
     if m:
-        return _parse_time(m.group(1))
+        return clamp_reset(_parse_time(m.group(1)), now=now)
     m = _RETRY_AFTER_RE.search(text)
     if m:
-        secs = float(m.group(1) or m.group(2))
-        return (time.time() if now is None else now) + secs
+        secs = float(m.group(1) or m.group(2))  # digits only: finite or inf, never NaN
+        return clamp_reset(now + secs, now=now)
     return None
 
 

@@ -52,7 +52,7 @@ from corrald.pool.attempt import StageHook, enter_stage, run_attempt
 from corrald.pool.finish import AttemptEnd, record
 from corrald.pool.integration import Integrator
 from corrald.pool.records import AttemptStage, Run, Runs
-from corrald.process import cgroups
+from corrald.process import cgroups, memory
 from corrald.process.executor import Executor, LocalExecutor
 from corrald.process.lines import newest_within
 from corrald.process.logfile import read_log
@@ -277,12 +277,12 @@ class AgentPool:
         try:
             try:
                 end = await run_attempt(self, run)
-            except Exception as exc:  # a bug of ours must not lose the task
+                await enter_stage(self, run, AttemptStage.FINISHING)
+            except Exception as exc:  # a bug of ours must not lose the task, nor the pool
                 log.exception("agent %s: the attempt failed inside corral", run.agent_id)
                 end = AttemptEnd.not_started(
                     f"internal error: {type(exc).__name__}: {exc}"[:500], ErrorCategory.INTERNAL
                 )
-            await enter_stage(self, run, AttemptStage.FINISHING)
         except BaseException:
             # Cancelled (the daemon is going down hard): the executor's scope
             # kills the tree. An end already known is recorded as it is;
@@ -303,7 +303,12 @@ class AgentPool:
 
     def _forget(self, run: Run) -> None:
         self._keep_ring(run)
+        # The handle's events sink points back at `run`: let the cycle go now,
+        # so its ring is freed at once rather than at a full garbage collection.
+        run.handle = None
         self.runs.remove(run)
+        if len(self.runs) == 0:
+            memory.release()  # idle again: what the runs' output took goes back
         self.wake(run.state)
 
     def _record(self, run: Run, end: AttemptEnd) -> None:

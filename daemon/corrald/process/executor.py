@@ -111,19 +111,31 @@ class LocalExecutor:
         return f"LocalExecutor({self.hub!r})"
 
 
+class _Started:
+    """Passes `started(run)` on and keeps the run for `_bounded_run`.
+
+    A module-level class, not one made in `_bounded_run`: a class is a
+    reference cycle, and one made per run would hold the run (and its ring)
+    until a full garbage collection, which an idle daemon may never make.
+    """
+
+    def __init__(self, started: list[AgentRun], task_status: trio.TaskStatus[AgentRun]) -> None:
+        self._started = started
+        self._task_status = task_status
+
+    def started(self, run: AgentRun) -> None:
+        self._started.append(run)
+        self._task_status.started(run)
+
+
 async def _bounded_run(
     spec: RunSpec, events: RunEvents, hub: SampleHub, *, task_status: trio.TaskStatus[AgentRun]
 ) -> None:
     """`run_agent` as a failure boundary: once started, nothing it raises leaves this task."""
     started: list[AgentRun] = []
-
-    class _Started:
-        def started(self, run: AgentRun) -> None:
-            started.append(run)
-            task_status.started(run)
-
     try:
-        await run_agent(spec, events=events, hub=hub, task_status=_Started())  # type: ignore[arg-type]
+        relay = _Started(started, task_status)
+        await run_agent(spec, events=events, hub=hub, task_status=relay)  # type: ignore[arg-type]
     except Exception as exc:
         if not started:
             raise  # nursery.start re-raises it in submit: the caller handles it

@@ -38,6 +38,7 @@ from corral.models import (
     Violation,
 )
 from corrald.agents.output import ParsedEvent
+from corrald.agents.parsers import MAX_TOKENS
 from corrald.core.accounting import RunAccounting
 from corrald.core.outcome import CATEGORY
 from corrald.process import proctree
@@ -76,6 +77,7 @@ class AgentRun:
         self.cgroup: AgentCgroup | None = None
         self.sampler: proctree.TreeSampler | None = None
         self.ladder: Ladder | None = None
+        self._stage = TerminationStage.RUNNING  # the ladder's last stage, once it is let go
         self.token = spec.token or uuid.uuid4().hex
         self._scope = trio.CancelScope()
         self._reason: EndReason | None = None
@@ -105,7 +107,7 @@ class AgentRun:
     @property
     def stage(self) -> TerminationStage:
         """How far the termination ladder got (`running` until it starts)."""
-        return self.ladder.stage if self.ladder is not None else TerminationStage.RUNNING
+        return self.ladder.stage if self.ladder is not None else self._stage
 
     @property
     def start_ticks(self) -> int | None:
@@ -232,7 +234,7 @@ class AgentRun:
             self._tokens_sum += ev.tokens_delta
         if ev.tokens_total is not None:
             self._tokens_total = ev.tokens_total
-        self.stats.tokens = max(self._tokens_sum, self._tokens_total or 0)
+        self.stats.tokens = min(max(self._tokens_sum, self._tokens_total or 0), MAX_TOKENS)
         if ev.cost_total is not None:
             self.stats.cost = ev.cost_total
         sink = self.events
@@ -395,6 +397,11 @@ class AgentRun:
         self._ending = True
         self._log.close()
         self._flush_skipped()
+        if self.ladder is not None:
+            # The ladder holds `self.note`: a cycle that would keep this run's
+            # ring (megabytes) alive until a full garbage collection, which an
+            # idle daemon may never make.
+            self._stage, self.ladder = self.ladder.stage, None
         self._done.set()
         return self.result
 

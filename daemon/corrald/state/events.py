@@ -233,6 +233,7 @@ class EventBus:
         window: int = 50_000,
         queue_size: int = 100_000,
         window_bytes: int = 32 * 1024 * 1024,
+        window_log_bytes: int = 4 * 1024 * 1024,
         queue_bytes: int = 64 * 1024 * 1024,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -241,6 +242,11 @@ class EventBus:
         self.window_size = window
         self.window_bytes = window_bytes
         self._window_used = 0
+        # Output lines may take only this much of the window: a flood of them
+        # would otherwise fill it with megabytes nobody resumes for (they are
+        # in the runs' rings and log files) and keep the daemon's RSS up.
+        self.window_log_bytes = window_log_bytes
+        self._window_log_used = 0
         self.queue_size = queue_size
         self.queue_bytes = queue_bytes
         self.clock = clock
@@ -305,14 +311,24 @@ class EventBus:
                     self._offer(sub, record)
 
     def _retain(self, record: Record) -> None:
-        """Keep `record` in the window: the last `window_size` events within `window_bytes`."""
+        """Keep `record` in the window: the last `window_size` events within `window_bytes`.
+
+        Output lines (`log`, `log.skipped`) count against `window_log_bytes` too.
+        """
         window = self.window
         window.append(record)
         self._window_used += len(record.data)
+        if record.span is not None:
+            self._window_log_used += len(record.data)
         while len(window) > 1 and (
-            len(window) > self.window_size or self._window_used > self.window_bytes
+            len(window) > self.window_size
+            or self._window_used > self.window_bytes
+            or self._window_log_used > self.window_log_bytes
         ):
-            self._window_used -= len(window.popleft().data)
+            old = window.popleft()
+            self._window_used -= len(old.data)
+            if old.span is not None:
+                self._window_log_used -= len(old.data)
 
     def _offer(self, sub: Subscription, event: Record) -> None:
         try:
