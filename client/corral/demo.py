@@ -249,7 +249,7 @@ def run_plan(c: Client, repo: Path, console: Console, mode: Mode) -> dict[str, A
     run_secs = time.monotonic() - started
     summary = summarize(c, session.id, run_secs)
     agents = c.parallel_list_agents(session_id=session.id)
-    violations = c.parallel_check_violations(session_id=session.id)
+    violations = c.parallel_list_violations(session_id=session.id)
     tasks = {t["id"]: t for t in summary["tasks"]}
 
     killed = [

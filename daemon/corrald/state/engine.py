@@ -617,6 +617,8 @@ class Engine:
         )
         with self._change(state) as batch:
             task = state.scheduler.get(agent.task_id)
+            if not row.worktree_path and task.worktree_path:  # allocated during this attempt
+                row.worktree_path, row.branch = task.worktree_path, task.branch or ""
             changed: list[Task] = []
             if task.state is TaskState.IN_PROGRESS and task.assigned_agent == agent.id:
                 changed = self._dispose(state.scheduler, task.id, outcome, tokens, rate_limit_reset)
@@ -632,6 +634,7 @@ class Engine:
                     task_id=row.task_id,
                     session_id=state.id,
                     success=outcome.success,
+                    process_id=row.process_id,
                     exit_code=exit_code,
                     end_reason=outcome.end_reason,
                     error=outcome.error,
@@ -821,6 +824,12 @@ class Engine:
             self.blocked[state.id] = reason
         with self._change() as b:
             b.publish(state.id, IntegrationBlockedPayload(reason=reason))
+
+    def reopen_to_resolve(
+        self, state: SessionState, task_id: str, files: Sequence[str], error: str
+    ) -> list[Task]:
+        """A completed task goes back to an agent to resolve a landing conflict."""
+        return self._apply(state, lambda s: s.reopen_to_resolve(task_id, files, error))
 
     def task_integrate(self, session_id: str | None, task_id: str) -> list[Task]:
         """A parked task (fixed by a person) goes back into the integration queue."""
