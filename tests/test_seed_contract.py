@@ -489,3 +489,62 @@ def test_bad_seed_input_is_refused_naming_the_field(daemon: DaemonProcess, repo:
             )
             assert field in named, (method, params, info.value.data)
         assert c.call("parallel_list_tasks") == []  # nothing of a refused call was kept
+
+
+def test_landing_conflicts_go_back_to_the_tasks_agents(tmp_path: Path) -> None:
+    """useAiConflictResolution and merge_branch_with_ai: the agent resolves, then it lands."""
+    import json
+
+    repo = make_repo(tmp_path / "repo", {"f.txt": "base\n", "g.txt": "base\n"})
+    plan = tmp_path / "plan.json"
+    plan.write_text(
+        json.dumps(
+            {
+                "t1": ["--edit", "f.txt=one\n"],
+                "t1#2": ["--resolve-markers"],  # the resolution attempt keeps both sides
+                "t2": ["--edit", "g.txt=two\n"],
+                "t2#2": ["--resolve-markers"],
+            }
+        )
+    )
+    config = agent_config(plan, "fake") + '[defaults]\nintegrate = false\nagentType = "fake"\n'
+    with DaemonProcess(config=config) as d, d.client(timeout=60) as c:
+        call = c.call
+        call("init_parallel_scheduler", config=SEED_CONFIG, repoPath=str(repo))
+        call("parallel_add_tasks", tasks=[seed_task("t1", 0), seed_task("t2", 1)])
+        call("session_start")
+        done = lambda: {t["id"] for t in call("parallel_list_tasks", status="completed")}  # noqa: E731
+        wait_for(lambda: done() == {"t1", "t2"}, 60, "both tasks")
+        (repo / "f.txt").write_text("main\n")
+        (repo / "g.txt").write_text("main\n")
+        git(repo, "commit", "-qam", "main moves on")
+        where = {"sessionId": "ui", "repoPath": str(repo)}
+
+        handed = call(
+            "merge_branch_with_ai",
+            repoPath=str(repo),
+            sourceBranch="corral/t2",
+            targetBranch="main",
+            taskId="t2",
+        )
+        assert handed["success"] is False and handed["resolving"] is True
+        assert handed["conflictFiles"] == ["g.txt"]
+        auto = call(
+            "auto_merge_completed_branches",
+            **where,
+            config={"targetBranch": "main", "useAiConflictResolution": True},
+        )
+        [item] = check(SeedAutoMergeResult, auto).results
+        assert (item.taskId, item.success, item.conflictFiles) == ("t1", False, ["f.txt"])
+        assert auto["results"][0]["resolving"] is True
+        # The resolution attempts run, commit, and complete the tasks again.
+        wait_for(lambda: done() == {"t1", "t2"}, 60, "the resolutions")
+        assert call("parallel_get_task", taskId="t1")["attempts"] == 1  # no retry spent
+        landed = check(
+            SeedAutoMergeResult,
+            call("auto_merge_completed_branches", **where, config={"targetBranch": "main"}),
+        )
+        assert (landed.merged, landed.failed, landed.skipped) == (2, 0, 0), landed
+    assert (repo / "f.txt").read_text() == "one\nmain\n"  # the agent kept both sides
+    assert (repo / "g.txt").read_text() == "two\nmain\n"
+    assert git(repo, "status", "--porcelain") == ""

@@ -828,8 +828,16 @@ class Engine:
     def reopen_to_resolve(
         self, state: SessionState, task_id: str, files: Sequence[str], error: str
     ) -> list[Task]:
-        """A completed task goes back to an agent to resolve a landing conflict."""
-        return self._apply(state, lambda s: s.reopen_to_resolve(task_id, files, error))
+        """A completed task goes back to an agent to resolve a landing conflict.
+
+        A session that had finished runs again, as after `task_integrate`.
+        """
+        with self._change(state) as b:
+            changed = state.scheduler.reopen_to_resolve(task_id, files, error)
+            if state.session.status in (SessionStatus.COMPLETED, SessionStatus.FAILED):
+                self._set_session_status(b, state, SessionStatus.RUNNING)
+            self._tasks_changed(b, state, changed)
+        return changed
 
     def task_integrate(self, session_id: str | None, task_id: str) -> list[Task]:
         """A parked task (fixed by a person) goes back into the integration queue."""
