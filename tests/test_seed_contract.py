@@ -9,8 +9,10 @@ the seed's params, on a repository whose branches really conflict.
 
 from __future__ import annotations
 
+import json
 import math
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -238,9 +240,7 @@ PLAN = {
 
 
 @pytest.fixture
-def seed_daemon(tmp_path: Path) -> Any:
-    import json
-
+def seed_daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps(PLAN))
     # Each task's branch lands on its own (the seed has no integration branch).
@@ -493,8 +493,6 @@ def test_bad_seed_input_is_refused_naming_the_field(daemon: DaemonProcess, repo:
 
 def test_landing_conflicts_go_back_to_the_tasks_agents(tmp_path: Path) -> None:
     """useAiConflictResolution and merge_branch_with_ai: the agent resolves, then it lands."""
-    import json
-
     repo = make_repo(tmp_path / "repo", {"f.txt": "base\n", "g.txt": "base\n"})
     plan = tmp_path / "plan.json"
     plan.write_text(
@@ -513,7 +511,10 @@ def test_landing_conflicts_go_back_to_the_tasks_agents(tmp_path: Path) -> None:
         call("init_parallel_scheduler", config=SEED_CONFIG, repoPath=str(repo))
         call("parallel_add_tasks", tasks=[seed_task("t1", 0), seed_task("t2", 1)])
         call("session_start")
-        done = lambda: {t["id"] for t in call("parallel_list_tasks", status="completed")}  # noqa: E731
+
+        def done() -> set[str]:
+            return {t["id"] for t in call("parallel_list_tasks", status="completed")}
+
         wait_for(lambda: done() == {"t1", "t2"}, 60, "both tasks")
         (repo / "f.txt").write_text("main\n")
         (repo / "g.txt").write_text("main\n")
