@@ -92,7 +92,7 @@ def through_corral(script: Path, rate: float, seconds: float, subscribers: int) 
             while c.daemon_status().subscribers < subscribers:
                 time.sleep(0.01)
             c.init_parallel_scheduler(repo_path=str(repo), config={"agentType": "ticker"})
-            c.parallel_add_task(id="ticker", title="ticker")
+            c.parallel_add_task(task={"id": "ticker", "title": "ticker"})
             c.session_start()
         for t in threads:
             t.join(seconds + 30)

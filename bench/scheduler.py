@@ -69,9 +69,7 @@ def per_add(c: Client, adds: int) -> tuple[float, float]:
             t0 = time.perf_counter()
             c.parallel_add_task(
                 session_id=session,
-                id=f"x{i}",
-                title="added",
-                dependencies=[f"{session[0]}{i % 100}"],
+                task={"id": f"x{i}", "title": "added", "dependencies": [f"{session[0]}{i % 100}"]},
             )
             samples.append(time.perf_counter() - t0)
     return statistics.median(small), statistics.median(big)

@@ -105,12 +105,12 @@ def test_session_workflow_every_command_in_json(cli: Cli, behaviour: Path, repo:
     assert cli.json("agents", "--live") == []
 
     logs = cli.json("logs", agents[0]["id"])
-    assert "hello from docs" in [e["line"] for e in logs]
+    assert "hello from docs" in [e["message"] for e in logs]
     assert cli.json("logs", agents[0]["id"], "--offset", "1") == logs[1:]
     # -f on an agent that already ended prints what there is and returns (NDJSON)
     code, out, _ = cli("logs", agents[0]["id"], "-f", "--json")
-    assert code == 0 and [json.loads(x)["line"] for x in out.splitlines()] == [
-        e["line"] for e in logs
+    assert code == 0 and [json.loads(x)["message"] for x in out.splitlines()] == [
+        e["message"] for e in logs
     ]
 
     allocations = cli.json("worktrees")
@@ -158,7 +158,7 @@ def test_pause_resume_stop_and_logs_follow(
         text=True,
     )
     assert follow.stdout is not None
-    assert json.loads(follow.stdout.readline())["line"] == "started"
+    assert json.loads(follow.stdout.readline())["message"] == "started"
 
     assert cli.json("pause")["status"] == "paused"
     assert cli.json("resume")["status"] == "running"

@@ -88,13 +88,25 @@ def recorder() -> Iterator[Recorder]:
 def test_keywords_go_out_under_their_wire_names_without_nones(recorder: Recorder) -> None:
     with Client(recorder.path, timeout=10) as c:
         task = c.parallel_add_task(
-            id="a", title="t", agent_type="fake", estimated_tokens=None, session_id="s"
+            task=TaskSpec(id="a", title="t", agent_type="fake", estimated_tokens=None),
+            session_id="s",
         )
         c.parallel_list_tasks(session_id=None, status="ready")
         c.session_list()
     assert task.id == "a" and task.state.value == "ready"
     assert recorder.params() == [
-        {"id": "a", "title": "t", "agentType": "fake", "sessionId": "s"},
+        {
+            "task": {
+                "id": "a",
+                "title": "t",
+                "description": "",
+                "priority": 0,
+                "dependencies": [],
+                "agentType": "fake",
+                "paths": [],
+            },
+            "sessionId": "s",
+        },
         {"status": "ready"},
         {},
     ]
@@ -143,8 +155,8 @@ def test_the_daemon_not_the_client_rejects_bad_params(daemon: DaemonProcess, rep
             untyped.parallel_add_task(id="a", title="t", bogus=1)
         assert extra.value.data["errors"][0]["type"] == "extra_forbidden"
         with pytest.raises(errors.InvalidParams):
-            untyped.parallel_add_task(id="a", title="t", priority="high")
-        assert c.parallel_add_task(id="a", title="t", priority=3).priority == 3
+            untyped.parallel_add_task(task={"id": "a", "title": "t", "priority": "high"})
+        assert c.parallel_add_task(task={"id": "a", "title": "t", "priority": 3}).priority == 3
 
 
 def test_every_typed_method_takes_the_params_the_daemon_publishes(daemon: DaemonProcess) -> None:
@@ -166,7 +178,7 @@ def test_every_typed_method_takes_the_params_the_daemon_publishes(daemon: Daemon
 async def test_async_typed_methods(daemon: DaemonProcess, repo: Path) -> None:
     async with AsyncClient(daemon.socket) as c:
         session = await c.init_parallel_scheduler(repo_path=str(repo), session_id="s")
-        task = await c.parallel_add_task(session_id=session.id, id="a", title="t")
+        task = await c.parallel_add_task(session_id=session.id, task={"id": "a", "title": "t"})
         assert task.id == "a"
         tasks = await c.parallel_list_tasks(session_id="s", state="ready")
         assert [t.id for t in tasks] == ["a"]
@@ -179,13 +191,13 @@ from corral.client import AsyncClient, Client
 
 
 def ok(c: Client) -> None:
-    c.parallel_add_task(id="a", title="t", dependencies=["b"], session_id=None)
+    c.parallel_add_task(task={"id": "a", "title": "t", "dependencies": ["b"]}, session_id=None)
     c.conflicts_detect(branches=[{"branch": "x"}], target="main")
     reveal_type(c.parallel_list_tasks(state="ready"))
 
 
 def typo(c: Client) -> None:
-    c.parallel_add_task(id="a", titel="t")
+    c.parallel_add_task(tsk={"id": "a", "title": "t"})
 
 
 async def typo_async(c: AsyncClient) -> None:
@@ -213,7 +225,7 @@ def test_mypy_checks_the_keyword_names(tmp_path: Path) -> None:
     lines = [line.split(": ", 1)[-1].replace("builtins.", "") for line in out.stdout.splitlines()]
     assert lines == [
         'note: Revealed type is "list[corral.models.Task]"',
-        'error: Unexpected keyword argument "titel"; did you mean "title"?  [call-arg]',
+        'error: Unexpected keyword argument "tsk"; did you mean "task"?  [call-arg]',
         'error: Unexpected keyword argument "sessionId"; did you mean "session_id"?  [call-arg]',
         'error: Unexpected keyword argument "session_id"  [call-arg]',
     ], out.stdout + out.stderr

@@ -241,7 +241,7 @@ CASES = [
         [("rename", "a.txt", "r.txt")],
         [("rename", "a.txt", "s.txt")],
         "r.txt",
-        ConflictType.RENAME,
+        ConflictType.FILE_MODIFICATION,
         False,
         ResolutionStrategy.MANUAL,
         id="rename-rename",
@@ -250,7 +250,7 @@ CASES = [
         [("rename", "a.txt", "r.txt")],
         [("delete", "a.txt")],
         "r.txt",
-        ConflictType.RENAME,
+        ConflictType.FILE_MODIFICATION,
         False,
         ResolutionStrategy.MANUAL,
         id="rename-delete",
@@ -277,7 +277,7 @@ CASES = [
         [("rename", "a.txt", "r.txt")],
         [("edit", "a.txt", "6", "Q")],
         "a.txt",
-        ConflictType.RENAME,
+        ConflictType.DELETE_MODIFY,
         True,
         ResolutionStrategy.AUTO_MERGE,
         id="overlap-rename-edit",
@@ -306,6 +306,8 @@ async def test_conflict_type(
     )
     assert (conflict.agent1, conflict.agent2) == ("agent-1", "agent-2")
     assert conflict.description
+    if any(op[0] == "rename" for op in [*one, *two]) and not auto:
+        assert conflict.renamed or "renamed" in conflict.description
     assert await detect.can_merge_safely(str(repo), "one", "two") is auto
 
 
@@ -374,7 +376,9 @@ def test_classify_and_recommend_table() -> None:
         pure.classify(f("x", True, False, True, first_is_dir=True))
         is ConflictType.DIRECTORY_CONFLICT
     )
-    assert pure.classify(f("x", True, False, False, renamed=True)) is ConflictType.RENAME
+    # A rename keeps one of the seed's four types; `renamed` says the rest.
+    assert pure.classify(f("x", True, True, True, renamed=True)) is ConflictType.FILE_MODIFICATION
+    assert pure.recommend(f("x", True, True, False, renamed=True)) is ResolutionStrategy.MANUAL
     assert pure.classify(f("x", False, True, True)) is ConflictType.FILE_CREATION
     assert pure.classify(f("x", True, False, True)) is ConflictType.DELETE_MODIFY
     assert pure.classify(f("x", True, True, True)) is ConflictType.FILE_MODIFICATION
@@ -405,13 +409,14 @@ def test_summarize() -> None:
         [
             mc("a", "x", "y", ConflictType.FILE_MODIFICATION, False),
             mc("b", "x", "y", ConflictType.FILE_MODIFICATION, True),
-            mc("c", "x", "z", ConflictType.RENAME, False),
+            mc("c", "x", "z", ConflictType.DELETE_MODIFY, False),
         ]
     )
     assert summary.total_conflicts == 3
-    assert (summary.auto_resolvable, summary.needs_manual) == (1, 2)
-    assert summary.by_type["file_modification"] == 2
-    assert summary.by_type["directory_conflict"] == 0
+    assert (summary.auto_resolvable, summary.manual_required, summary.unique_files) == (1, 2, 3)
+    assert summary.conflicts_by_type["file_modification"] == 2
+    assert summary.conflicts_by_type["directory_conflict"] == 0
+    assert set(summary.conflicts_by_type) == {t.value for t in ConflictType}
     assert summary.by_branch_pair == {"x...y": 2, "x...z": 1}
     assert pure.summarize([]).total_conflicts == 0
 
@@ -470,12 +475,22 @@ async def test_resolve_auto_merge(conflicted: Path) -> None:
             str(conflicted), found["a.txt"], ResolutionStrategy.AUTO_MERGE, "main"
         )
     assert info.value.data["reason"] == "conflict"
-    # The overlap merges cleanly, but a.txt still conflicts: no commit can be made.
-    with pytest.raises(errors.ResolutionFailed) as info:
-        await resolve.resolve(
-            str(conflicted), found["b.txt"], ResolutionStrategy.AUTO_MERGE, "main"
-        )
-    assert info.value.data["otherConflicts"] == ["a.txt"]
+    # One file at a time: the overlap is committed, a.txt stays with markers until its turn.
+    first = await resolve.resolve(
+        str(conflicted), found["b.txt"], ResolutionStrategy.AUTO_MERGE, "main"
+    )
+    assert first.success and first.remaining == ["a.txt"]
+    assert "<<<<<<< one" in git(conflicted, "show", f"{first.commit}:a.txt")
+    second = await resolve.resolve(
+        str(conflicted), found["a.txt"], ResolutionStrategy.USE_LAST, "main"
+    )
+    assert second.success and second.remaining == []
+    # b.txt's earlier resolution is kept; a.txt is now branch two's.
+    merged_b = git(conflicted, "show", f"{second.commit}:b.txt")
+    assert "edited P" in merged_b and "edited Q" in merged_b
+    assert git(conflicted, "show", f"{second.commit}:a.txt") == git(conflicted, "show", "two:a.txt")
+    log = git(conflicted, "log", "-1", "--format=%B", str(second.commit))
+    assert "Resolved: a.txt" in log and "Unresolved" not in log
 
 
 async def test_resolve_auto_merge_overlap_commits(tmp_path: Path) -> None:

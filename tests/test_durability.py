@@ -44,14 +44,16 @@ def test_kill_9_loses_nothing_acknowledged(repo: Path, tmp_path: Path) -> None:
                 deps = [f"t{i - 1}"] if i % 10 else []
                 c.parallel_add_task(
                     session_id="dur",
-                    id=f"t{i}",
-                    title=f"task {i}",
-                    priority=i % 7,
-                    dependencies=deps,
+                    task={
+                        "id": f"t{i}",
+                        "title": f"task {i}",
+                        "priority": i % 7,
+                        "dependencies": deps,
+                    },
                 )
             started = []
             for _ in range(20):
-                assignment = c.parallel_schedule_next(session_id="dur")
+                assignment = c.parallel_start_next(session_id="dur")
                 assert assignment.task is not None and assignment.agent is not None
                 started.append(assignment.task.id)
             wait_for(lambda: pidfile.exists() and len(pidfile.read_text().splitlines()) == 20)
@@ -86,7 +88,7 @@ def test_kill_9_loses_nothing_acknowledged(repo: Path, tmp_path: Path) -> None:
 def test_cycle_batch_rejected_whole_over_rpc(daemon: DaemonProcess, repo: Path) -> None:
     with daemon.client() as c:
         c.init_parallel_scheduler(repo_path=str(repo))
-        c.parallel_add_task(id="base", title="base")
+        c.parallel_add_task(task={"id": "base", "title": "base"})
         with pytest.raises(errors.DependencyCycle) as caught:
             c.parallel_add_tasks(
                 tasks=[
@@ -106,8 +108,8 @@ def test_path_like_task_ids_rejected(daemon: DaemonProcess, repo: Path, bad: str
     with daemon.client() as c:
         c.init_parallel_scheduler(repo_path=str(repo))
         with pytest.raises(errors.InvalidParams) as caught:
-            c.parallel_add_task(id=bad, title="t")
-        assert caught.value.data["errors"][0]["loc"] == "id"
+            c.parallel_add_task(task={"id": bad, "title": "t"})
+        assert caught.value.data["errors"][0]["loc"] == "task.id"
         assert c.parallel_list_tasks() == []
 
 
@@ -125,7 +127,7 @@ def test_session_errors(daemon: DaemonProcess, repo: Path, tmp_path: Path) -> No
             c.session_get(session_id="three")
         with pytest.raises(errors.TaskNotFound):
             c.parallel_get_task(session_id="one", task_id="nope")
-        c.parallel_add_task(session_id="one", id="t", title="t")
+        c.parallel_add_task(session_id="one", task={"id": "t", "title": "t"})
         with pytest.raises(errors.InvalidStateTransition):
             c.parallel_complete_task(session_id="one", task_id="t")
         with pytest.raises(errors.InvalidStateTransition):

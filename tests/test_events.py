@@ -100,7 +100,7 @@ def test_events_survive_a_daemon_restart(repo: Path, tmp_path: Path) -> None:
         d.kill()
     with DaemonProcess(state) as d:
         with d.client() as c:
-            c.parallel_add_task(id="after", title="after restart")
+            c.parallel_add_task(task={"id": "after", "title": "after restart"})
         events: list[Event] = []
         _collect(d, 6, events, threading.Event(), since=seen - 5)
     assert [e.payload["taskId"] for e in events] == [f"t{i}" for i in range(5)] + ["after"]

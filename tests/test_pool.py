@@ -127,7 +127,7 @@ def test_rate_limited_task_parks_until_reset_then_runs_on_fallback(
             repo_path=str(repo),
             config={"agentType": "fake", "fallbackAgent": "backup", "maxRetries": 0},
         )
-        c.parallel_add_task(id="rl", title="rate limited")
+        c.parallel_add_task(task={"id": "rl", "title": "rate limited"})
         c.session_start()
         parked = wait_for(
             lambda: (t := c.parallel_get_task(task_id="rl")).state is TaskState.RATE_LIMITED and t,
@@ -153,7 +153,7 @@ def test_missing_executable_fails_the_task_with_a_clear_category(
         c.init_parallel_scheduler(
             repo_path=str(repo), config={"agentType": "ghost", "maxRetries": 0}
         )
-        c.parallel_add_task(id="x", title="x")
+        c.parallel_add_task(task={"id": "x", "title": "x"})
         c.session_start()
         wait_for(lambda: finished(c, c.session_list()[0].id), 20)
         task = c.parallel_get_task(task_id="x")
@@ -212,9 +212,9 @@ def test_total_memory_breach_requeues_the_newest_agent(
             ]
         )
         first = c.parallel_schedule_next()
-        assert first.task is not None and first.task.id == "old"
+        assert first is not None and first.task_id == "old" and first.worktree_path
         wait_for(lambda: c.parallel_get_pool_stats().total_memory_mb > 100, 20, "hog memory")
-        second = c.parallel_schedule_next()
+        second = c.parallel_start_next()
         assert second.task is not None and second.task.id == "new"
         requeued = wait_for(
             lambda: (t := c.parallel_get_task(task_id="new")).state is TaskState.READY and t,
@@ -223,8 +223,9 @@ def test_total_memory_breach_requeues_the_newest_agent(
         )
         assert requeued.attempts == 0
         assert c.parallel_get_task(task_id="old").state is TaskState.IN_PROGRESS
-        kinds = [v.kind for v in c.parallel_check_violations()]
+        kinds = [v.kind for v in c.parallel_list_violations()]
         assert "total_memory" in kinds
+        assert any("total memory limit" in s for s in c.parallel_check_violations())
         c.parallel_cancel_task(task_id="old")
     assert_all_dead(pidfile)
 
@@ -295,8 +296,9 @@ def test_worktree_allocations_survive_restart_and_are_not_orphans(
         d.stop()
     with DaemonProcess(state) as d, d.client() as c:
         assert [a.task_id for a in c.worktree_get_allocations()] == ["keep"]
-        report = c.worktree_cleanup_orphaned()
+        report = c.worktree_cleanup_report()
         assert report.removed == [] and report.kept_dirty == []
+        assert c.worktree_cleanup_orphaned() == []
         assert Path(alloc.worktree_path, "note.txt").read_text() == "uncommitted"
         with pytest.raises(errors.WorktreeDirty) as dirty:
             c.worktree_deallocate(worktree_path=alloc.worktree_path)

@@ -49,7 +49,7 @@ def test_agents_branches_conflict_matrix_and_merge_queue(tmp_path: Path) -> None
         assert c.conflicts_can_merge_safely(branch1="corral/left", branch2="corral/right") is False
         assert c.conflicts_can_merge_safely(branch1="corral/left", branch2="corral/solo") is True
         summary = c.conflicts_get_summary(conflicts=found)
-        assert summary.total_conflicts == 1 and summary.needs_manual == 1
+        assert summary.total_conflicts == 1 and summary.manual_required == 1
         cells = {
             (m["branch1"], m["branch2"]): m["state"] for m in c.call("conflicts_matrix")["cells"]
         }

@@ -314,7 +314,7 @@ def agent_daemon(tmp_path: Path, behaviour: list[str], extra: str = "") -> Daemo
 def start_one_agent(c: Client, repo: Path, config: dict[str, Any]) -> str:
     """A running session with one task whose agent printed `armed`; returns the agent id."""
     c.init_parallel_scheduler(repo_path=str(repo), session_id="s", config=config)
-    c.parallel_add_task(id="t1", title="never finishes")
+    c.parallel_add_task(task={"id": "t1", "title": "never finishes"})
     c.session_start()
     wait_for(lambda: any(a.lifecycle.value == "running" for a in c.parallel_list_agents()))
     [agent] = c.parallel_list_agents()

@@ -65,7 +65,7 @@ def test_reinit_with_running_agents_is_refused_and_changes_nothing(
         c.init_parallel_scheduler(
             repo_path=str(repo), session_id="s", config={"agentType": "fake", "maxParallel": 2}
         )
-        c.parallel_add_task(id="t", title="t")
+        c.parallel_add_task(task={"id": "t", "title": "t"})
         c.session_start()
         wait_for(lambda: c.parallel_list_agents(live=True))
         with pytest.raises(errors.SessionBusy) as busy:

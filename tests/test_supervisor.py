@@ -171,7 +171,7 @@ async def test_exit_code_and_success(agent: Agent) -> None:
         None,
     )
     assert ok.success and run.pid is not None and ok.ended_at >= run.started_at
-    assert ("log", "hello") in [(k, p.get("line")) for k, p in agent.events]
+    assert ("log", "hello") in [(k, p.get("message")) for k, p in agent.events]
     bad = await run_agent(agent.spec("--exit", "3", "--stderr", "boom"))
     assert (bad.end_reason, bad.exit_code, bad.error_category) == (
         EndReason.FAILED,
@@ -278,7 +278,9 @@ async def test_flood_100mb_ring_bounded_log_capped(agent: Agent) -> None:
     size = agent.log_path.stat().st_size
     assert 1024 * 1024 - 2048 < size <= 1024 * 1024 + 200
     assert "log truncated" in agent.log_path.read_text()[-200:]
-    long_lines = [p["line"] for k, p in agent.events if k == "log" and p["line"].startswith("yyy")]
+    long_lines = [
+        p["message"] for k, p in agent.events if k == "log" and p["message"].startswith("yyy")
+    ]
     assert len(long_lines) == 1 and len(long_lines[0]) < 64 * 1024 + 100
     assert "truncated" in long_lines[0]
     assert elapsed < 30

@@ -36,7 +36,9 @@ def test_every_time_like_field_is_a_timestamp() -> None:
         for name, field in cls.model_fields.items():
             if TIME_LIKE.search(name):
                 schema = cls.model_json_schema(by_alias=True)
-                prop = schema["properties"][field.alias or name]
+                if "$ref" in schema:  # a recursive model (Agent.subagents) is all in $defs
+                    schema = schema["$defs"][schema["$ref"].rsplit("/", 1)[-1]]
+                prop = schema["properties"][field.serialization_alias or field.alias or name]
                 options = prop.get("anyOf", [prop])
                 assert {"type": "string", "format": "date-time"} in [
                     {k: o.get(k) for k in ("type", "format")} for o in options

@@ -34,6 +34,7 @@ from corral import errors
 from corral.models import (
     Agent,
     Assignment,
+    AutoMergeResult,
     CleanupReport,
     CompletedAgent,
     ConflictMatrix,
@@ -43,6 +44,8 @@ from corral.models import (
     Event,
     IntegrationReport,
     LogEntry,
+    MergeableBranch,
+    MergeBranchResult,
     MergeConflict,
     MergeReport,
     NoParams,
@@ -59,7 +62,9 @@ from corral.params import (
     AddTaskParams,
     AddTasksParams,
     AgentRef,
+    AgentResultParams,
     AllocateParams,
+    AutoMergeParams,
     CompleteParams,
     DeallocateByAgentParams,
     DeallocateParams,
@@ -70,9 +75,13 @@ from corral.params import (
     ListTasksParams,
     LogsParams,
     MatrixParams,
+    MergeableParams,
     MergeParams,
+    MergeWithAiParams,
     PairParams,
+    PathParams,
     ResolveParams,
+    ScheduleParams,
     SessionParams,
     SummaryParams,
     TaskRef,
@@ -180,13 +189,20 @@ class _Methods:
     parallel_complete_task = _Rpc("parallel_complete_task", CompleteParams, list[Task])
     parallel_fail_task = _Rpc("parallel_fail_task", FailParams, list[Task])
     parallel_cancel_task = _Rpc("parallel_cancel_task", TaskRef, list[Task])
-    parallel_schedule_next = _Rpc("parallel_schedule_next", SessionParams, Assignment)
+    parallel_schedule_next = _Rpc(
+        "parallel_schedule_next", ScheduleParams, cast("type[Agent | None]", Agent | None)
+    )
+    parallel_start_next = _Rpc("parallel_start_next", SessionParams, Assignment)
+    parallel_handle_agent_result = _Rpc(
+        "parallel_handle_agent_result", AgentResultParams, cast("type[Agent | None]", Agent | None)
+    )
     parallel_stop_all = _Rpc("parallel_stop_all", SessionParams, list[Task])
     parallel_get_scheduler_stats = _Rpc(
         "parallel_get_scheduler_stats", SessionParams, SchedulerStats
     )
     parallel_get_pool_stats = _Rpc("parallel_get_pool_stats", SessionParams, PoolStats)
-    parallel_check_violations = _Rpc("parallel_check_violations", SessionParams, list[Violation])
+    parallel_check_violations = _Rpc("parallel_check_violations", SessionParams, list[str])
+    parallel_list_violations = _Rpc("parallel_list_violations", SessionParams, list[Violation])
     parallel_get_agent_logs = _Rpc("parallel_get_agent_logs", LogsParams, list[LogEntry])
     parallel_poll_completed = _Rpc("parallel_poll_completed", NoParams, list[CompletedAgent])
     parallel_list_agents = _Rpc("parallel_list_agents", ListAgentsParams, list[Agent])
@@ -199,13 +215,21 @@ class _Methods:
     worktree_get_allocations = _Rpc(
         "worktree_get_allocations", SessionParams, list[WorktreeAllocation]
     )
-    worktree_cleanup_orphaned = _Rpc("worktree_cleanup_orphaned", SessionParams, CleanupReport)
+    worktree_cleanup_orphaned = _Rpc("worktree_cleanup_orphaned", SessionParams, list[str])
+    worktree_cleanup_report = _Rpc("worktree_cleanup_report", SessionParams, CleanupReport)
     conflicts_detect = _Rpc("conflicts_detect", DetectParams, list[MergeConflict])
     conflicts_can_merge_safely = _Rpc("conflicts_can_merge_safely", PairParams, bool)
     conflicts_get_summary = _Rpc("conflicts_get_summary", SummaryParams, ConflictSummary)
     conflicts_matrix = _Rpc("conflicts_matrix", MatrixParams, ConflictMatrix)
     conflicts_resolve = _Rpc("conflicts_resolve", ResolveParams, ConflictResolutionResult)
     merge_completed_branches = _Rpc("merge_completed_branches", MergeParams, MergeReport)
+    git_is_repository = _Rpc("git_is_repository", PathParams, bool)
+    git_init_repository = _Rpc("git_init_repository", PathParams, str)
+    get_mergeable_branches = _Rpc("get_mergeable_branches", MergeableParams, list[MergeableBranch])
+    auto_merge_completed_branches = _Rpc(
+        "auto_merge_completed_branches", AutoMergeParams, AutoMergeResult
+    )
+    merge_branch_with_ai = _Rpc("merge_branch_with_ai", MergeWithAiParams, MergeBranchResult)
     parallel_retry_task = _Rpc("parallel_retry_task", TaskRef, list[Task])
     integration_status = _Rpc("integration_status", SessionParams, IntegrationReport)
     task_integrate = _Rpc("task_integrate", TaskRef, Task)

@@ -372,7 +372,7 @@ def run_plan(c: Client, repo: Path, console: Console, mode: Mode, gate: Path) ->
     run_secs = time.monotonic() - started
     summary = summarize(c, sid, run_secs)
     agents = c.parallel_list_agents(session_id=sid)
-    violations = c.parallel_check_violations(session_id=sid)
+    violations = c.parallel_list_violations(session_id=sid)
     integration = c.integration_status(session_id=sid)
     tasks = {t["id"]: t for t in summary["tasks"]}
 

@@ -22,13 +22,16 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     AfterValidator,
+    AliasChoices,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     PlainSerializer,
+    SerializerFunctionWrapHandler,
     WithJsonSchema,
     computed_field,
+    model_serializer,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -426,7 +429,14 @@ class Session(Wire):
 
 
 class TaskSpec(Params):
-    """What a client sends to add a task."""
+    """What a client sends to add a task: the seed's `Task`, or corral's fields.
+
+    The seed's frontends echo a whole `Task` back, read-only fields included
+    (`status`, `assignedAgent`, `actualTokens`, `startedAt`, `completedAt`,
+    `branch`, `worktreePath`, `error`). Those are type-checked (a wrong type
+    is a -32602 naming the field) and then ignored: a new task always starts
+    `pending` (or `ready`), with no agent, branch or worktree of its own yet.
+    """
 
     id: TaskId
     title: str = Field(min_length=1, max_length=500)
@@ -438,6 +448,15 @@ class TaskSpec(Params):
     paths: list[Annotated[str, AfterValidator(check_path_glob)]] = Field(
         default_factory=list, max_length=256
     )
+    # The seed's read-only Task fields: accepted, type-checked, ignored (see above).
+    status: TaskStatus | None = None
+    assigned_agent: str | None = None
+    actual_tokens: int | None = Field(None, ge=0)
+    started_at: Timestamp | None = None
+    completed_at: Timestamp | None = None
+    branch: str | None = None
+    worktree_path: str | None = None
+    error: str | None = None
 
 
 class Task(Wire):
@@ -483,6 +502,51 @@ class Task(Wire):
         return data
 
 
+class LogLevel(StrEnum):
+    """The seed's LogEntry.level."""
+
+    INFO = "info"
+    WARN = "warn"
+    ERROR = "error"
+    DEBUG = "debug"
+
+
+#: How each output stream shows as a seed log level: what an agent prints is
+#: `info`, what it writes to stderr `warn` (CLIs put progress and warnings
+#: there as well as errors), corral's own notes about the run `debug`.
+#: `error` is never produced from a stream.
+STREAM_LEVEL: dict[str, LogLevel] = {
+    "stdout": LogLevel.INFO,
+    "stderr": LogLevel.WARN,
+    "daemon": LogLevel.DEBUG,
+}
+
+
+class LogEntry(Wire):
+    """One output line: the seed's `{timestamp, level, message}`, plus `offset` and `stream`.
+
+    In Python the text is `line` and the time `at`; on the wire they are
+    `message` and `timestamp` (either spelling is accepted on input). Lines
+    read back from a log file (after the ring let them go) have no time of
+    their own: their `timestamp` is the epoch.
+    """
+
+    offset: int
+    stream: str  # stdout | stderr | daemon
+    line: str = Field(
+        validation_alias=AliasChoices("message", "line"), serialization_alias="message"
+    )
+    at: Timestamp = Field(
+        validation_alias=AliasChoices("timestamp", "at"), serialization_alias="timestamp"
+    )
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def level(self) -> LogLevel:
+        """The seed's level, derived from `stream` (see STREAM_LEVEL)."""
+        return STREAM_LEVEL.get(self.stream, LogLevel.DEBUG)
+
+
 class Agent(Wire):
     id: str
     session_id: str
@@ -502,6 +566,10 @@ class Agent(Wire):
     ended_at: Timestamp | None = None
     cpu_percent: float = 0.0
     memory_mb: float = 0.0
+    # The seed's Agent has these; corral serves logs by `parallel_get_agent_logs`
+    # (paged by offset) and runs no subagents, so both are empty here.
+    logs: list[LogEntry] = Field(default_factory=list)
+    subagents: list[Agent] = Field(default_factory=list)
 
 
 class SchedulerStats(Wire):
@@ -522,6 +590,12 @@ class SchedulerStats(Wire):
     # Ready tasks waiting because their `paths` overlap a running task's.
     waiting_for_paths: int = 0
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def running(self) -> int:
+        """The seed's name for `inProgress`."""
+        return self.in_progress
+
 
 class Assignment(Wire):
     """The result of `parallel_schedule_next`: which task starts, or none."""
@@ -541,6 +615,18 @@ class PoolStats(Wire):
     completed_agents: int = 0
     failed_agents: int = 0
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def running_agents(self) -> int:
+        """The seed's name for `activeAgents`."""
+        return self.active_agents
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def total_cpu_usage(self) -> float:
+        """The seed's name for `totalCpuPercent` (percent of one core)."""
+        return self.total_cpu_percent
+
 
 class Violation(Wire):
     agent_id: str
@@ -550,6 +636,20 @@ class Violation(Wire):
     limit: float
     action: str
     at: Timestamp
+
+    def sentence(self) -> str:
+        """The violation as one readable sentence (what `parallel_check_violations` returns)."""
+        what = {
+            "timeout": ("ran for", "s", "the runtime limit"),
+            "limit_memory": ("used", " MB of memory", "its memory limit"),
+            "limit_cpu": ("used", "% CPU", "its CPU limit"),
+            "total_memory": ("brought the session to", " MB of memory", "the total memory limit"),
+        }.get(self.kind, ("measured", f" ({self.kind})", "a limit"))
+        verb, unit, limit = what
+        return (
+            f"Agent {self.agent_id} (task {self.task_id}) {verb} {self.value:g}{unit}, over"
+            f" {limit} of {self.limit:g}{unit}: {self.action}."
+        )
 
 
 class WorktreeAllocation(Wire):
@@ -563,17 +663,20 @@ class WorktreeAllocation(Wire):
 
 
 class CleanupReport(Wire):
+    """What `worktree_cleanup_report` did: removed, pruned (git metadata), kept because dirty."""
+
     removed: list[str] = Field(default_factory=list)
     pruned: list[str] = Field(default_factory=list)
     kept_dirty: list[str] = Field(default_factory=list)
 
 
 class ConflictType(StrEnum):
+    """The seed's four conflict types; a rename is said in `MergeConflict.renamed`."""
+
     FILE_MODIFICATION = "file_modification"
     DELETE_MODIFY = "delete_modify"
     FILE_CREATION = "file_creation"
     DIRECTORY_CONFLICT = "directory_conflict"
-    RENAME = "rename"
 
 
 class ResolutionStrategy(StrEnum):
@@ -585,6 +688,17 @@ class ResolutionStrategy(StrEnum):
 
 
 class MergeConflict(Wire):
+    """One path of one branch pair: the seed's MergeConflict, plus the pair by name.
+
+    `branches` is `[branch1, branch2]`; `agents` the agents of those branches
+    that are known, in the same order (empty when none was given). A conflict
+    that involves a rename keeps its type (one of the seed's four) and says so
+    in `renamed` and `description`. On input (`conflicts_get_summary`,
+    `conflicts_resolve`) the seed's shape is enough: `branch1`/`branch2`
+    come from `branches`, and `agent1`/`agent2` from `agents` when it has
+    one per branch.
+    """
+
     file_path: str
     branch1: str
     branch2: str
@@ -594,24 +708,54 @@ class MergeConflict(Wire):
     auto_resolvable: bool
     recommended_strategy: ResolutionStrategy
     description: str = ""
+    renamed: bool = False
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def branches(self) -> list[str]:
+        return [self.branch1, self.branch2]
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def agents(self) -> list[str]:
+        return [a for a in (self.agent1, self.agent2) if a]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pair_from_seed(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or "branch1" in data or "branches" not in data:
+            return data
+        branches, agents = data["branches"], data.get("agents")
+        if not (isinstance(branches, list) and len(branches) == 2):
+            raise ValueError("branches must be the pair [branch1, branch2]")
+        data = {**data, "branch1": branches[0], "branch2": branches[1]}
+        if isinstance(agents, list) and len(agents) == 2 and "agent1" not in data:
+            data["agent1"], data["agent2"] = agents
+        return data
 
 
 class ConflictSummary(Wire):
+    """The seed's ConflictSummary; `conflictsByType` always holds all four types."""
+
     total_conflicts: int
     auto_resolvable: int
-    needs_manual: int
-    by_type: dict[str, int]
+    manual_required: int
+    unique_files: int
+    conflicts_by_type: dict[str, int]
     by_branch_pair: dict[str, int] = Field(default_factory=dict)
 
 
 class ConflictResolutionResult(Wire):
+    """The seed's `{filePath, strategyUsed, success, message}`, plus where the result is."""
+
     success: bool
-    strategy: ResolutionStrategy
+    strategy_used: ResolutionStrategy
     file_path: str
     branch: str | None = None
     commit: str | None = None
     message: str = ""
     content: str | None = None
+    remaining: list[str] = Field(default_factory=list)  # the pair's files still conflicting
 
 
 class MatrixState(StrEnum):
@@ -676,24 +820,84 @@ class MergeReport(Wire):
     results: list[MergeItem] = Field(default_factory=list)
 
 
+class MergeableBranch(Wire):
+    """A completed task's branch that can be landed (`get_mergeable_branches`)."""
+
+    task_id: str
+    branch: str
+    completed_at: Timestamp | None = None
+    integration_status: IntegrationStatus | None = None
+
+
+class AutoMergeItem(Wire):
+    """What `auto_merge_completed_branches` did with one task's branch."""
+
+    task_id: str
+    branch: str
+    success: bool
+    message: str
+    conflict_files: list[str] | None = None
+    branch_deleted: bool = False
+    worktree_removed: bool = False
+    resolving: bool = False  # handed to an agent to resolve (useAiConflictResolution)
+
+
+class AutoMergeResult(Wire):
+    """The seed's AutoMergeResult: counts and one item per branch."""
+
+    total_branches: int
+    merged: int = 0
+    failed: int = 0
+    skipped: int = 0
+    target_branch: str = ""
+    target_commit: str | None = None
+    results: list[AutoMergeItem] = Field(default_factory=list)
+
+
+class MergeBranchResult(Wire):
+    """`merge_branch_with_ai`: merged now, or handed to the task's agent to resolve."""
+
+    success: bool
+    message: str
+    source_branch: str
+    target_branch: str
+    task_id: str | None = None
+    commit: str | None = None
+    conflict_files: list[str] = Field(default_factory=list)
+    resolving: bool = False  # an agent attempt now resolves the conflict
+    agent_id: str | None = None
+
+
 class CompletedAgent(Wire):
+    """An agent that finished: the seed's `{agentId, taskId, processId, exitCode, logs}` and more.
+
+    `processId` and `exitCode` are always on the wire, null when there was no
+    process (the attempt ended before spawning) or no exit code (killed).
+    `logs` is the tail of its output (the last lines `parallel_poll_completed`
+    keeps; the whole output is in `parallel_get_agent_logs`).
+    """
+
     agent_id: str
     task_id: str
     session_id: str
     success: bool
+    process_id: int | None = None
     exit_code: int | None = None
     end_reason: EndReason | None = None
     error: str | None = None
     tokens: int = 0
     cost: float = 0.0
     ended_at: Timestamp
+    logs: list[LogEntry] = Field(default_factory=list)
 
-
-class LogEntry(Wire):
-    offset: int
-    stream: str  # stdout | stderr | daemon
-    line: str
-    at: Timestamp
+    @model_serializer(mode="wrap")
+    def _keep_nulls(self, handler: SerializerFunctionWrapHandler, info: Any) -> dict[str, Any]:
+        # The seed's type declares these fields; null is their value, not their absence.
+        data: dict[str, Any] = handler(self)
+        alias = getattr(info, "by_alias", False)
+        data.setdefault("processId" if alias else "process_id", self.process_id)
+        data.setdefault("exitCode" if alias else "exit_code", self.exit_code)
+        return data
 
 
 class CgroupFeatures(Wire):

@@ -10,9 +10,9 @@ are both accepted on the wire.
 from __future__ import annotations
 
 import os
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, model_validator
 
 from corral.models import (
     ErrorCategory,
@@ -31,7 +31,10 @@ __all__ = [
     "AddTaskParams",
     "AddTasksParams",
     "AgentRef",
+    "AgentResultParams",
     "AllocateParams",
+    "AutoMergeConfig",
+    "AutoMergeParams",
     "BranchRef",
     "CompleteParams",
     "DeallocateByAgentParams",
@@ -44,9 +47,13 @@ __all__ = [
     "LogsParams",
     "MatrixParams",
     "MergeParams",
+    "MergeWithAiParams",
+    "MergeableParams",
     "NoParams",
     "PairParams",
+    "PathParams",
     "ResolveParams",
+    "ScheduleParams",
     "SessionParams",
     "SubscribeParams",
     "SummaryParams",
@@ -99,11 +106,41 @@ class SessionParams(Params):
     session_id: str | None = None
 
 
+class ScheduleParams(SessionParams):
+    """The seed's `{sessionId, projectPath}`: see `Call.seed_session` for how they map."""
+
+    project_path: AbsolutePath | None = None
+
+
 # --- tasks -------------------------------------------------------------------------
 
 
-class AddTaskParams(TaskSpec):
+class AddTaskParams(Params):
+    """The seed's `{task}`, or corral's flat form (the task's fields beside `sessionId`).
+
+    Both at once is refused: a `task` with flat fields beside it would leave
+    one of them silently unused.
+    """
+
     session_id: str | None = None
+    task: TaskSpec
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_form(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        session = {k: v for k, v in data.items() if k in ("sessionId", "session_id")}
+        rest = {k: v for k, v in data.items() if k not in session}
+        if "task" not in rest:
+            return {**session, "task": rest}
+        flat = sorted(k for k in rest if k != "task")
+        if flat:
+            raise ValueError(
+                f"give the task either as `task` or as flat fields, not both: {', '.join(flat)}"
+                " given beside `task`"
+            )
+        return data
 
 
 class AddTasksParams(Params):
@@ -123,6 +160,16 @@ class CompleteParams(TaskRef):
 class FailParams(TaskRef):
     error: str = "failed"
     error_category: ErrorCategory = ErrorCategory.UNKNOWN
+
+
+class AgentResultParams(Params):
+    """The seed's `{agentId, taskId, sessionId, success, error}`."""
+
+    session_id: str | None = None
+    agent_id: str
+    task_id: str
+    success: bool
+    error: str | None = Field(None, max_length=10_000)
 
 
 class ListTasksParams(Params):
@@ -224,3 +271,35 @@ class MergeParams(Params):
     session_id: str | None = None
     target_branch: str | None = None
     dry_run: bool = False
+
+
+class PathParams(Params):
+    path: AbsolutePath
+
+
+class MergeableParams(Params):
+    """The seed's `{sessionId, repoPath}`."""
+
+    session_id: str | None = None
+    repo_path: AbsolutePath | None = None
+
+
+class AutoMergeConfig(Params):
+    target_branch: str | None = Field(None, min_length=1, max_length=250)
+    delete_branches: bool = False
+    cleanup_worktrees: bool = False
+    use_ai_conflict_resolution: bool = False
+
+
+class AutoMergeParams(MergeableParams):
+    config: AutoMergeConfig = Field(default_factory=AutoMergeConfig)
+
+
+class MergeWithAiParams(Params):
+    """The seed's `{repoPath, sourceBranch, targetBranch, taskId}`."""
+
+    session_id: str | None = None
+    repo_path: AbsolutePath | None = None
+    source_branch: str = Field(min_length=1, max_length=250)
+    target_branch: str = Field(min_length=1, max_length=250)
+    task_id: str | None = None

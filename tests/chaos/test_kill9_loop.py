@@ -101,7 +101,7 @@ def _loop(tmp_path: Path, repo: Path, kills: int, seed: int) -> None:
                 )
             for n in range(rng.randint(1, 3)):
                 task_id = f"k{i}-{n}"
-                c.parallel_add_task(session_id="k", id=task_id, title=task_id)
+                c.parallel_add_task(session_id="k", task={"id": task_id, "title": task_id})
                 acked.add(task_id)
             with contextlib.suppress(errors.InvalidStateTransition):
                 c.session_start(session_id="k")  # (already running after a restart)

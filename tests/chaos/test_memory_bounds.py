@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from corral.models import TaskState
+from corral.models import TaskSpec, TaskState
 from tests.conftest import make_repo
 from tests.daemon_proc import DaemonProcess
 from tests.test_pool import agent_config, finished, wait_for
@@ -92,7 +92,7 @@ def _flood(tmp_path: Path, mib: int) -> None:
         }
         # A first session warms up what any run needs once (imports, worktrees).
         c.init_parallel_scheduler(repo_path=str(repo), session_id="warm", config=config)
-        c.parallel_add_task(session_id="warm", id="warm", title="warm")
+        c.parallel_add_task(session_id="warm", task=TaskSpec(id="warm", title="warm"))
         c.session_start(session_id="warm")
         wait_for(lambda: finished(c, "warm"), 60, "the warm-up run")
         c.init_parallel_scheduler(repo_path=str(repo), session_id="fl", config=config)

@@ -34,8 +34,9 @@ from tests.daemon_proc import DaemonProcess
 
 FAKE_AGENT = Path(__file__).parent.parent / "fake_agent.py"
 BUILTIN_NAMES = ("claude", "codex", "opencode", "gemini", "cursor", "qwen", "droid", "aider")
-#: Methods that would end the run: fuzzed only with params they refuse.
-NEVER_VALID = {"daemon_shutdown"}
+#: Methods that would end the run, or write wherever a path points (git_init_repository
+#: on "/" or "/etc" as root): fuzzed only with params they refuse.
+NEVER_VALID = {"daemon_shutdown", "git_init_repository"}
 CALL_TIMEOUT = 60.0
 
 

@@ -224,13 +224,13 @@ def test_a_vanished_state_file_refuses_writes_and_is_rescued(
             os.replace(other, db)
         # SQLite alone would go on writing into the unlinked inode and answer "ok".
         with pytest.raises(errors.StateFileGone) as info:
-            c.parallel_add_task(session_id="s", id="never", title="never")
+            c.parallel_add_task(session_id="s", task={"id": "never", "title": "never"})
         assert info.value.code == 7004
         rescued = Path(info.value.data["rescued"])
         assert rescued == state / "corral.db.rescued"
         assert "removed or replaced" in info.value.message
         with pytest.raises(errors.StateFileGone):  # sticky: every later write too
-            c.parallel_add_task(session_id="s", id="never2", title="never")
+            c.parallel_add_task(session_id="s", task={"id": "never2", "title": "never"})
         assert ids(c) == ["kept0", "kept1", "kept2"]  # reads go on
         status = c.daemon_status()
         assert status.storage is not None and status.storage.state == "gone"

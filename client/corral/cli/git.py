@@ -22,7 +22,7 @@ def cmd_worktrees(args: argparse.Namespace, out: Out) -> int:
     with connect(args) as c:
         if args.cleanup:
             with progress(out, "cleaning up orphan worktrees"):
-                report = c.worktree_cleanup_orphaned(session_id=args.session)
+                report = c.worktree_cleanup_report(session_id=args.session)
             if out.as_json:
                 out.data(report)
             else:

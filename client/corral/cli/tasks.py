@@ -15,7 +15,7 @@ from corral.cli.common import (
     session_arg,
     task_rows,
 )
-from corral.models import TaskState, check_task_id
+from corral.models import TaskSpec, TaskState, check_task_id
 from corral.plan import slugify
 
 
@@ -48,13 +48,15 @@ def cmd_add(args: argparse.Namespace, out: Out) -> int:
     with connect(args) as c:
         task = c.parallel_add_task(
             session_id=args.session,
-            id=task_id,
-            title=args.title,
-            description=args.desc,
-            priority=args.priority,
-            dependencies=args.after,
-            agent_type=args.agent,
-            paths=args.paths,
+            task=TaskSpec(
+                id=task_id,
+                title=args.title,
+                description=args.desc,
+                priority=args.priority,
+                dependencies=args.after,
+                agent_type=args.agent,
+                paths=args.paths,
+            ),
         )
     if out.as_json:
         out.data(task)

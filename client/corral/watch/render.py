@@ -79,7 +79,7 @@ def gather(c: Client, session_id: str, matrix: ConflictMatrix | None = None) -> 
         pool=c.parallel_get_pool_stats(session_id=session_id),
         agents=c.parallel_list_agents(session_id=session_id, live=True),
         tasks=c.parallel_list_tasks(session_id=session_id),
-        violations=c.parallel_check_violations(session_id=session_id),
+        violations=c.parallel_list_violations(session_id=session_id),
         matrix=matrix,
         integration=c.integration_status(session_id=session_id) if integrating else None,
     )

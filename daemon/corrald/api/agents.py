@@ -27,12 +27,26 @@ async def parallel_get_agent(call: Call, p: AgentRef) -> Agent:
 
 @methods.method()
 async def parallel_get_pool_stats(call: Call, p: SessionParams) -> PoolStats:
-    """Running agents, their summed CPU and memory, against the session's limits."""
+    """Running agents, their summed CPU and memory, against the session's limits.
+
+    The seed's `{runningAgents, maxAgents, totalCpuUsage, maxTotalCpu,
+    totalMemoryMb, maxTotalMemoryMb}` are there; CPU is in percent of one
+    core, as `maxTotalCpu` is.
+    """
     return call.pool.pool_stats(call.session(p.session_id))
 
 
 @methods.method()
-async def parallel_check_violations(call: Call, p: SessionParams) -> list[Violation]:
+async def parallel_check_violations(call: Call, p: SessionParams) -> list[str]:
+    """Limit violations seen (newest last), one readable sentence each: the seed's `string[]`.
+
+    `parallel_list_violations` has the same violations as structured records.
+    """
+    return [v.sentence() for v in call.engine.session_violations(call.session(p.session_id))]
+
+
+@methods.method()
+async def parallel_list_violations(call: Call, p: SessionParams) -> list[Violation]:
     """Limit violations seen (newest last): kind, measured value, limit and the action taken.
 
     Kinds: timeout, limit_memory, limit_cpu (per agent), total_memory (session).
@@ -44,14 +58,31 @@ async def parallel_check_violations(call: Call, p: SessionParams) -> list[Violat
 async def parallel_get_agent_logs(call: Call, p: LogsParams) -> list[LogEntry]:
     """An agent's output lines from `offset` (line number), at most `limit`.
 
+    Each is the seed's LogEntry `{timestamp, level, message}` plus corral's
+    `offset` and `stream`. `level` comes from the stream: stdout is `info`,
+    stderr `warn` (agents write progress and warnings there, not only
+    errors), corral's own notes about the run (`stream: daemon`: limits,
+    kills, truncation) `debug`; `error` is never derived from a stream.
     Lines come from the in-memory ring while it holds them, else from the
-    agent's log file (capped in size). Errors: 2001 AgentNotFound.
+    agent's log file (capped in size), where they have no time of their own
+    (`timestamp` is the epoch). Errors: 2001 AgentNotFound.
     """
     return call.pool.logs(call.engine.agent(p.agent_id), p.offset, p.limit)
 
 
+#: Lines of output each CompletedAgent carries (the tail; the rest by parallel_get_agent_logs).
+COMPLETED_LOG_TAIL = 50
+
+
 @methods.method()
 async def parallel_poll_completed(call: Call, p: NoParams) -> list[CompletedAgent]:
-    """Agents that finished since this connection last asked (all kept ones at first)."""
+    """Agents that finished since this connection last asked (all kept ones at first).
+
+    Each is the seed's CompletedAgent `{agentId, taskId, processId, exitCode,
+    logs}` plus how it ended; `logs` holds the last lines of its output
+    (at most 50, while the daemon keeps them in memory).
+    """
     done, call.conn.state.poll_cursor = call.engine.poll_completed(call.conn.state.poll_cursor)
-    return done
+    return [
+        c.model_copy(update={"logs": call.pool.tail(c.agent_id, COMPLETED_LOG_TAIL)}) for c in done
+    ]

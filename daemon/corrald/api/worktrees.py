@@ -61,11 +61,22 @@ async def worktree_get_allocations(call: Call, p: SessionParams) -> list[Worktre
 
 
 @methods.method()
-async def worktree_cleanup_orphaned(call: Call, p: SessionParams) -> CleanupReport:
-    """Remove clean orphan worktrees, prune stale git metadata, report dirty ones.
+async def worktree_cleanup_orphaned(call: Call, p: SessionParams) -> list[str]:
+    """Remove clean orphan worktrees; the seed's `string[]` of the removed paths.
 
     Orphans are directories under the base directory with no allocation in
-    any session on this repository. Dirty orphans are listed in `keptDirty`
-    and left untouched. Result: `{removed, pruned, keptDirty}`.
+    any session on this repository. Stale git metadata is pruned; dirty
+    orphans are left untouched. `worktree_cleanup_report` does the same and
+    says what was pruned and kept.
+    """
+    return (await call.pool.cleanup_orphans(call.session(p.session_id))).removed
+
+
+@methods.method()
+async def worktree_cleanup_report(call: Call, p: SessionParams) -> CleanupReport:
+    """Clean up orphans as `worktree_cleanup_orphaned`, answering everything it did.
+
+    Result: `{removed, pruned, keptDirty}`: removed worktrees, pruned git
+    metadata, and dirty orphans listed and left untouched.
     """
     return await call.pool.cleanup_orphans(call.session(p.session_id))

@@ -11,16 +11,16 @@ Classification (first matching row wins):
 facts about the path                                   ConflictType
 =====================================================  ======================
 a directory on one side, a file on the other           directory_conflict
-a rename is part of the conflict (rename/rename,       rename
-rename/delete, rename onto an added file)
 added on both sides (no ancestor)                      file_creation
 present in the ancestor, deleted on exactly one side   delete_modify
 present in the ancestor and on both sides              file_modification
 =====================================================  ======================
 
-A content conflict in a file that one side renamed and the other edited is a
-`file_modification` (the content is the problem, not the names); the
-description says it was renamed.
+These are the seed's four types and never more. A conflict a rename is part
+of (rename/rename, rename/delete, a rename onto an added file, a content
+conflict in a file one side renamed) is classified by the same table from
+its logical three versions, and `MergeConflict.renamed` and the description
+say that a rename is involved.
 
 Recommendation (first matching row wins; `autoResolvable` is true only on the
 first row):
@@ -39,8 +39,8 @@ first row):
 4   file_modification                      manual                          false
 5   file_creation                          manual (two unrelated versions) false
 6   directory_conflict                     manual                          false
-7   rename                                 manual (which name is a         false
-                                           decision)
+7   a rename is part of a conflict         manual (which name is a         false
+    between names (rename/rename, ...)     decision)
 ==  =====================================  ==============================  ===============
 
 `use_priority` is never recommended: priorities live in the scheduler, not in
@@ -116,8 +116,6 @@ def classify(facts: ConflictFacts) -> ConflictType:
     """The conflict type of one path (see the module docstring's table)."""
     if facts.first_is_dir or facts.second_is_dir:
         return ConflictType.DIRECTORY_CONFLICT
-    if facts.renamed:
-        return ConflictType.RENAME
     if not facts.in_base and facts.in_first and facts.in_second:
         return ConflictType.FILE_CREATION
     if facts.in_base and facts.in_first != facts.in_second:
@@ -130,6 +128,8 @@ def recommend(facts: ConflictFacts) -> ResolutionStrategy:
     if facts.clean:
         return ResolutionStrategy.AUTO_MERGE
     kind = classify(facts)
+    if facts.renamed and kind is not ConflictType.DIRECTORY_CONFLICT:
+        return ResolutionStrategy.MANUAL
     if is_generated(facts.path) and kind in (
         ConflictType.FILE_MODIFICATION,
         ConflictType.FILE_CREATION,
@@ -148,7 +148,7 @@ def describe(facts: ConflictFacts, branch1: str, branch2: str) -> str:
     elif kind is ConflictType.DIRECTORY_CONFLICT:
         dir_side = branch1 if facts.first_is_dir else branch2
         text = f"{facts.path} is a directory on {dir_side} and a file on the other branch"
-    elif kind is ConflictType.RENAME:
+    elif facts.renamed:
         text = f"{facts.path}: conflicting renames between {branch1} and {branch2}"
     elif kind is ConflictType.FILE_CREATION:
         text = f"{facts.path} added with different content on {branch1} and {branch2}"
@@ -178,6 +178,7 @@ def build_conflict(
         auto_resolvable=facts.clean,
         recommended_strategy=recommend(facts),
         description=describe(facts, branch1, branch2),
+        renamed=facts.renamed,
     )
 
 
@@ -189,9 +190,10 @@ def pair_key(branch1: str, branch2: str) -> str:
 def summarize(conflicts: Iterable[MergeConflict]) -> ConflictSummary:
     """Counts for a list of conflicts (overlaps included as auto-resolvable).
 
-    `needsManual` counts everything that is not auto-resolvable, including the
-    paths for which a side is recommended: someone still has to choose.
-    `byType` always holds every type, with zeros, so frontends get one shape.
+    `manualRequired` counts everything that is not auto-resolvable, including
+    the paths for which a side is recommended: someone still has to choose.
+    `conflictsByType` always holds the four types, with zeros, so frontends
+    get one shape. `uniqueFiles` counts distinct paths over all pairs.
     """
     items = list(conflicts)
     by_type = {kind.value: 0 for kind in ConflictType}
@@ -201,8 +203,9 @@ def summarize(conflicts: Iterable[MergeConflict]) -> ConflictSummary:
     return ConflictSummary(
         total_conflicts=len(items),
         auto_resolvable=auto,
-        needs_manual=len(items) - auto,
-        by_type=by_type,
+        manual_required=len(items) - auto,
+        unique_files=len({c.file_path for c in items}),
+        conflicts_by_type=by_type,
         by_branch_pair=dict(sorted(pairs.items())),
     )
 

@@ -480,6 +480,29 @@ class Scheduler:
         self._set_state(node, TaskState.READY)
         return [task]
 
+    def reopen_to_resolve(self, task_id: str, files: Sequence[str], error: str) -> list[Task]:
+        """A completed task's branch conflicts with a landing target: an agent resolves it.
+
+        ``completed`` -> ``ready`` with `resolving = "conflict"` (the caller has
+        merged the target into its worktree, markers left in place); the
+        attempt spends no normal retry. Its dependents wait for it again
+        (those already started or ended are left as they are).
+        """
+        node = self._expect(task_id, TaskState.READY, TaskState.COMPLETED)
+        task = node.task
+        if self._satisfies(task):  # its dependents counted it as done
+            for dnode in node.dependents:
+                dnode.unmet += 1
+        self._awaiting.discard(task_id)
+        task.resolving = "conflict"
+        task.conflict_files = list(files)
+        task.integration_error = error
+        task.integration_status = None
+        task.assigned_agent = None
+        task.completed_at = None
+        self._set_state(node, TaskState.READY)
+        return [task]
+
     def requeue_parked(self, task_id: str) -> list[Task]:
         """A parked task (policy manual) goes back into the integration queue."""
         node = self._node(task_id)

@@ -191,3 +191,33 @@ async def repo_root(path: str | os.PathLike[str]) -> str:
 async def in_thread(fn: Callable[[], T]) -> T:
     """Run a blocking pygit2 function in a worker thread (cancellable wait)."""
     return await trio.to_thread.run_sync(fn, abandon_on_cancel=False)
+
+
+def _is_repository_sync(path: str) -> bool:
+    return os.path.isdir(path) and pygit2.discover_repository(path) is not None
+
+
+async def is_repository(path: str) -> bool:
+    """True when `path` is a directory inside a git repository (a work tree or a .git dir)."""
+    return await in_thread(lambda: _is_repository_sync(path))
+
+
+def _init_sync(path: str) -> str:
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise errors.NotAGitRepository(f"not a directory: {p}", {"path": str(p)})
+    found = pygit2.discover_repository(str(p)) if p.is_dir() else None
+    if found is not None and Path(found).resolve().parent == p.resolve():
+        return str(p.resolve())  # already one: git init would only re-read it too
+    p.mkdir(parents=True, exist_ok=True)
+    pygit2.init_repository(str(p), bare=False)
+    return str(p.resolve())
+
+
+async def init_repository(path: str) -> str:
+    """Create a repository with a work tree at `path` (made if missing); one already there is kept.
+
+    Returns the work tree's path. A file in the way is NotAGitRepository.
+    """
+    with map_git_errors("init repository"):
+        return await in_thread(lambda: _init_sync(path))

@@ -109,6 +109,8 @@ async def run_attempt(ctx: AttemptContext, run: Run) -> AttemptEnd:
         alloc = await ctx.allocate(state, run.agent_id, task.id, task.branch)
     except errors.CorralError as exc:
         return AttemptEnd.not_started(f"worktree: {exc.message}", ErrorCategory.UNKNOWN)
+    run.placed_at = (alloc.worktree_path, alloc.branch)
+    run.placed.set()
     try:
         kind = resolve_type(run.agent.agent_type, ctx.custom_types)
         parser = make_parser(kind.parser, config.completion_marker)
@@ -121,7 +123,8 @@ async def run_attempt(ctx: AttemptContext, run: Run) -> AttemptEnd:
     if task.resolving:
         prompt += resolution_note(
             task.resolving,
-            branch=state.session.integration_branch or "the integration branch",
+            # A landing conflict (integration off) is with the target, the base branch.
+            branch=state.session.integration_branch or config.base_branch or "the target branch",
             files=task.conflict_files,
             gate_argv=[" ".join(g) for g in config.gates()] or None,
             detail=task.integration_error,

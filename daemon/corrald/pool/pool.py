@@ -253,8 +253,14 @@ class AgentPool:
         self._nursery.start_soon(self._drive, run)
         return run
 
-    async def schedule_next(self, state: SessionState) -> tuple[Task | None, Agent | None, str]:
-        """Start one task by hand (parallel_schedule_next), whatever the session status."""
+    async def schedule_next(
+        self, state: SessionState, *, placed: bool = False
+    ) -> tuple[Task | None, Agent | None, str]:
+        """Start one task by hand (parallel_schedule_next), whatever the session status.
+
+        With `placed`, answer once the agent's worktree and branch exist (the
+        seed's Agent names them); otherwise at once, before the checkout.
+        """
         if state.scheduler.aborted:
             raise errors.SessionAborted(data={"sessionId": state.id})
         if self.closing:
@@ -268,7 +274,18 @@ class AgentPool:
                 return None, None, "no free slot (maxParallel reached)"
             return None, None, "no task is ready"
         run = self._start(state, task)
-        return state.scheduler.get(task.id), run.agent, ""
+        if not placed:
+            return state.scheduler.get(task.id), run.agent, ""
+        # Answer once the worktree and branch exist (or the attempt ended
+        # without them; its row then says why).
+        await run.placed.wait()
+        live = self.runs.get(run.agent_id)
+        agent = live.view() if live is not None else self.engine.agent(run.agent_id)
+        if not agent.worktree_path and run.placed_at is not None:
+            agent = agent.model_copy(
+                update={"worktree_path": run.placed_at[0], "branch": run.placed_at[1]}
+            )
+        return state.scheduler.get(task.id), agent, ""
 
     # --- one attempt ------------------------------------------------------------------
     async def _drive(self, run: Run) -> None:
@@ -302,6 +319,7 @@ class AgentPool:
             self._forget(run)
 
     def _forget(self, run: Run) -> None:
+        run.placed.set()
         self._keep_ring(run)
         # The handle's events sink points back at `run`: let the cycle go now,
         # so its ring is freed at once rather than at a full garbage collection.
@@ -454,6 +472,13 @@ class AgentPool:
         if ring and ring[0].offset <= offset:
             return [e for e in ring if e.offset >= offset][:limit]
         return read_log(self.log_path(agent.session_id, agent.id), offset, limit)
+
+    def tail(self, agent_id: str, n: int) -> list[LogEntry]:
+        """The last `n` lines kept in memory for an agent (live or recently finished)."""
+        run = self.runs.get(agent_id)
+        if run is not None and run.handle is not None:
+            return run.handle.tail(n)
+        return self._rings.get(agent_id, [])[-n:]
 
     def pool_stats(self, state: SessionState) -> PoolStats:
         return totals.pool_stats(

@@ -43,6 +43,9 @@ class Run:
     accounting: RunAccounting | None = None  # what a restart needs to end its processes
     stop: Stop | None = None
     stage: AttemptStage = AttemptStage.ALLOCATING
+    # (worktree path, branch) once allocated: a first attempt's row has neither.
+    placed_at: tuple[str, str] | None = None
+    placed: trio.Event = field(default_factory=trio.Event)  # allocated, or ended without
 
     @property
     def agent_id(self) -> str:
@@ -54,11 +57,15 @@ class Run:
 
     def view(self) -> Agent:
         """The wire Agent: the committed row plus what the run measures now."""
+        agent = self.agent
+        if self.placed_at is not None and not agent.worktree_path:
+            path, branch = self.placed_at
+            agent = agent.model_copy(update={"worktree_path": path, "branch": branch})
         handle = self.handle
         if handle is None:
-            return self.agent
+            return agent
         stats = handle.stats
-        return self.agent.model_copy(
+        return agent.model_copy(
             update={
                 "status": stats.activity,
                 "tokens": stats.tokens,

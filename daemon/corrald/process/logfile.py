@@ -64,8 +64,9 @@ def _pick_log_entry() -> Callable[[int, str, str, float], LogEntry]:
         if probe == _slow_log_entry(1, "stdout", "probe", 2.0) and probe.to_wire() == {
             "offset": 1,
             "stream": "stdout",
-            "line": "probe",
-            "at": 2.0,
+            "message": "probe",
+            "timestamp": "1970-01-01T00:00:02.000000Z",
+            "level": "info",
         }:
             return _fast_log_entry
     except Exception:  # pragma: no cover - depends on pydantic internals

@@ -618,6 +618,8 @@ class Engine:
         )
         with self._change(state) as batch:
             task = state.scheduler.get(agent.task_id)
+            if not row.worktree_path and task.worktree_path:  # allocated during this attempt
+                row.worktree_path, row.branch = task.worktree_path, task.branch or ""
             changed: list[Task] = []
             if task.state is TaskState.IN_PROGRESS and task.assigned_agent == agent.id:
                 changed = self._dispose(state.scheduler, task.id, outcome, tokens, rate_limit_reset)
@@ -633,6 +635,7 @@ class Engine:
                     task_id=row.task_id,
                     session_id=state.id,
                     success=outcome.success,
+                    process_id=row.process_id,
                     exit_code=exit_code,
                     end_reason=outcome.end_reason,
                     error=outcome.error,
@@ -822,6 +825,20 @@ class Engine:
             self.blocked[state.id] = reason
         with self._change() as b:
             b.publish(state.id, IntegrationBlockedPayload(reason=reason))
+
+    def reopen_to_resolve(
+        self, state: SessionState, task_id: str, files: Sequence[str], error: str
+    ) -> list[Task]:
+        """A completed task goes back to an agent to resolve a landing conflict.
+
+        A session that had finished runs again, as after `task_integrate`.
+        """
+        with self._change(state) as b:
+            changed = state.scheduler.reopen_to_resolve(task_id, files, error)
+            if state.session.status in (SessionStatus.COMPLETED, SessionStatus.FAILED):
+                self._set_session_status(b, state, SessionStatus.RUNNING)
+            self._tasks_changed(b, state, changed)
+        return changed
 
     def task_integrate(self, session_id: str | None, task_id: str) -> list[Task]:
         """A parked task (fixed by a person) goes back into the integration queue."""

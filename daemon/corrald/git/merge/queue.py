@@ -181,3 +181,31 @@ async def merge_queue(
             report.failed += 1
     report.target_commit = str(final)
     return report
+
+
+def _delete_merged_sync(repo_path: str, branch: str, target: str) -> str | None:
+    repo = open_repo(repo_path)
+    ref = repo.branches.local.get(branch)
+    if ref is None:
+        return "no such branch"
+    try:
+        tip = repo.references[_target_ref(target)].peel(pygit2.Commit).id
+    except KeyError:
+        return f"target {target} not found"
+    head = ref.peel(pygit2.Commit).id
+    if head != tip and not repo.descendant_of(tip, head):
+        return f"not merged into {target}"
+    if ref.is_checked_out():
+        return "checked out in a worktree"
+    ref.delete()
+    return None
+
+
+async def delete_merged_branch(repo_path: str, branch: str, target: str) -> str | None:
+    """Delete `branch` if `target` holds all of it and no worktree has it checked out.
+
+    Returns None when deleted, else why it was kept (never an unmerged branch).
+    """
+    async with write_lock(repo_path):
+        with map_git_errors(f"delete {branch}"):
+            return await in_thread(partial(_delete_merged_sync, repo_path, branch, target))

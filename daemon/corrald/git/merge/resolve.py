@@ -66,6 +66,60 @@ class _Resolution:
     commit: pygit2.Oid | None = None
 
 
+_RESOLVED = "Resolved: "
+_UNRESOLVED = "Unresolved: "
+
+
+def _prior(
+    repo: pygit2.Repository, branch: str, c1: pygit2.Commit, c2: pygit2.Commit
+) -> tuple[pygit2.Tree, set[str]] | None:
+    """The pair's earlier resolution commit, if it still merges these very tips.
+
+    Returns its tree and the files it resolved (its `Resolved:` trailers);
+    None when there is none or either branch moved since (start afresh).
+    """
+    ref = repo.references.get(f"refs/heads/{branch}")
+    if ref is None:
+        return None
+    commit = ref.peel(pygit2.Commit)
+    if [p.id for p in commit.parents] != [c1.id, c2.id]:
+        return None
+    resolved = {
+        line.removeprefix(_RESOLVED)
+        for line in commit.message.splitlines()
+        if line.startswith(_RESOLVED)
+    }
+    return commit.tree, resolved
+
+
+def _with_markers(
+    repo: pygit2.Repository, index: pygit2.Index, analysis: Analysis, path: str, b1: str, b2: str
+) -> None:
+    """Leave an unresolved file as a work tree would: git-style markers labelled by branch.
+
+    A file with no text merge (binary, or deleted on one side) keeps the
+    version of the branch that has one, branch1 first.
+    """
+    content, _ = _manual_content(repo, index, analysis, path, b1, b2)
+    group = {path, *analysis.links.get(path, set())}
+    conflicts = index.conflicts
+    entries = {}
+    if conflicts is not None:
+        for p in sorted(group):
+            if p in conflicts:
+                entries[p] = conflicts[p]
+                del conflicts[p]
+    if content is None:
+        for _, ours, theirs in entries.values():
+            kept = ours or theirs
+            if kept is not None:
+                index.add(pygit2.IndexEntry(kept.path, kept.id, kept.mode))
+                return
+        return
+    blob = repo.create_blob(content.encode())
+    index.add(pygit2.IndexEntry(path, blob, pygit2.enums.FileMode.BLOB))
+
+
 def _resolve_sync(
     repo_path: str,
     conflict: MergeConflict,
@@ -83,7 +137,7 @@ def _resolve_sync(
     linked = analysis.links.get(path, set())
     own = {path, *linked}
     this_conflicts = [p for p in analysis.groups if p in own]
-    others = sorted(set(analysis.conflicted) - own)
+    branch = resolution_branch_name(b1, b2)
 
     def fail(why: str, **data: Any) -> errors.ResolutionFailed:
         return errors.ResolutionFailed(
@@ -94,7 +148,11 @@ def _resolve_sync(
         content, message = _manual_content(repo, index, analysis, path, b1, b2)
         return _Resolution(
             ConflictResolutionResult(
-                success=False, strategy=strategy, file_path=path, message=message, content=content
+                success=False,
+                strategy_used=strategy,
+                file_path=path,
+                message=message,
+                content=content,
             )
         )
     if strategy is ResolutionStrategy.AUTO_MERGE:
@@ -107,27 +165,40 @@ def _resolve_sync(
             ResolutionStrategy.USE_PRIORITY: priority_branch or b1,
         }[strategy]
         _take_side(index, engine.commit(side).tree, sorted(own))
-    if others:
-        raise fail(
-            "the merge has other conflicts; resolve them first",
-            reason="other_conflicts",
-            otherConflicts=others,
-        )
+    # One file at a time: files resolved by earlier calls on these same tips
+    # keep their resolution; the rest stay with conflict markers until theirs.
+    prior = _prior(repo, branch, c1, c2)
+    conflicted = set(analysis.conflicted) - own
+    earlier = sorted(conflicted & prior[1]) if prior is not None else []
+    if prior is not None:
+        for p in earlier:
+            _take_side(index, prior[0], sorted({p, *analysis.links.get(p, set())}))
+    remaining = sorted(conflicted - set(earlier))
+    for p in remaining:
+        _with_markers(repo, index, analysis, p, b1, b2)
     if index.conflicts is not None:  # pragma: no cover - all conflicts were accounted for
         raise fail("conflicts remain", reason="other_conflicts")
     tree = index.write_tree(repo)
     sig = signature(repo)
-    message = f"Resolve {path} ({strategy.value}) merging {b2} into {b1}\n\nTarget: {base_branch}\n"
+    trailers = [f"{_RESOLVED}{p}" for p in sorted({path, *earlier})]
+    trailers += [f"{_UNRESOLVED}{p}" for p in remaining]
+    message = (
+        f"Resolve {path} ({strategy.value}) merging {b2} into {b1}\n\nTarget: {base_branch}\n"
+        + "".join(f"{t}\n" for t in trailers)
+    )
     commit = repo.create_commit(None, sig, sig, message, tree, [c1.id, c2.id])
-    branch = resolution_branch_name(b1, b2)
+    done = f"resolved {path} with {strategy.value} on {branch}"
+    if remaining:
+        done += f"; still to resolve (conflict markers on the branch): {', '.join(remaining)}"
     return _Resolution(
         ConflictResolutionResult(
             success=True,
-            strategy=strategy,
+            strategy_used=strategy,
             file_path=path,
             branch=branch,
             commit=str(commit),
-            message=f"resolved with {strategy.value} on {branch}",
+            message=done,
+            remaining=remaining,
         ),
         branch,
         commit,
@@ -191,9 +262,13 @@ async def resolve(
     with git's merge of the file; ResolutionFailed if that merge conflicts.
     manual: nothing is committed; `content` is the file with git-style
     markers labelled by branch, and `success` is false (it is not resolved).
-    A pair with other conflicting files cannot be committed: ResolutionFailed
-    with `data.otherConflicts`. `base_branch` must exist and is named in the
-    commit message; it does not change the tree.
+    One file at a time: when the pair has other conflicting files, the
+    commit holds them with git-style conflict markers (listed in `remaining`
+    and as `Unresolved:` trailers), and the next call for the same pair (while
+    neither branch moved) keeps every file resolved before (`Resolved:`
+    trailers). The branch is ready to merge when `remaining` is empty.
+    `base_branch` must exist and is named in the commit message; it does not
+    change the tree.
     Errors: BranchNotFound (4001), ResolutionFailed (4005).
     """
     with map_git_errors("resolve conflict"):
