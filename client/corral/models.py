@@ -462,6 +462,7 @@ class Task(Wire):
     resolving: str | None = None  # "conflict" or "gate": the next attempt resolves that
     conflict_files: list[str] = Field(default_factory=list)
     integration_error: str | None = None  # what went wrong on the way in (gate output tail)
+    rate_limits: int = 0  # rate limits in a row; the backoff for a limit without a reset time
 
     @computed_field  # type: ignore[prop-decorator]
     @property
