@@ -2,7 +2,8 @@
 
 A new session with the same task ids finds the worktrees and branches of the
 earlier session. It takes them over: the earlier session's allocation moves
-to the new one, and nothing in the worktree is removed.
+to the new one, and nothing in the worktree is removed. Also here: the
+session's usage totals in its stats (bug e), which outlive the daemon.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import pytest
 
 from tests.conftest import git
 from tests.daemon_proc import DaemonProcess
-from tests.test_cli import Cli
+from tests.test_cli import Cli, quick
+from tests.test_pool import agent_config
 
 CONFIG = '[agents.command]\nargv = ["sh", "-c", "echo hi > out.txt"]\n'
 
@@ -67,3 +69,31 @@ def test_rerun_keeps_dirty_work_of_the_earlier_session(
     # the earlier file is still there; it was committed with the new attempt's work
     assert notes.read_text() == "uncommitted, precious\n"
     assert git(repo, "show", "corral/hello:notes.txt") == "uncommitted, precious"
+
+
+def test_session_usage_in_stats_survives_a_restart(
+    capsys: pytest.CaptureFixture[str], repo: Path, tmp_path: Path
+) -> None:
+    behaviour = tmp_path / "behaviour.json"
+    behaviour.write_text(json.dumps({"a": quick("a"), "b": quick("b", "--tokens", "250")}))
+    # quick() gives --tokens 100 first; argparse keeps the last value, 250, for b
+    plan = tmp_path / "plan.toml"
+    plan.write_text('[[tasks]]\nid = "a"\ntitle = "A"\n\n[[tasks]]\nid = "b"\ntitle = "B"\n')
+    state = tmp_path / "state"
+    config = agent_config(behaviour, "fake")
+    with DaemonProcess(state, config=config) as d:
+        cli = Cli(capsys, d.socket)
+        code, out, err = cli("run", str(plan), "--repo", str(repo), "--agent", "fake", "--json")
+        assert code == 0, err
+        sid = json.loads(out)["sessionId"]
+        agents = cli.json("agents", "--session", sid)
+        assert sorted(a["tokens"] for a in agents) == [100, 250]
+        with d.client() as c:
+            stats = c.parallel_get_scheduler_stats(session_id=sid)
+            pool = c.parallel_get_pool_stats(session_id=sid)
+    assert (stats.tokens, stats.cost) == (350, pytest.approx(0.02))
+    assert (pool.tokens, pool.cost) == (350, pytest.approx(0.02))
+    with DaemonProcess(state, config=config) as d2, d2.client() as c:
+        again = c.parallel_get_scheduler_stats(session_id=sid)
+        assert (again.tokens, again.cost) == (350, pytest.approx(0.02))
+        assert c.parallel_get_pool_stats(session_id=sid).tokens == 350

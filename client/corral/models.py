@@ -516,6 +516,8 @@ class SchedulerStats(Wire):
     max_parallel: int
     strategy: Strategy
     session_status: SessionStatus
+    tokens: int = 0  # summed over every agent of the session, running ones included
+    cost: float = 0.0  # USD, as the agents reported it
 
 
 class Assignment(Wire):
@@ -535,6 +537,8 @@ class PoolStats(Wire):
     max_total_memory_mb: int
     completed_agents: int = 0
     failed_agents: int = 0
+    tokens: int = 0  # summed over every agent of the session, running ones included
+    cost: float = 0.0  # USD, as the agents reported it
 
 
 class Violation(Wire):

@@ -141,5 +141,12 @@ async def parallel_stop_all(call: Call, p: SessionParams) -> list[Task]:
 
 @methods.method()
 async def parallel_get_scheduler_stats(call: Call, p: SessionParams) -> SchedulerStats:
-    """Counts of tasks by status, plus the session's strategy and status."""
-    return call.engine.stats(p.session_id)
+    """Counts of tasks by status, the session's strategy and status, and its usage.
+
+    `tokens` and `cost` add up every agent of the session (running ones with
+    their live figures); they are read from the stored agents, so they
+    survive a daemon restart.
+    """
+    state = call.session(p.session_id)
+    tokens, cost = call.pool.usage(state)
+    return call.engine.stats(state.id).model_copy(update={"tokens": tokens, "cost": cost})
