@@ -8,6 +8,7 @@ the rate-limit regexes over stderr.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -79,6 +80,9 @@ class ClaudeStreamJsonParser(_Base):
     def __init__(self, completion_marker: str | None = None) -> None:
         super().__init__(completion_marker)
         self._msg_tokens: dict[str, int] = {}
+        self._activity = AgentActivity.IDLE
+        # tool_use id -> the activity before it, restored if the CLI denies the tool
+        self._before_tool: dict[str, AgentActivity] = {}
 
     @staticmethod
     def _usage_tokens(usage: Any) -> int:
@@ -97,7 +101,9 @@ class ClaudeStreamJsonParser(_Base):
             return self._marker(line) + self._fallback(stream, line)
         kind = obj.get("type")
         if kind == "assistant":
-            return self._assistant(obj)
+            return self._seen(self._assistant(obj))
+        if kind == "user":
+            return self._seen(self._tool_results(obj))
         if kind == "result":
             return self._result(obj)
         if kind == "rate_limit_event":
@@ -120,6 +126,7 @@ class ClaudeStreamJsonParser(_Base):
                 activity = activity_for_tool(
                     str(block.get("name", "")), tool_input if isinstance(tool_input, dict) else None
                 )
+                self._before_tool[str(block.get("id", ""))] = self._activity
             elif btype in ("text", "thinking"):
                 texts.append(str(block.get("text") or block.get("thinking") or ""))
                 activity = activity or AgentActivity.THINKING
@@ -135,6 +142,37 @@ class ClaudeStreamJsonParser(_Base):
             out += self._marker(text)
             if _CLAUDE_LIMIT_RE.search(text):
                 out.append(ParsedEvent(rate_limited=True, rate_limit_reset=parse_reset(text)))
+        return out
+
+    def _seen(self, events: list[ParsedEvent]) -> list[ParsedEvent]:
+        for ev in events:
+            if ev.activity is not None:
+                self._activity = ev.activity
+        return events
+
+    def _tool_results(self, obj: dict[str, Any]) -> list[ParsedEvent]:
+        """A tool the CLI denied (a permission rule, no approval) was not done:
+        the activity goes back to what it was before the tool was asked for."""
+        msg = obj.get("message")
+        content = msg.get("content") if isinstance(msg, dict) else None
+        denied: list[str] = []
+        meta = obj.get("tool_result_meta")
+        for entry in meta if isinstance(meta, list) else []:
+            if isinstance(entry, dict) and _denied_meta(entry):
+                denied.append(str(entry.get("id", "")))
+        for block in content if isinstance(content, list) else []:
+            if (
+                isinstance(block, dict)
+                and block.get("type") == "tool_result"
+                and block.get("is_error")
+                and _DENIED_RE.search(_block_text(block.get("content")))
+            ):
+                denied.append(str(block.get("tool_use_id", "")))
+        out: list[ParsedEvent] = []
+        for tool_id in dict.fromkeys(denied):
+            before = self._before_tool.pop(tool_id, None)
+            if before is not None:
+                out.append(ParsedEvent(activity=before, detail=f"tool use {tool_id} denied"))
         return out
 
     def _result(self, obj: dict[str, Any]) -> list[ParsedEvent]:
@@ -171,8 +209,44 @@ class ClaudeStreamJsonParser(_Base):
         return [ParsedEvent(rate_limited=True, rate_limit_reset=when, detail=json.dumps(info))]
 
 
+#: What claude says in a tool_result when it did not run the tool for lack of permission.
+_DENIED_RE = re.compile(
+    r"requires approval|haven't granted|permission (?:to use|denied)|was (?:denied|rejected)"
+    r"|user (?:rejected|denied)|not allowed",
+    re.I,
+)
+
+
+def _denied_meta(entry: dict[str, Any]) -> bool:
+    decision = entry.get("permission_decision")
+    if isinstance(decision, dict) and decision.get("decision") in ("reject", "deny", "denied"):
+        return True
+    return str(entry.get("non_execution_kind", "")).endswith(("rejected", "denied"))
+
+
+def _block_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(
+            str(c.get("text", ""))
+            for c in content
+            if isinstance(c, dict) and c.get("type") == "text"
+        )
+    return ""
+
+
 class CodexJsonParser(_Base):
-    """``codex exec --json``: thread/turn/item events; usage per completed turn."""
+    """``codex exec --json``: thread/turn/item events; usage per completed turn.
+
+    A command or file change whose item ends ``declined`` (not approved) was
+    not done: the activity goes back to what it was before that item.
+    """
+
+    def __init__(self, completion_marker: str | None = None) -> None:
+        super().__init__(completion_marker)
+        self._activity = AgentActivity.IDLE
+        self._before_item: dict[str, AgentActivity] = {}
 
     def feed(self, stream: Stream, line: str) -> list[ParsedEvent]:
         self.lines += 1
@@ -196,13 +270,22 @@ class CodexJsonParser(_Base):
             ev = rate_limit_from_text(str(obj.get("message", "")))
             return [ev] if ev else []
         if kind in ("item.started", "item.updated", "item.completed"):
-            return self._item(obj.get("item"))
+            events = self._item(obj.get("item"))
+            for ev in events:
+                self._activity = ev.activity or self._activity
+            return events
         return []
 
     def _item(self, item: Any) -> list[ParsedEvent]:
         if not isinstance(item, dict):
             return []
         itype = item.get("type") or item.get("item_type")
+        item_id = str(item.get("id", ""))
+        if itype in ("command_execution", "file_change"):
+            if item.get("status") == "declined":
+                before = self._before_item.pop(item_id, self._activity)
+                return [ParsedEvent(activity=before, detail=f"{itype} {item_id} declined")]
+            self._before_item.setdefault(item_id, self._activity)
         if itype == "command_execution":
             return [ParsedEvent(activity=activity_for_command(str(item.get("command", ""))))]
         if itype == "file_change":
