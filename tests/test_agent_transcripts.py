@@ -39,6 +39,7 @@ def activities(events: list[ParsedEvent]) -> list[A]:
 def result_event(fixture: str) -> dict[str, object]:
     lines = (FIXTURES / fixture).read_text().splitlines()
     (result,) = [json.loads(x) for x in lines if '"type":"result"' in x]
+    assert isinstance(result, dict)
     return result
 
 
@@ -48,9 +49,7 @@ def test_claude_real_run_tokens_cost_activity() -> None:
     result = result_event("claude-ok.jsonl")
     usage = result["usage"]
     assert isinstance(usage, dict)
-    expected = (
-        usage["input_tokens"] + usage["cache_creation_input_tokens"] + usage["output_tokens"]
-    )
+    expected = usage["input_tokens"] + usage["cache_creation_input_tokens"] + usage["output_tokens"]
     (total,) = [e for e in events if e.tokens_total is not None]
     assert total.tokens_total == expected == 450
     assert total.cost_total == pytest.approx(result["total_cost_usd"])
@@ -124,3 +123,44 @@ def test_codex_declined_command_is_not_activity() -> None:
 )
 def test_telling_line(lines: list[str], expected: str) -> None:
     assert telling_line(lines) == expected
+
+
+def test_gemini_real_run_tokens_and_activity() -> None:
+    events = replay("gemini-stream-json", "gemini-ok.jsonl")
+    assert activities(events) == [A.THINKING, A.IMPLEMENTING, A.TESTING, A.THINKING, A.IDLE]
+    stats = result_event_typed("gemini-ok.jsonl")["stats"]
+    assert isinstance(stats, dict)
+    (total,) = [e for e in events if e.tokens_total is not None]
+    assert total.tokens_total == stats["total_tokens"] == 450
+
+
+def test_gemini_refused_shell_is_not_activity() -> None:
+    # --approval-mode auto_edit, headless: run_shell_command is not registered
+    events = replay("gemini-stream-json", "gemini-denied.jsonl")
+    assert activities(events) == [
+        A.THINKING,
+        A.IMPLEMENTING,
+        A.TESTING,
+        A.IMPLEMENTING,
+        A.THINKING,
+        A.IDLE,
+    ]
+    assert any("denied" in e.detail for e in events)
+
+
+def result_event_typed(fixture: str) -> dict[str, object]:
+    lines = (FIXTURES / fixture).read_text().splitlines()
+    (result,) = [json.loads(x) for x in lines if json.loads(x).get("type") == "result"]
+    assert isinstance(result, dict)
+    return result
+
+
+def test_opencode_real_run_tokens_and_cost() -> None:
+    # a one-step run of real opencode 1.18.33 (the scripted API answered with text)
+    events = replay("opencode-json", "opencode-text.jsonl")
+    assert activities(events) == [A.THINKING]
+    lines = (FIXTURES / "opencode-text.jsonl").read_text().splitlines()
+    finishes = [json.loads(x)["part"] for x in lines if json.loads(x)["type"] == "step_finish"]
+    assert sum(e.tokens_delta for e in events) == sum(f["tokens"]["total"] for f in finishes)
+    (cost,) = [e.cost_total for e in events if e.cost_total is not None]
+    assert cost == pytest.approx(sum(f["cost"] for f in finishes))

@@ -91,9 +91,9 @@ def test_session_usage_in_stats_survives_a_restart(
         with d.client() as c:
             stats = c.parallel_get_scheduler_stats(session_id=sid)
             pool = c.parallel_get_pool_stats(session_id=sid)
-    assert (stats.tokens, stats.cost) == (350, pytest.approx(0.02))
-    assert (pool.tokens, pool.cost) == (350, pytest.approx(0.02))
+    assert stats.tokens == pool.tokens == 350
+    assert stats.cost == pool.cost == pytest.approx(0.02)
     with DaemonProcess(state, config=config) as d2, d2.client() as c:
         again = c.parallel_get_scheduler_stats(session_id=sid)
-        assert (again.tokens, again.cost) == (350, pytest.approx(0.02))
+        assert again.tokens == 350 and again.cost == pytest.approx(0.02)
         assert c.parallel_get_pool_stats(session_id=sid).tokens == 350

@@ -33,6 +33,7 @@ from pydantic import TypeAdapter
 from corral import errors
 from corral.models import (
     Agent,
+    AgentCheck,
     Assignment,
     CleanupReport,
     CompletedAgent,
@@ -186,6 +187,7 @@ class _Methods:
         "parallel_get_scheduler_stats", SessionParams, SchedulerStats
     )
     parallel_get_pool_stats = _Rpc("parallel_get_pool_stats", SessionParams, PoolStats)
+    agents_check = _Rpc("agents_check", NoParams, list[AgentCheck])
     parallel_check_violations = _Rpc("parallel_check_violations", SessionParams, list[Violation])
     parallel_get_agent_logs = _Rpc("parallel_get_agent_logs", LogsParams, list[LogEntry])
     parallel_poll_completed = _Rpc("parallel_poll_completed", NoParams, list[CompletedAgent])

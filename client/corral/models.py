@@ -18,7 +18,7 @@ import re
 import string
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -352,6 +352,12 @@ def check_integration_template(value: str) -> str:
     return value
 
 
+#: An agent's permission profile: "workspace" edits files and runs commands in its
+#: worktree without prompting, "full" bypasses every check, "ask" leaves the CLI's
+#: own prompts on (headless, what would prompt is refused).
+Permissions = Literal["workspace", "full", "ask"]
+
+
 class SchedulerConfig(Wire):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -369,6 +375,8 @@ class SchedulerConfig(Wire):
     fallback_agent: str | None = None
     completion_marker: str | None = None
     auto_commit: bool = True
+    # What an unattended agent may do without asking (README: permission profiles).
+    permissions: Permissions = "workspace"
     branch_template: Annotated[str, AfterValidator(check_branch_template)] = Field(
         "corral/{task_id}", min_length=1, max_length=200
     )
@@ -539,6 +547,26 @@ class PoolStats(Wire):
     failed_agents: int = 0
     tokens: int = 0  # summed over every agent of the session, running ones included
     cost: float = 0.0  # USD, as the agents reported it
+
+
+class AgentCheckStatus(StrEnum):
+    OK = "ok"  # found, and its version is the one corral's argv was verified with
+    MISSING = "missing"  # the executable is not on the daemon's PATH
+    UNKNOWN_VERSION = "unknown_version"  # found, another (or an unreadable) version
+    UNVERIFIED = "unverified"  # found; corral knows no good version (custom, unverified)
+    NO_ARGV = "no_argv"  # "command" without an [agents.command] table
+
+
+class AgentCheck(Wire):
+    """`agents_check` / `corral doctor`: one agent type, as the daemon sees it."""
+
+    agent_type: str
+    executable: str | None = None
+    path: str | None = None
+    version: str | None = None
+    verified: str | None = None  # the CLI release corral's builtin argv was run against
+    status: AgentCheckStatus = AgentCheckStatus.MISSING
+    detail: str = ""
 
 
 class Violation(Wire):

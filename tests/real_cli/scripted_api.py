@@ -46,7 +46,10 @@ def _script_of(text: str) -> dict[str, Any] | None:
     m = _SCRIPT_RE.search(text)
     if m is None:
         return None
-    value = json.loads(m.group(1))
+    try:
+        value = json.loads(m.group(1))
+    except ValueError:  # a copy of the prompt cut short (a title request, say)
+        return None
     return value if isinstance(value, dict) else None
 
 
@@ -141,6 +144,10 @@ class ScriptedApi:
             with self._lock:
                 self.calls += 1
             return self._openai(h, body)
+        if ":streamGenerateContent" in route or ":generateContent" in route:
+            with self._lock:
+                self.calls += 1
+            return self._gemini(h, body, stream=":stream" in route)
         return _json(h, 404, {"error": {"message": f"no route {route}"}})
 
     def _anthropic(self, h: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
@@ -190,6 +197,48 @@ class ScriptedApi:
             blocks, stop = [{"type": "text", "text": "Done: the file is written."}], "end_turn"
         _sse_anthropic(h, body.get("model") or "claude-scripted", blocks, stop)
 
+    def _gemini(self, h: BaseHTTPRequestHandler, body: dict[str, Any], *, stream: bool) -> None:
+        contents = body.get("contents") or []
+        script = next((s for s in map(_script_of, _texts(contents)) if s is not None), None)
+        step = sum(1 for c in contents if isinstance(c, dict) and c.get("role") == "model")
+        names = {
+            str(f.get("name"))
+            for t in body.get("tools") or []
+            if isinstance(t, dict)
+            for f in t.get("functionDeclarations") or []
+            if isinstance(f, dict)
+        }
+        parts: list[dict[str, Any]]
+        if script is None or "write_file" not in names:
+            parts = [{"text": "ok"}]
+        elif step == 0:
+            args = {"file_path": script["file"], "content": script["content"]}
+            parts = [
+                {"text": "I will write the file first."},
+                {"functionCall": {"name": "write_file", "args": args}},
+            ]
+        elif step == 1:
+            command = shlex.join(script["test"])
+            parts = [{"functionCall": {"name": "run_shell_command", "args": {"command": command}}}]
+        else:
+            parts = [{"text": "Done: the file is written."}]
+        chunk = {
+            "candidates": [
+                {"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}
+            ],
+            "usageMetadata": {
+                "promptTokenCount": INPUT_TOKENS,
+                "candidatesTokenCount": OUTPUT_TOKENS,
+                "totalTokenCount": INPUT_TOKENS + OUTPUT_TOKENS,
+            },
+            "modelVersion": "gemini-scripted",
+        }
+        if not stream:
+            return _json(h, 200, chunk)
+        _start_sse(h)
+        h.wfile.write(f"data: {json.dumps(chunk)}\r\n\r\n".encode())
+        h.wfile.flush()
+
     def _openai(self, h: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
         items = body.get("input") or []
         script = next((s for s in map(_script_of, _texts(items)) if s is not None), None)
@@ -206,6 +255,17 @@ class ScriptedApi:
         out: list[dict[str, Any]]
         if script is None or not tools:
             out = [_oa_message("ok")]
+        elif "bash" in tools and "exec_command" not in tools:  # opencode's tools
+            if step == 0:
+                patch = f"*** Begin Patch\n*** Add File: {script['file']}\n"
+                patch += "".join(f"+{line}\n" for line in script["content"].splitlines())
+                patch += "*** End Patch"
+                args0 = {"patchText": patch}
+                out = [_oa_message("I will write the file first."), _oa_call("apply_patch", args0)]
+            elif step == 1:
+                out = [_oa_call("bash", {"command": shlex.join(script["test"])})]
+            else:
+                out = [_oa_message("Done: the file is written.")]
         elif step == 0:
             patch = (
                 "*** Begin Patch\n*** Add File: "
@@ -214,6 +274,7 @@ class ScriptedApi:
                 + "".join(f"+{line}\n" for line in script["content"].splitlines())
                 + "*** End Patch\n"
             )
+            call: dict[str, Any]
             if "apply_patch" not in tools:
                 # codex intercepts apply_patch run through its shell tool
                 command = f"apply_patch <<'PATCH'\n{patch}PATCH\n"
@@ -224,7 +285,7 @@ class ScriptedApi:
                     "call_id": "call_write",
                 }
             elif tools["apply_patch"].get("type") == "custom":
-                call: dict[str, Any] = {
+                call = {
                     "type": "custom_tool_call",
                     "name": "apply_patch",
                     "input": patch,
@@ -240,7 +301,11 @@ class ScriptedApi:
             out = [_oa_message("I will write the file first."), call]
         elif step == 1:
             shell = next(
-                (n for n in ("exec_command", "shell_command", "shell", "local_shell") if n in tools),
+                (
+                    n
+                    for n in ("exec_command", "shell_command", "shell", "local_shell")
+                    if n in tools
+                ),
                 "shell",
             )
             if shell == "exec_command":
@@ -260,6 +325,17 @@ class ScriptedApi:
         else:
             out = [_oa_message("Done: the file is written.")]
         _sse_openai(h, body.get("model") or "gpt-scripted", out)
+
+
+def _oa_call(name: str, args: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "function_call",
+        "id": f"fc_{next(_msg_seq)}",
+        "name": name,
+        "arguments": json.dumps(args),
+        "call_id": f"call_{name}",
+        "status": "completed",
+    }
 
 
 def _json(
@@ -302,7 +378,7 @@ def _sse_anthropic(
         "cache_creation_input_tokens": 0,
         "cache_read_input_tokens": 0,
     }
-    message = {
+    message: dict[str, Any] = {
         "id": f"msg_scripted_{next(_msg_seq)}",
         "type": "message",
         "role": "assistant",
@@ -314,14 +390,21 @@ def _sse_anthropic(
     }
     _event(h, "message_start", {"type": "message_start", "message": message})
     for i, block in enumerate(blocks):
+        start: dict[str, Any]
         if block["type"] == "text":
             start = {"type": "text", "text": ""}
             delta = {"type": "text_delta", "text": block["text"]}
         else:
             start = {**block, "input": {}}
             delta = {"type": "input_json_delta", "partial_json": json.dumps(block["input"])}
-        _event(h, "content_block_start", {"type": "content_block_start", "index": i, "content_block": start})
-        _event(h, "content_block_delta", {"type": "content_block_delta", "index": i, "delta": delta})
+        _event(
+            h,
+            "content_block_start",
+            {"type": "content_block_start", "index": i, "content_block": start},
+        )
+        _event(
+            h, "content_block_delta", {"type": "content_block_delta", "index": i, "delta": delta}
+        )
         _event(h, "content_block_stop", {"type": "content_block_stop", "index": i})
     _event(
         h,
@@ -356,6 +439,15 @@ def _sse_openai(h: BaseHTTPRequestHandler, model: str, items: list[dict[str, Any
             "response.output_item.added",
             {"type": "response.output_item.added", "output_index": i, "item": item},
         )
+        if item["type"] == "message":
+            text = item["content"][0]["text"]
+            delta = {"type": "response.output_text.delta", "item_id": item["id"]}
+            delta |= {"output_index": i, "content_index": 0, "delta": text}
+            _event(h, "response.output_text.delta", delta)
+        elif item["type"] == "function_call":
+            args = {"type": "response.function_call_arguments.delta", "item_id": item.get("id")}
+            args |= {"output_index": i, "delta": item["arguments"]}
+            _event(h, "response.function_call_arguments.delta", args)
         _event(
             h,
             "response.output_item.done",

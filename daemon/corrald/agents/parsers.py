@@ -300,11 +300,161 @@ class CodexJsonParser(_Base):
         return []
 
 
+class GeminiStreamJsonParser(_Base):
+    """``gemini --output-format stream-json``: init/message/tool_use/tool_result/error/result.
+
+    The ``result`` event's ``stats`` carry the run's tokens (gemini reports no
+    cost). A ``tool_result`` with an error status whose message says the tool
+    was not allowed (or not registered: headless, a tool the approval mode
+    would have to ask for is left out) restores the activity from before
+    that ``tool_use``.
+    """
+
+    def __init__(self, completion_marker: str | None = None) -> None:
+        super().__init__(completion_marker)
+        self._activity = AgentActivity.IDLE
+        self._before_tool: dict[str, AgentActivity] = {}
+
+    def feed(self, stream: Stream, line: str) -> list[ParsedEvent]:
+        self.lines += 1
+        obj = _as_dict(line) if stream == "stdout" else None
+        if obj is None:
+            return self._marker(line) + self._fallback(stream, line)
+        events = self._event(obj)
+        for ev in events:
+            self._activity = ev.activity or self._activity
+        return events
+
+    def _event(self, obj: dict[str, Any]) -> list[ParsedEvent]:
+        kind = obj.get("type")
+        if kind == "message" and obj.get("role") == "assistant":
+            text = str(obj.get("content") or "")
+            return [ParsedEvent(activity=AgentActivity.THINKING), *self._marker(text)]
+        if kind == "tool_use":
+            params = obj.get("parameters")
+            activity = activity_for_tool(
+                _GEMINI_TOOLS.get(str(obj.get("tool_name", "")), str(obj.get("tool_name", ""))),
+                params if isinstance(params, dict) else None,
+            )
+            self._before_tool[str(obj.get("tool_id", ""))] = self._activity
+            return [ParsedEvent(activity=activity)]
+        if kind == "tool_result":
+            tool_id = str(obj.get("tool_id", ""))
+            before = self._before_tool.pop(tool_id, None)
+            error = obj.get("error")
+            err = error if isinstance(error, dict) else {"message": str(error or "")}
+            # headless, a tool the approval mode does not allow is not even registered
+            refused = _GEMINI_REFUSED_RE.search(str(err.get("type", ""))) or _DENIED_RE.search(
+                str(err.get("message", ""))
+            )
+            if obj.get("status") == "error" and before is not None and refused:
+                return [ParsedEvent(activity=before, detail=f"tool use {tool_id} denied")]
+            return []
+        if kind == "error":
+            ev = rate_limit_from_text(str(obj.get("message", "")))
+            return [ev] if ev else []
+        if kind == "result":
+            stats = obj.get("stats")
+            total = _int(stats.get("total_tokens")) if isinstance(stats, dict) else None
+            out = [ParsedEvent(tokens_total=total, activity=AgentActivity.IDLE)]
+            error = obj.get("error")
+            if isinstance(error, dict):
+                ev = rate_limit_from_text(str(error.get("message", "")))
+                if ev:
+                    out.append(ev)
+            return out
+        return []
+
+
+_GEMINI_REFUSED_RE = re.compile(r"not_registered|denied|permission|not_allowed|rejected")
+
+#: gemini's tool names, mapped onto the names activity_for_tool knows.
+_GEMINI_TOOLS = {
+    "read_file": "read",
+    "read_many_files": "read",
+    "list_directory": "ls",
+    "glob": "glob",
+    "search_file_content": "grep",
+    "grep_search": "grep",
+    "write_file": "write",
+    "replace": "edit",
+    "run_shell_command": "bash",
+    "web_fetch": "webfetch",
+    "google_web_search": "websearch",
+}
+
+
+class OpencodeJsonParser(_Base):
+    """``opencode run --format json``: one event per part (step_start, text, tool_use,
+    step_finish). Each ``step_finish`` carries that step's tokens and cost; the
+    run's figures are their sums. A tool part whose state is an error saying
+    the permission was denied restores the activity from before it.
+    """
+
+    def __init__(self, completion_marker: str | None = None) -> None:
+        super().__init__(completion_marker)
+        self._cost = 0.0
+        self._activity = AgentActivity.IDLE
+        self._before_tool: dict[str, AgentActivity] = {}
+
+    def feed(self, stream: Stream, line: str) -> list[ParsedEvent]:
+        self.lines += 1
+        obj = _as_dict(line) if stream == "stdout" else None
+        if obj is None:
+            return self._marker(line) + self._fallback(stream, line)
+        part = obj.get("part")
+        part = part if isinstance(part, dict) else {}
+        events = self._event(str(obj.get("type", "")), part, obj)
+        for ev in events:
+            self._activity = ev.activity or self._activity
+        return events
+
+    def _event(self, kind: str, part: dict[str, Any], obj: dict[str, Any]) -> list[ParsedEvent]:
+        if kind in ("text", "reasoning"):
+            text = str(part.get("text") or "")
+            return [ParsedEvent(activity=AgentActivity.THINKING), *self._marker(text)]
+        if kind == "tool_use":
+            state = part.get("state")
+            state = state if isinstance(state, dict) else {}
+            call = str(part.get("callID") or part.get("id") or "")
+            if state.get("status") == "error" and _DENIED_RE.search(str(state.get("error", ""))):
+                before = self._before_tool.pop(call, self._activity)
+                return [ParsedEvent(activity=before, detail=f"tool use {call} denied")]
+            tool_input = state.get("input")
+            self._before_tool.setdefault(call, self._activity)
+            name = str(part.get("tool", ""))
+            return [
+                ParsedEvent(
+                    activity=activity_for_tool(
+                        name, tool_input if isinstance(tool_input, dict) else None
+                    )
+                )
+            ]
+        if kind == "step_finish":
+            tokens = part.get("tokens")
+            total = 0
+            if isinstance(tokens, dict):
+                total = _int(tokens.get("total")) or (
+                    _int(tokens.get("input")) + _int(tokens.get("output"))
+                )
+            cost = part.get("cost")
+            if isinstance(cost, int | float) and not isinstance(cost, bool):
+                self._cost += float(cost)
+            return [ParsedEvent(tokens_delta=total, cost_total=self._cost)]
+        if kind == "error":
+            error = obj.get("error")
+            ev = rate_limit_from_text(json.dumps(error) if error is not None else "")
+            return [ev] if ev else []
+        return []
+
+
 #: parser name -> factory (each run gets a fresh parser; pass the marker by keyword).
 PARSERS: dict[str, Callable[..., OutputParser]] = {
     "plain": PlainParser,
     "claude-stream-json": ClaudeStreamJsonParser,
     "codex-json": CodexJsonParser,
+    "gemini-stream-json": GeminiStreamJsonParser,
+    "opencode-json": OpencodeJsonParser,
 }
 
 
