@@ -15,6 +15,7 @@ Every answer carries a usage block, so the CLI's own result event has
 tokens (and, for claude, a cost) to compare with corral's figures.
 ``mode`` switches the whole server to an error: ``"429"`` answers every
 call with HTTP 429 and a ``retry-after`` of ``retry_after`` seconds;
+``"refuse"`` answers every model call with HTTP 400 at once;
 ``"reset"`` with the subscription headers that make claude report a
 ``rate_limit_event`` with ``resetsAt``. Requests are kept in ``requests``
 (method, path, body) for the tests to read.
@@ -129,6 +130,9 @@ class ScriptedApi:
         route = path.split("?")[0]
         if route.endswith("/count_tokens"):
             return _json(h, 200, {"input_tokens": INPUT_TOKENS})
+        if self.mode == "refuse":
+            err = {"type": "error", "error": {"type": "invalid_request_error", "message": "no"}}
+            return _json(h, 400, err)
         if self.mode == "429":
             return _json(
                 h,
