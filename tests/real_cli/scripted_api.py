@@ -313,7 +313,7 @@ class ScriptedApi:
                 "shell",
             )
             if shell == "exec_command":
-                args: dict[str, Any] = {"cmd": shlex.join(script["test"])}
+                args: dict[str, Any] = {"cmd": shlex.join(script["test"]), "yield_time_ms": 30000}
             elif shell == "shell_command":
                 args = {"command": shlex.join(script["test"])}
             else:
