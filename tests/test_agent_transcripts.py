@@ -164,3 +164,12 @@ def test_opencode_real_run_tokens_and_cost() -> None:
     assert sum(e.tokens_delta for e in events) == sum(f["tokens"]["total"] for f in finishes)
     (cost,) = [e.cost_total for e in events if e.cost_total is not None]
     assert cost == pytest.approx(sum(f["cost"] for f in finishes))
+
+
+def test_claude_api_key_429_is_a_rate_limit_without_reset() -> None:
+    # real claude with an API key, the API answering 429 with retry-after 3600:
+    # it gives up at once ("Request rejected (429)", api_error_status 429)
+    events = replay("claude-stream-json", "claude-429.jsonl")
+    limits = [e for e in events if e.rate_limited]
+    assert limits and all(e.rate_limit_reset is None for e in limits)
+    assert result_event("claude-429.jsonl")["api_error_status"] == 429

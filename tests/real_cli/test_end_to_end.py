@@ -93,7 +93,7 @@ def test_three_task_plan_with_the_real_cli(
     # the shell tool ran the tests (the model was sent their output), in every task
     outputs = [t for _, _, body in api.requests for t in _texts(body) if "1 passed" in t]
     assert len(outputs) >= len(TASKS), "\n".join(
-        ["no test output reached the model", *sum(logs.values(), [])]
+        ["no test output reached the model", *(line for lines in logs.values() for line in lines)]
     )
     # tokens and cost: per agent as the CLI's result event says, per task, per session
     assert len(agents) == len(TASKS)

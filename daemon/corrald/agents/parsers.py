@@ -191,6 +191,9 @@ class ClaudeStreamJsonParser(_Base):
         out += self._marker(text)
         if obj.get("is_error"):
             ev = rate_limit_from_text(text)
+            if ev is None and obj.get("api_error_status") == 429:
+                # an API-key claude gives up on a 429 at once, without a reset time
+                ev = ParsedEvent(rate_limited=True, detail=text[:500])
             if ev:
                 out.append(ev)
         return out
