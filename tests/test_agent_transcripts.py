@@ -173,3 +173,36 @@ def test_claude_api_key_429_is_a_rate_limit_without_reset() -> None:
     limits = [e for e in events if e.rate_limited]
     assert limits and all(e.rate_limit_reset is None for e in limits)
     assert result_event("claude-429.jsonl")["api_error_status"] == 429
+
+
+def test_qwen_real_run_is_read_by_the_claude_parser() -> None:
+    # qwen 0.24.4's stream-json is claude's; its tools are gemini's names
+    events = replay("claude-stream-json", "qwen-ok.jsonl")
+    assert activities(events) == [A.THINKING, A.IMPLEMENTING, A.TESTING, A.THINKING, A.IDLE]
+    usage = result_event("qwen-ok.jsonl")["usage"]
+    assert isinstance(usage, dict)
+    (total,) = [e for e in events if e.tokens_total is not None]
+    assert total.tokens_total == usage["input_tokens"] + usage["output_tokens"] == 450
+    assert total.cost_total is None  # qwen reports no cost
+
+
+def test_aider_real_run_tokens() -> None:
+    parser = make_parser("aider")
+    events: list[ParsedEvent] = []
+    for line in (FIXTURES / "aider-text.txt").read_text().splitlines():
+        events += parser.feed("stdout", line)
+    (total,) = [e for e in events if e.tokens_total is not None]
+    assert total.tokens_total == 120 + 30 and total.cost_total is None
+
+
+def test_aider_cost_and_edits() -> None:
+    parser = make_parser("aider")
+    lines = [
+        "Applied edit to hello.txt",
+        "Running python -m pytest -q",
+        "Tokens: 2.5k sent, 1.2k cache write, 310 received. Cost: $0.01 message, $0.03 session.",
+    ]
+    events = [ev for line in lines for ev in parser.feed("stdout", line)]
+    assert activities(events) == [A.IMPLEMENTING, A.TESTING, A.THINKING]
+    (total,) = [e for e in events if e.tokens_total is not None]
+    assert total.tokens_total == 2500 + 310 and total.cost_total == pytest.approx(0.03)

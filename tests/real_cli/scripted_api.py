@@ -140,6 +140,10 @@ class ScriptedApi:
                 {"type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}},
                 {"retry-after": str(self.retry_after), "x-should-retry": "false"},
             )
+        if route.endswith("/chat/completions"):
+            with self._lock:
+                self.calls += 1
+            return self._chat(h, body)
         if route.endswith("/messages"):
             with self._lock:
                 self.calls += 1
@@ -241,6 +245,57 @@ class ScriptedApi:
             return _json(h, 200, chunk)
         _start_sse(h)
         h.wfile.write(f"data: {json.dumps(chunk)}\r\n\r\n".encode())
+        h.wfile.flush()
+
+    def _chat(self, h: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
+        """OpenAI Chat Completions (qwen, aider): gemini-cli's tool names (qwen's)."""
+        messages = body.get("messages") or []
+        script = next((s for s in map(_script_of, _texts(messages)) if s is not None), None)
+        step = sum(1 for m in messages if isinstance(m, dict) and m.get("role") == "assistant")
+        names = {
+            str((t.get("function") or {}).get("name"))
+            for t in body.get("tools") or []
+            if isinstance(t, dict)
+        }
+        text, call = "Done: the file is written.", None
+        if script is None or "write_file" not in names:
+            text = "ok"
+        elif step == 0:
+            args = {"file_path": script["file"], "content": script["content"]}
+            text, call = "I will write the file first.", ("write_file", args)
+        elif step == 1:
+            text, call = "", ("run_shell_command", {"command": shlex.join(script["test"])})
+        usage = {
+            "prompt_tokens": INPUT_TOKENS,
+            "completion_tokens": OUTPUT_TOKENS,
+            "total_tokens": INPUT_TOKENS + OUTPUT_TOKENS,
+        }
+        model = body.get("model") or "scripted"
+        cid = f"chatcmpl-{next(_msg_seq)}"
+        tool_calls = []
+        if call is not None:
+            fn = {"name": call[0], "arguments": json.dumps(call[1])}
+            tool_calls = [{"index": 0, "id": f"call_{call[0]}", "type": "function", "function": fn}]
+        finish = "tool_calls" if call else "stop"
+        if not body.get("stream"):
+            message: dict[str, Any] = {"role": "assistant", "content": text or None}
+            if tool_calls:
+                message["tool_calls"] = [
+                    {k: v for k, v in c.items() if k != "index"} for c in tool_calls
+                ]
+            choice = {"index": 0, "message": message, "finish_reason": finish}
+            reply = {"id": cid, "object": "chat.completion", "model": model, "choices": [choice]}
+            return _json(h, 200, {**reply, "usage": usage})
+        _start_sse(h)
+        head = {"id": cid, "object": "chat.completion.chunk", "created": 0, "model": model}
+        deltas: list[dict[str, Any]] = [{"role": "assistant", "content": text}]
+        if tool_calls:
+            deltas.append({"tool_calls": tool_calls})
+        for delta in deltas:
+            chunk = {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+            h.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        last = {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}
+        h.wfile.write(f"data: {json.dumps({**last, 'usage': usage})}\n\ndata: [DONE]\n\n".encode())
         h.wfile.flush()
 
     def _openai(self, h: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:

@@ -30,7 +30,7 @@ _USAGE_RE = re.compile(
 )
 CASES: list[tuple[str, Permissions]] = [
     *((name, "workspace") for name in ("claude", "codex", "gemini", "qwen", "opencode", "aider")),
-    *((name, p) for name in ("claude", "codex", "gemini") for p in ("full", "ask")),
+    *((name, p) for name in ("claude", "codex") for p in ("full", "ask")),
 ]
 
 

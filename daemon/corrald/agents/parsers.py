@@ -451,6 +451,50 @@ class OpencodeJsonParser(_Base):
         return []
 
 
+_AIDER_TOKENS_RE = re.compile(
+    r"^Tokens: ([\d.]+)(k?) sent(?:, ([\d.]+)(k?) cache \w+)*, ([\d.]+)(k?) received"
+)
+_AIDER_COST_RE = re.compile(r"Cost: \$[\d.]+ message, \$([\d.]+) session")
+
+
+def _aider_count(number: str, k: str) -> int:
+    return round(float(number) * (1000 if k else 1))
+
+
+class AiderParser(PlainParser):
+    """aider's plain output: "Tokens: 1.2k sent, 30 received. Cost: $0.01 message,
+    $0.02 session." after each reply (the session cost is the run's), plus
+    "Applied edit to FILE" (implementing) and "Running CMD" (the command's activity).
+    """
+
+    def __init__(self, completion_marker: str | None = None) -> None:
+        super().__init__(completion_marker)
+        self._tokens = 0
+
+    def feed(self, stream: Stream, line: str) -> list[ParsedEvent]:
+        out = super().feed(stream, line)
+        if stream != "stdout":
+            return out
+        m = _AIDER_TOKENS_RE.match(line)
+        if m:
+            sent = _aider_count(m.group(1), m.group(2))
+            received = _aider_count(m.group(5), m.group(6))
+            self._tokens += sent + received
+            cost = _AIDER_COST_RE.search(line)
+            out.append(
+                ParsedEvent(
+                    tokens_total=self._tokens,
+                    cost_total=float(cost.group(1)) if cost else None,
+                    activity=AgentActivity.THINKING,
+                )
+            )
+        elif line.startswith("Applied edit to "):
+            out.append(ParsedEvent(activity=AgentActivity.IMPLEMENTING))
+        elif line.startswith("Running "):
+            out.append(ParsedEvent(activity=activity_for_command(line[len("Running ") :])))
+        return out
+
+
 #: parser name -> factory (each run gets a fresh parser; pass the marker by keyword).
 PARSERS: dict[str, Callable[..., OutputParser]] = {
     "plain": PlainParser,
@@ -458,6 +502,7 @@ PARSERS: dict[str, Callable[..., OutputParser]] = {
     "codex-json": CodexJsonParser,
     "gemini-stream-json": GeminiStreamJsonParser,
     "opencode-json": OpencodeJsonParser,
+    "aider": AiderParser,
 }
 
 
