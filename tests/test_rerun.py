@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from corral.models import TaskState
 from tests.conftest import git
 from tests.daemon_proc import DaemonProcess
 from tests.test_cli import Cli, quick
-from tests.test_pool import agent_config
+from tests.test_pool import agent_config, wait_for
 
 CONFIG = '[agents.command]\nargv = ["sh", "-c", "echo hi > out.txt"]\n'
 
@@ -97,3 +98,32 @@ def test_session_usage_in_stats_survives_a_restart(
         again = c.parallel_get_scheduler_stats(session_id=sid)
         assert again.tokens == 350 and again.cost == pytest.approx(0.02)
         assert c.parallel_get_pool_stats(session_id=sid).tokens == 350
+
+
+def test_rerun_refused_while_the_earlier_session_runs_that_task(repo: Path, tmp_path: Path) -> None:
+    behaviour = tmp_path / "behaviour.json"
+    behaviour.write_text(json.dumps({"t": ["--stdout", "busy", "--sleep", "60"]}))
+    with DaemonProcess(config=agent_config(behaviour, "fake")) as d, d.client() as c:
+        config = {"agentType": "fake", "maxRetries": 0}
+        first = c.init_parallel_scheduler(repo_path=str(repo), config=config)
+        c.parallel_add_task(session_id=first.id, id="t", title="T")
+        c.session_start(session_id=first.id)
+        wait_for(lambda: c.parallel_list_agents(session_id=first.id, live=True), 20, "t to run")
+        second = c.init_parallel_scheduler(repo_path=str(repo), config=config)
+        c.parallel_add_task(session_id=second.id, id="t", title="T")
+        c.session_start(session_id=second.id)
+        failed = wait_for(
+            lambda: (
+                (t := c.parallel_get_task(session_id=second.id, task_id="t")).state
+                is TaskState.FAILED
+                and t
+            ),
+            30,
+            "the second session's attempt to be refused",
+        )
+        assert failed.error is not None and f"of session {first.id}" in failed.error
+        # the first session's run and its allocation are untouched
+        assert c.parallel_list_agents(session_id=first.id, live=True)
+        (alloc,) = c.worktree_get_allocations(session_id=first.id)
+        assert alloc.task_id == "t"
+        c.parallel_stop_all(session_id=first.id)
