@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from corral.errors import UnknownAgentType
-from corral.models import AgentActivity
+from corral.models import AgentActivity, Permissions
 from corrald.agents.activity import activity_for_command
 from corrald.agents.output import OutputParser, ParsedEvent
 from corrald.agents.parsers import (
@@ -23,9 +23,11 @@ from corrald.agents.parsers import (
 from corrald.agents.ratelimit import parse_reset, rate_limit_from_text
 from corrald.agents.types import (
     BUILTIN_TYPES,
+    PERMISSIONS,
     AgentTypeConfig,
     build_argv,
     build_prompt,
+    permission_env,
     resolve_type,
 )
 
@@ -67,6 +69,37 @@ def test_prompt_stays_one_argv_element() -> None:
     assert argv == ["tool", "--id={task_id}", "t1", "/w", EVIL]
 
 
+def test_permission_profiles_map_to_each_cli() -> None:
+    def argv(name: str, permissions: Permissions) -> list[str]:
+        t = resolve_type(name, {})
+        return build_argv(
+            t, prompt="p", task_id="t", worktree="/w", model="m", permissions=permissions
+        )
+
+    # the default lets claude run Bash; acceptEdits alone refuses it headless
+    assert "--allowedTools" in argv("claude", "workspace")
+    assert argv("claude", "ask")[-4:] == ["--permission-mode", "acceptEdits", "--model", "m"]
+    assert "bypassPermissions" in argv("claude", "full")
+    claude = resolve_type("claude", {})
+    assert permission_env(claude, "full", root=True) == {"IS_SANDBOX": "1"}
+    assert permission_env(claude, "full", root=False) == {}
+    assert permission_env(claude, "workspace", root=True) == {}
+    assert argv("codex", "workspace")[:5] == [
+        "codex",
+        "exec",
+        "--json",
+        "--sandbox",
+        "workspace-write",
+    ]
+    assert "--full-auto" not in argv("codex", "full")
+    assert "--skip-trust" in argv("gemini", "ask") and "auto_edit" in argv("gemini", "ask")
+    assert "-p" not in argv("qwen", "workspace") and argv("qwen", "workspace")[-1] == "p"
+    assert "--auto" in argv("opencode", "workspace") and "--auto" not in argv("opencode", "ask")
+    for name in ("claude", "codex", "gemini", "qwen", "opencode", "aider", "cursor", "droid"):
+        for profile in PERMISSIONS:
+            assert "{permissions}" not in argv(name, profile)
+
+
 def test_model_none_drops_flag_pair() -> None:
     claude = build_argv(
         resolve_type("claude", {}), prompt="p", task_id="t", worktree="/w", model=None
@@ -75,7 +108,10 @@ def test_model_none_drops_flag_pair() -> None:
     gemini = build_argv(
         resolve_type("gemini", {}), prompt="p", task_id="t", worktree="/w", model=None
     )
-    assert gemini == ["gemini", "--yolo", "-p", "p"]
+    assert gemini == [
+        *("gemini", "--skip-trust", "--approval-mode", "yolo"),
+        *("--output-format", "stream-json", "-p", "p"),
+    ]
     bare = AgentTypeConfig(argv=["tool", "{model}", "{prompt}"])
     assert build_argv(
         resolve_type("x", {"x": bare}), prompt="p", task_id="t", worktree="/w", model=None

@@ -549,13 +549,37 @@ def test_rate_limit_keeps_the_retry_and_switches_to_the_fallback_agent() -> None
     assert s.promote_due(69) == []
     assert s.promote_due(70) == [task]
     assert s.get("a").state is S.READY and s.get("a").retry_at is None
-    # Without a reset time the backoff applies; it still is not a retry.
+    # Without a reset time the backoff for the second limit in a row applies
+    # (5 * 3); it still is not a retry.
     s.start("a", 70)
     (task,) = s.rate_limited("a", 80, reset_at=None)
-    assert task.retry_at == 85 and task.attempts == 0
-    s.promote_due(85)
-    s.start("a", 85)
-    assert s.fail("a", 90, "x")[0].state is S.FAILED  # max_retries=0: the only real try
+    assert task.retry_at == 95 and task.attempts == 0 and task.rate_limits == 2
+    s.promote_due(95)
+    s.start("a", 95)
+    assert s.fail("a", 100, "x")[0].state is S.FAILED  # max_retries=0: the only real try
+
+
+def test_rate_limit_waits_without_a_reset_time_grow_and_spend_no_retry() -> None:
+    s = Scheduler(config(max_retries=1))
+    s.add_tasks([spec("a")], 0)
+    now, waits = 0.0, []
+    for _ in range(5):
+        s.start("a", now)
+        (task,) = s.rate_limited("a", now, reset_at=None)
+        assert task.attempts == 0 and task.state is S.RATE_LIMITED
+        assert task.retry_at is not None
+        waits.append(task.retry_at - now)
+        now = task.retry_at
+        s.promote_due(now)
+    assert waits == [5, 15, 45, 135, 300]  # base 5, multiplier 3, cap 300
+    # an attempt that gets through starts the count again
+    s.start("a", now)
+    (task,) = s.fail("a", now, "boom")
+    assert task.state is S.RETRY_WAIT and task.rate_limits == 0 and task.attempts == 1
+    s.promote_due(now + 100)
+    s.start("a", now + 100)
+    (task,) = s.rate_limited("a", now + 100, reset_at=None)
+    assert task.retry_at == now + 105 and task.attempts == 1
 
 
 def test_skip_lets_dependents_proceed() -> None:

@@ -182,6 +182,23 @@ async def test_exit_code_and_success(agent: Agent) -> None:
     agent.assert_all_dead("agent")
 
 
+async def test_crash_names_the_stderr_line_that_says_why(agent: Agent) -> None:
+    # codex 0.171 given a flag it no longer knows (clap's message, verbatim)
+    clap = [
+        "error: unexpected argument '--full-auto' found",
+        "",
+        "  tip: to pass '--full-auto' as a value, use '-- --full-auto'",
+        "",
+        "Usage: codex exec --json [PROMPT]",
+        "",
+        "For more information, try '--help'.",
+    ]
+    stderr = [arg for line in clap for arg in ("--stderr", line)]
+    res = await run_agent(agent.spec("--exit", "2", *stderr))
+    assert res.error_category is ErrorCategory.CRASH and res.error is not None
+    assert res.error.endswith(": error: unexpected argument '--full-auto' found"), res.error
+
+
 async def test_completion_marker_required(agent: Agent) -> None:
     run, missing = await run_to_end(agent.spec(marker="TASK_DONE_7"))
     assert missing.end_reason is EndReason.FAILED and not run.completion_seen

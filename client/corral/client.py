@@ -33,6 +33,7 @@ from pydantic import TypeAdapter
 from corral import errors
 from corral.models import (
     Agent,
+    AgentCheck,
     Assignment,
     AutoMergeResult,
     CleanupReport,
@@ -201,6 +202,7 @@ class _Methods:
         "parallel_get_scheduler_stats", SessionParams, SchedulerStats
     )
     parallel_get_pool_stats = _Rpc("parallel_get_pool_stats", SessionParams, PoolStats)
+    agents_check = _Rpc("agents_check", NoParams, list[AgentCheck])
     parallel_check_violations = _Rpc("parallel_check_violations", SessionParams, list[str])
     parallel_list_violations = _Rpc("parallel_list_violations", SessionParams, list[Violation])
     parallel_get_agent_logs = _Rpc("parallel_get_agent_logs", LogsParams, list[LogEntry])

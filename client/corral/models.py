@@ -18,7 +18,7 @@ import re
 import string
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -359,6 +359,12 @@ def check_integration_template(value: str) -> str:
     return value
 
 
+#: An agent's permission profile: "workspace" edits files and runs commands in its
+#: worktree without prompting, "full" bypasses every check, "ask" leaves the CLI's
+#: own prompts on (headless, what would prompt is refused).
+Permissions = Literal["workspace", "full", "ask"]
+
+
 class SchedulerConfig(Wire):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -376,6 +382,8 @@ class SchedulerConfig(Wire):
     fallback_agent: str | None = None
     completion_marker: str | None = None
     auto_commit: bool = True
+    # What an unattended agent may do without asking (README: permission profiles).
+    permissions: Permissions = "workspace"
     branch_template: Annotated[str, AfterValidator(check_branch_template)] = Field(
         "corral/{task_id}", min_length=1, max_length=200
     )
@@ -485,6 +493,7 @@ class Task(Wire):
     resolving: str | None = None  # "conflict" or "gate": the next attempt resolves that
     conflict_files: list[str] = Field(default_factory=list)
     integration_error: str | None = None  # what went wrong on the way in (gate output tail)
+    rate_limits: int = 0  # rate limits in a row; the backoff for a limit without a reset time
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -596,6 +605,9 @@ class SchedulerStats(Wire):
         """The seed's name for `inProgress`."""
         return self.in_progress
 
+    tokens: int = 0  # summed over every agent of the session, running ones included
+    cost: float = 0.0  # USD, as the agents reported it
+
 
 class Assignment(Wire):
     """The result of `parallel_schedule_next`: which task starts, or none."""
@@ -614,6 +626,8 @@ class PoolStats(Wire):
     max_total_memory_mb: int
     completed_agents: int = 0
     failed_agents: int = 0
+    tokens: int = 0  # summed over every agent of the session, running ones included
+    cost: float = 0.0  # USD, as the agents reported it
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -626,6 +640,26 @@ class PoolStats(Wire):
     def total_cpu_usage(self) -> float:
         """The seed's name for `totalCpuPercent` (percent of one core)."""
         return self.total_cpu_percent
+
+
+class AgentCheckStatus(StrEnum):
+    OK = "ok"  # found, and its version is the one corral's argv was verified with
+    MISSING = "missing"  # the executable is not on the daemon's PATH
+    UNKNOWN_VERSION = "unknown_version"  # found, another (or an unreadable) version
+    UNVERIFIED = "unverified"  # found; corral knows no good version (custom, unverified)
+    NO_ARGV = "no_argv"  # "command" without an [agents.command] table
+
+
+class AgentCheck(Wire):
+    """`agents_check` / `corral doctor`: one agent type, as the daemon sees it."""
+
+    agent_type: str
+    executable: str | None = None
+    path: str | None = None
+    version: str | None = None
+    verified: str | None = None  # the CLI release corral's builtin argv was run against
+    status: AgentCheckStatus = AgentCheckStatus.MISSING
+    detail: str = ""
 
 
 class Violation(Wire):

@@ -134,3 +134,36 @@ def _read_logs(c: Client, agent_id: str, offset: int) -> list[LogEntry]:
         if len(page) < 1000:
             return entries
         offset = page[-1].offset + 1
+
+
+def _doctor_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--type", action="append", metavar="NAME", help="only these agent types (repeatable)"
+    )
+
+
+@command("doctor", "check each agent type's CLI: found, version, argv known good", _doctor_args)
+def cmd_doctor(args: argparse.Namespace, out: Out) -> int:
+    with connect(args) as c:
+        checks = c.agents_check()
+    if args.type:
+        checks = [k for k in checks if k.agent_type in args.type]
+    if out.as_json:
+        out.data(checks)
+        return EXIT_OK
+    out.table(
+        "agent types",
+        ["type", "status", "executable", "version", "verified with", "detail"],
+        [
+            [
+                k.agent_type,
+                k.status.value,
+                k.path or k.executable or "",
+                k.version or "",
+                k.verified or "",
+                k.detail,
+            ]
+            for k in checks
+        ],
+    )
+    return EXIT_OK

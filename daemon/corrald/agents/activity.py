@@ -8,8 +8,11 @@ from typing import Any
 
 from corral.models import AgentActivity
 
+# claude's names, and gemini's and qwen's (read_file, write_file, run_shell_command...)
 _READ_TOOLS = {"read", "grep", "glob", "ls", "webfetch", "websearch", "notebookread", "view"}
+_READ_TOOLS |= {"read_file", "read_many_files", "list_directory", "grep_search", "web_fetch"}
 _WRITE_TOOLS = {"edit", "write", "multiedit", "notebookedit", "str_replace", "apply_patch"}
+_WRITE_TOOLS |= {"write_file", "replace", "edit_file"}
 _TEST_RUNNER_RE = re.compile(
     r"\b(?:py\.?test|pytest|tox|nox|unittest|jest|vitest|mocha|rspec|phpunit|ctest)\b"
     r"|\b(?:cargo|go|npm|pnpm|yarn|bun|make|mvn|gradle|dotnet|mix|deno)\s+(?:run\s+)?test"
@@ -48,7 +51,7 @@ def activity_for_tool(name: str, tool_input: Mapping[str, Any] | None) -> AgentA
         return AgentActivity.READING
     if lowered in _WRITE_TOOLS:
         return AgentActivity.IMPLEMENTING
-    if lowered in {"bash", "shell", "run_shell_command", "exec", "command"}:
+    if lowered in {"bash", "shell", "run_shell_command", "exec", "exec_command", "command"}:
         command = (tool_input or {}).get("command", "")
         if isinstance(command, list):
             command = " ".join(str(c) for c in command)

@@ -1,7 +1,9 @@
-"""What a parser learns from one output line, and the parser protocol."""
+"""What a parser learns from one output line, the parser protocol, and the crash line."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -28,3 +30,36 @@ class OutputParser(Protocol):
     """Turns output lines of one agent run into events (one instance per run)."""
 
     def feed(self, stream: Stream, line: str) -> list[ParsedEvent]: ...
+
+
+#: Lines that say what went wrong ("error: unexpected argument", a Python or
+#: Node exception, "not running in a trusted directory", an HTTP failure).
+_TELLING_RE = re.compile(
+    r"\b(?:error|fatal|panic|exception|traceback|failed|failure|denied|refused|invalid"
+    r"|unexpected|unknown|not found|no such|cannot|can't|could not|unable|not allowed"
+    r"|not running|unauthori[sz]ed|forbidden|missing|required)\b",
+    re.I,
+)
+#: Lines that only point elsewhere (clap's and commander's closing hints, usage).
+_HINT_RE = re.compile(
+    r"^\s*(?:for more information|run with|try '?-?-?help|see '.*--help'|usage:|tip:"
+    r"|at [\w.<>$]+ \(|at (?:async )?[\w./:-]+:\d+|note: run with)",
+    re.I,
+)
+
+
+def telling_line(lines: Sequence[str]) -> str:
+    """The stderr line that says what went wrong, from the last lines of a crashed run.
+
+    The last line that reads like an error wins; hints such as "For more
+    information, try '--help'." and stack frames are passed over. Without
+    such a line it is the last line that is not a hint, else the last line.
+    """
+    candidates = [line.strip() for line in lines if line.strip()]
+    for line in reversed(candidates):
+        if _TELLING_RE.search(line) and not _HINT_RE.search(line):
+            return line
+    for line in reversed(candidates):
+        if not _HINT_RE.search(line):
+            return line
+    return candidates[-1] if candidates else ""

@@ -3,7 +3,8 @@
 An agent type is an argv template. Placeholders ``{prompt}``, ``{task_id}``,
 ``{worktree}`` and ``{model}`` are substituted only where an argv element is
 exactly the placeholder, so user text is always one argument and never goes
-through a shell. When no model is given, a ``{model}`` element is dropped
+through a shell. ``{permissions}`` becomes the flags of the session's
+permission profile (see ``Profile``). When no model is given, a ``{model}`` element is dropped
 together with the flag right before it if that element starts with ``-``
 (``--model {model}`` and ``-m {model}`` disappear as a pair).
 """
@@ -17,7 +18,20 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from corral.errors import UnknownAgentType
+from corral.models import Permissions
 from corrald.agents.parsers import PARSERS
+
+PERMISSIONS: tuple[Permissions, ...] = ("workspace", "full", "ask")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One permission profile of one CLI: flags for ``{permissions}`` and environment."""
+
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    #: added only when corrald runs as root (some CLIs refuse their bypass mode as root)
+    root_env: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -29,6 +43,10 @@ class AgentType:
     prompt_via: Literal["argv", "stdin"] = "argv"
     parser: str = "plain"
     env: Mapping[str, str] = field(default_factory=dict)
+    #: permission profile -> flags and env; a ``{permissions}`` argv element takes the flags
+    profiles: Mapping[str, Profile] = field(default_factory=dict)
+    #: the CLI release this argv was run against (`corral doctor` compares), None if never
+    verified: str | None = None
 
 
 class AgentTypeConfig(BaseModel):
@@ -42,54 +60,125 @@ class AgentTypeConfig(BaseModel):
     env: dict[str, str] = Field(default_factory=dict)
 
 
-def _t(name: str, *argv: str, parser: str = "plain") -> AgentType:
-    return AgentType(name, tuple(argv), "argv", parser, {})
+def _t(
+    name: str,
+    *argv: str,
+    parser: str = "plain",
+    verified: str | None = None,
+    workspace: tuple[str, ...] = (),
+    full: tuple[str, ...] = (),
+    ask: tuple[str, ...] = (),
+    env: Mapping[str, str] | None = None,
+    full_root_env: Mapping[str, str] | None = None,
+) -> AgentType:
+    profiles = {
+        "workspace": Profile(workspace),
+        "full": Profile(full, root_env=dict(full_root_env or {})),
+        "ask": Profile(ask),
+    }
+    return AgentType(name, tuple(argv), "argv", parser, dict(env or {}), profiles, verified)
 
 
-#: Headless invocations, as documented by each CLI. Permission flags are the
-#: documented "edit files without asking" modes: agents run unattended in a
-#: throwaway worktree. Override any of these with an ``[agents.NAME]`` table.
+#: Headless invocations. Each was run with the real CLI at the version in
+#: ``verified`` (tests/real_cli/ checks it parses every flag and reaches the
+#: API); ``{permissions}`` takes the session's permission profile. Override
+#: any of these with an ``[agents.NAME]`` table (its argv is used as written).
 BUILTIN_TYPES: dict[str, AgentType] = {
     t.name: t
     for t in (
-        # claude -p: print mode; stream-json needs --verbose. acceptEdits lets it
-        # edit without prompting; Bash still needs an allow rule in the project.
+        # claude -p: print mode; stream-json needs --verbose. Headless, acceptEdits
+        # refuses every Bash command ("requires approval"), so the default profile
+        # allows Bash too. bypassPermissions is refused as root without IS_SANDBOX=1.
         _t(
             "claude",
             *("claude", "-p", "{prompt}", "--output-format", "stream-json", "--verbose"),
-            *("--permission-mode", "acceptEdits", "--model", "{model}"),
+            *("{permissions}", "--model", "{model}"),
             parser="claude-stream-json",
+            verified="2.1.332",
+            workspace=("--permission-mode", "acceptEdits", "--allowedTools", "Bash"),
+            full=("--permission-mode", "bypassPermissions"),
+            ask=("--permission-mode", "acceptEdits"),
+            full_root_env={"IS_SANDBOX": "1"},
         ),
-        # codex exec: non-interactive; --json prints JSONL events; --full-auto =
-        # workspace-write sandbox without approval prompts.
+        # codex exec: --json prints JSONL events. --full-auto is rejected since
+        # 0.147; exec never asks, the sandbox decides what commands may do.
         _t(
             "codex",
-            *("codex", "exec", "--json", "--full-auto", "--model", "{model}", "{prompt}"),
+            *("codex", "exec", "--json", "{permissions}", "--model", "{model}", "{prompt}"),
             parser="codex-json",
+            verified="0.171.0",
+            workspace=("--sandbox", "workspace-write"),
+            full=("--dangerously-bypass-approvals-and-sandbox",),
+            ask=("--sandbox", "read-only"),
         ),
-        # opencode run: one-shot; --format json prints JSON events (parsed as plain).
-        _t("opencode", "opencode", "run", "--model", "{model}", "{prompt}"),
-        # gemini -p: non-interactive; --yolo auto-approves tools.
-        _t("gemini", "gemini", "--yolo", "--model", "{model}", "-p", "{prompt}"),
-        # cursor-agent -p: print mode; --force allows edits; stream-json is
-        # close to claude's (system/assistant/result), so its parser is reused.
+        # opencode run: --format json prints JSON events; --auto approves what
+        # the config does not deny (without it a permission prompt stalls).
+        _t(
+            "opencode",
+            *("opencode", "run", "--format", "json", "{permissions}", "--model", "{model}"),
+            "{prompt}",
+            parser="opencode-json",
+            verified="1.18.33",
+            workspace=("--auto",),
+            full=("--auto",),
+        ),
+        # gemini -p: headless. A corral worktree is a new, untrusted folder:
+        # without --skip-trust gemini exits 55. auto_edit refuses shell commands,
+        # so the default is yolo (gemini has nothing in between).
+        _t(
+            "gemini",
+            *("gemini", "--skip-trust", "{permissions}", "--output-format", "stream-json"),
+            *("--model", "{model}", "-p", "{prompt}"),
+            parser="gemini-stream-json",
+            verified="0.61.0",
+            workspace=("--approval-mode", "yolo"),
+            full=("--approval-mode", "yolo"),
+            ask=("--approval-mode", "auto_edit"),
+        ),
+        # cursor-agent -p: print mode; --force allows edits and commands; its
+        # stream-json is claude's (system/assistant/result). Not on npm: unverified.
         _t(
             "cursor",
-            *("cursor-agent", "-p", "--force", "--output-format", "stream-json"),
+            *("cursor-agent", "-p", "{permissions}", "--output-format", "stream-json"),
             *("--model", "{model}", "{prompt}"),
             parser="claude-stream-json",
+            workspace=("--force",),
+            full=("--force",),
         ),
-        # qwen (a gemini-cli fork): same flags as gemini.
-        _t("qwen", "qwen", "--yolo", "--model", "{model}", "-p", "{prompt}"),
+        # qwen (a gemini-cli fork): the prompt is positional (-p is deprecated);
+        # its stream-json is claude's (system/assistant/user/result).
+        _t(
+            "qwen",
+            *("qwen", "{permissions}", "--output-format", "stream-json", "--model", "{model}"),
+            "{prompt}",
+            parser="claude-stream-json",
+            verified="0.24.4",
+            workspace=("--approval-mode", "yolo"),
+            full=("--approval-mode", "yolo"),
+            ask=("--approval-mode", "auto-edit"),
+            env={"QWEN_CODE_SUPPRESS_YOLO_WARNING": "1"},
+        ),
         # droid exec: Factory's headless mode; --auto medium allows edits and
-        # reversible commands.
-        _t("droid", "droid", "exec", "--auto", "medium", "--model", "{model}", "{prompt}"),
+        # reversible commands. Not on npm or PyPI: unverified.
+        _t(
+            "droid",
+            *("droid", "exec", "{permissions}", "--model", "{model}", "{prompt}"),
+            workspace=("--auto", "medium"),
+            full=("--skip-permissions-unsafe",),
+            ask=("--auto", "low"),
+        ),
         # aider --message: run one instruction and exit; --yes-always answers
-        # prompts; corral commits itself, so aider's own auto-commits are off.
+        # its prompts (shell commands included); corral commits, so aider's own
+        # auto-commits are off; no update check or analytics prompt on a fresh home.
         _t(
             "aider",
-            *("aider", "--yes-always", "--no-pretty", "--no-stream", "--no-auto-commits"),
-            *("--model", "{model}", "--message", "{prompt}"),
+            *("aider", "{permissions}", "--no-pretty", "--no-stream", "--no-auto-commits"),
+            *("--no-check-update", "--no-show-release-notes", "--analytics-disable"),
+            *("--no-show-model-warnings", "--model", "{model}", "--message", "{prompt}"),
+            parser="aider",
+            verified="0.86.2",
+            workspace=("--yes-always",),
+            full=("--yes-always",),
         ),
     )
 }
@@ -115,13 +204,20 @@ def resolve_type(name: str, custom: Mapping[str, AgentTypeConfig]) -> AgentType:
 
 
 def build_argv(
-    t: AgentType, *, prompt: str, task_id: str, worktree: str, model: str | None
+    t: AgentType,
+    *,
+    prompt: str,
+    task_id: str,
+    worktree: str,
+    model: str | None,
+    permissions: Permissions = "workspace",
 ) -> list[str]:
     """Substitute placeholders in whole argv elements (never inside a string).
 
     With ``prompt_via="stdin"`` a ``{prompt}`` element is dropped (the prompt
     goes to stdin). With no model, ``{model}`` is dropped along with a
-    preceding flag element (one starting with ``-``).
+    preceding flag element (one starting with ``-``). ``{permissions}``
+    becomes the profile's flags (none for a type without that profile).
     """
     values: dict[str, str | None] = {
         "{prompt}": None if t.prompt_via == "stdin" else prompt,
@@ -131,7 +227,10 @@ def build_argv(
     }
     out: list[str] = []
     for elem in t.argv:
-        if elem in values:
+        if elem == "{permissions}":
+            profile = t.profiles.get(permissions)
+            out.extend(profile.args if profile is not None else ())
+        elif elem in values:
             value = values[elem]
             if value is None:
                 if elem == "{model}" and out and out[-1].startswith("-") and len(out) > 1:
@@ -141,6 +240,14 @@ def build_argv(
         else:
             out.append(elem)
     return out
+
+
+def permission_env(t: AgentType, permissions: Permissions, *, root: bool) -> dict[str, str]:
+    """The environment a profile adds (``root``: corrald runs as uid 0)."""
+    profile = t.profiles.get(permissions)
+    if profile is None:
+        return {}
+    return {**profile.env, **(profile.root_env if root else {})}
 
 
 def resolution_note(

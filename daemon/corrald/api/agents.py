@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from corral.models import Agent, CompletedAgent, LogEntry, PoolStats, Violation
+from corral.models import Agent, AgentCheck, CompletedAgent, LogEntry, PoolStats, Violation
 from corral.params import AgentRef, ListAgentsParams, LogsParams, NoParams, SessionParams
 from corrald.api.context import Call, methods
+from corrald.pool.doctor import check_agents
 
 
 @methods.method()
@@ -86,3 +87,18 @@ async def parallel_poll_completed(call: Call, p: NoParams) -> list[CompletedAgen
     return [
         c.model_copy(update={"logs": call.pool.tail(c.agent_id, COMPLETED_LOG_TAIL)}) for c in done
     ]
+
+
+@methods.method()
+async def agents_check(call: Call, p: NoParams) -> list[AgentCheck]:
+    """Check every agent type, builtin and configured, as this daemon would run it.
+
+    Per type: `executable` (argv[0]), `path` (found on the daemon's PATH, or
+    null), `version` (from `--version`), `verified` (the release corral's
+    builtin argv was run against), and `status`: `ok` (that release),
+    `missing`, `unknown_version` (another or unreadable version: the argv may
+    not fit), `unverified` (a custom type, or a builtin no release was
+    verified for), `no_argv` (`command` without a table); `detail` says why.
+    `corral doctor` prints this.
+    """
+    return await check_agents(call.pool.custom_types, call.pool.base_env)

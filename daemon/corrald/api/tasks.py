@@ -241,9 +241,14 @@ async def parallel_stop_all(call: Call, p: SessionParams) -> list[Task]:
 
 @methods.method()
 async def parallel_get_scheduler_stats(call: Call, p: SessionParams) -> SchedulerStats:
-    """Counts of tasks by state, plus the session's strategy and status.
+    """Counts of tasks by state, the session's strategy and status, and its usage.
 
     The seed's `{pending, ready, running, completed, failed, total}` are
     there (`running` is `inProgress`), beside corral's finer states.
+    `tokens` and `cost` add up every agent of the session (running ones with
+    their live figures); they are read from the stored agents, so they
+    survive a daemon restart.
     """
-    return call.engine.stats(p.session_id)
+    state = call.session(p.session_id)
+    tokens, cost = call.pool.usage(state)
+    return call.engine.stats(state.id).model_copy(update={"tokens": tokens, "cost": cost})

@@ -392,6 +392,7 @@ class Scheduler:
         node = self._expect(task_id, TaskState.COMPLETED, TaskState.IN_PROGRESS)
         task = node.task
         task.completed_at = now
+        task.rate_limits = 0
         if actual_tokens is not None:
             task.actual_tokens = actual_tokens
         task.error = None
@@ -553,6 +554,7 @@ class Scheduler:
         task = node.task
         task.error = error
         task.error_category = category
+        task.rate_limits = 0
         strategy = self.config.error_strategy
         if strategy is ErrorStrategy.SKIP:
             task.completed_at = now
@@ -578,14 +580,17 @@ class Scheduler:
     def rate_limited(self, task_id: str, now: float, reset_at: float | None) -> list[Task]:
         """Park a rate-limited attempt until ``reset_at`` without consuming a retry.
 
-        Without a reset time the backoff for the current attempt count is
-        used. The configured ``fallbackAgent`` becomes the task's agent type.
+        Without a reset time the wait is the backoff for the number of rate
+        limits in a row (``rateLimits``), so it grows on repeats although no
+        retry is spent. The configured ``fallbackAgent`` becomes the task's
+        agent type.
         """
         node = self._expect(task_id, TaskState.RATE_LIMITED, TaskState.IN_PROGRESS)
         task = node.task
         _refund(task)
+        task.rate_limits += 1
         if reset_at is None:
-            task.retry_at = now + self.config.backoff.delay(max(task.attempts, 1))
+            task.retry_at = now + self.config.backoff.delay(task.rate_limits)
         else:
             task.retry_at = max(now, reset_at)
         task.error = f"rate limited until {task.retry_at:.0f}"

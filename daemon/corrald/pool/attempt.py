@@ -11,6 +11,7 @@ keeps its worktree and branch.
 from __future__ import annotations
 
 import dataclasses
+import os
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -30,6 +31,7 @@ from corrald.agents.types import (
     AgentTypeConfig,
     build_argv,
     build_prompt,
+    permission_env,
     resolution_note,
     resolve_type,
 )
@@ -130,7 +132,12 @@ async def run_attempt(ctx: AttemptContext, run: Run) -> AttemptEnd:
             detail=task.integration_error,
         )
     argv = build_argv(
-        kind, prompt=prompt, task_id=task.id, worktree=alloc.worktree_path, model=config.model
+        kind,
+        prompt=prompt,
+        task_id=task.id,
+        worktree=alloc.worktree_path,
+        model=config.model,
+        permissions=config.permissions,
     )
     spec = RunSpec(
         agent_id=run.agent_id,
@@ -140,6 +147,7 @@ async def run_attempt(ctx: AttemptContext, run: Run) -> AttemptEnd:
         env={
             **ctx.base_env,
             **kind.env,
+            **permission_env(kind, config.permissions, root=os.geteuid() == 0),
             "CORRAL_TASK_ID": task.id,
             "CORRAL_SESSION_ID": state.id,
             "CORRAL_WORKTREE": alloc.worktree_path,

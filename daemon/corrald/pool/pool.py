@@ -481,12 +481,18 @@ class AgentPool:
         return self._rings.get(agent_id, [])[-n:]
 
     def pool_stats(self, state: SessionState) -> PoolStats:
+        tokens, cost = self.usage(state)
         return totals.pool_stats(
             self.runs.of(state),
             state.session.config.resource_limits,
             self._ended["completed"],
             self._ended["failed"],
-        )
+        ).model_copy(update={"tokens": tokens, "cost": cost})
+
+    def usage(self, state: SessionState) -> tuple[int, float]:
+        """Tokens and cost of every agent of the session: stored rows, live figures for runs."""
+        agents = [self.view(a) for a in self.engine.agents(state.id)]
+        return sum(a.tokens for a in agents), round(sum(a.cost for a in agents), 6)
 
     def capacity(self) -> dict[str, Any]:
         return self.executor.capacity() if self._executor is not None else {"executor": "none"}

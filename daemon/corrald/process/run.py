@@ -16,6 +16,7 @@ category `internal` and the cause in its log.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import math
@@ -37,7 +38,7 @@ from corral.models import (
     LogEntry,
     Violation,
 )
-from corrald.agents.output import ParsedEvent
+from corrald.agents.output import ParsedEvent, telling_line
 from corrald.agents.parsers import MAX_TOKENS
 from corrald.core.accounting import RunAccounting
 from corrald.core.outcome import CATEGORY
@@ -57,6 +58,8 @@ _READ_CHUNK = 256 * 1024
 _DRAIN_SECS = 2.0
 _CLEANUP_SLACK = 10.0
 _AFTER_KILL_SECS = 2.0
+_STDERR_TAIL = 40  # stderr lines kept to explain a crash
+_STDERR_LINE = 300  # chars kept of each
 
 
 class AgentRun:
@@ -92,7 +95,8 @@ class AgentRun:
         self._rate_limited = False
         self._rate_limit_reset: float | None = None
         self._completion_seen = False
-        self._last_stderr = ""
+        # the last stderr lines, to name the one that says why a crash happened
+        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=_STDERR_TAIL)
         self._parser_ok = True
         self._log = LogWriter(spec.log_path, bounds.log_cap_bytes)
         if self._log.failure:
@@ -215,7 +219,7 @@ class AgentRun:
             text += f" [corral: line truncated at {LINE_CAP} bytes]"
         self._append(stream, text)
         if stream == "stderr" and text.strip():
-            self._last_stderr = text
+            self._stderr_tail.append(text[:_STDERR_LINE])
         if not self._parser_ok:
             return
         try:
@@ -367,8 +371,8 @@ class AgentRun:
             else:
                 reason, category = EndReason.FAILED, ErrorCategory.CRASH
                 detail = _describe_exit(exit_code)
-                if self._last_stderr:
-                    detail += f": {self._last_stderr[-300:]}"
+                if self._stderr_tail:
+                    detail += f": {telling_line(self._stderr_tail)}"
         elif detail is None:
             detail = self._reason_detail or reason.value
         if category is None and reason is not EndReason.OK:

@@ -545,8 +545,42 @@ class Engine:
         return agent
 
     def record_allocation(self, state: SessionState, alloc: WorktreeAllocation) -> None:
-        """A worktree was created or reused for `alloc.task_id` (called under the repo lock)."""
-        with self._change(state) as batch:
+        """A worktree was created or reused for `alloc.task_id` (called under the repo lock).
+
+        A worktree that an earlier session on the same repository allocated
+        (the same plan run again) is taken over: its allocation moves to this
+        session, and nothing in it is removed. While the other session's task
+        runs in it, this is refused (BranchCheckedOut), so two agents never
+        share a worktree.
+        """
+        held = [
+            a
+            for a in self.store.allocations()
+            if a.worktree_path == alloc.worktree_path
+            and (a.session_id, a.task_id) != (alloc.session_id, alloc.task_id)
+        ]
+        for other in held:
+            owner = self.sessions.get(other.session_id)
+            if owner is not None and any(
+                t.id == other.task_id for t in owner.scheduler.in_progress()
+            ):
+                raise errors.BranchCheckedOut(
+                    f"worktree {alloc.worktree_path} is in use by task {other.task_id}"
+                    f" of session {other.session_id}",
+                    {
+                        "branch": alloc.branch,
+                        "path": alloc.worktree_path,
+                        "sessionId": other.session_id,
+                        "taskId": other.task_id,
+                    },
+                )
+        owners = [self.sessions[o.session_id] for o in held if o.session_id in self.sessions]
+        with self._change(state, *owners) as batch:
+            for other in held:
+                self.store.delete_allocation(other.session_id, other.task_id)
+                batch.publish(
+                    other.session_id, WorktreeReleasedPayload.model_validate(other.to_wire())
+                )
             self.store.put_allocation(alloc)
             try:  # worktree_allocate may name a task the session does not have
                 task: Task | None = state.scheduler.get(alloc.task_id)
