@@ -3,6 +3,7 @@ holding the event loop; list methods page with `limit` and `cursor`."""
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,12 @@ import pytest
 import trio
 
 from corral import errors
-from corral.models import NoParams, Task, TaskState, to_jsonable
+from corral.models import NoParams, SchedulerConfig, Task, TaskSpec, TaskState, to_jsonable
+from corrald.app import FREEZE_EVERY_TASKS, LongLived
 from corrald.rpc.dispatch import ENCODE_CHUNK, Dispatcher, Registry
+from corrald.state.engine import Engine
+from corrald.state.events import EventBus
+from corrald.state.store import Store
 from tests.daemon_proc import DaemonProcess
 
 TASKS = [
@@ -104,3 +109,23 @@ def test_list_tasks_pages_with_limit_and_cursor(daemon: DaemonProcess, repo: Pat
             with pytest.raises(errors.InvalidParams):
                 c.parallel_list_tasks(session_id=sid, limit=bad)
         assert [t.id for t in c.parallel_list_tasks(session_id=sid)] == everything  # nothing lost
+
+
+def test_tasks_a_session_gains_are_frozen_every_thousand(tmp_path: Path, repo: Path) -> None:
+    store = Store(tmp_path / "corral.db")
+    engine = Engine(store, EventBus(store))
+    long_lived = LongLived()
+    engine.on_change.append(long_lived.on_change)
+    try:
+        sid = engine.init_session(SchedulerConfig(integrate=False), str(repo), None).id
+        engine.add_tasks(
+            sid, [TaskSpec(id=f"a{i}", title="a") for i in range(FREEZE_EVERY_TASKS - 1)]
+        )
+        assert long_lived.freezes == 0
+        engine.add_tasks(sid, [TaskSpec(id="last", title="a")])
+        assert long_lived.freezes == 1 and gc.get_freeze_count() > 0
+        engine.add_tasks(sid, [TaskSpec(id="more", title="a")])
+        assert long_lived.freezes == 1  # the next thousand, not the next task
+    finally:
+        gc.unfreeze()  # this is pytest's process, not a daemon's
+        store.close()
