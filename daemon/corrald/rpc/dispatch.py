@@ -206,17 +206,24 @@ def decode_frame(text: str, max_batch: int) -> Any:
     return items
 
 
+#: Built once: `json.dumps` with options builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_ASCII_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def encode_json(value: Any) -> bytes:
     """Strict JSON (no NaN or Infinity) in UTF-8.
 
     A lone surrogate (a client may send `"\\ud800"` as an id or a method name)
     has no UTF-8 form: such a message is written with escapes, as it came.
     """
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    if type(value) is int:  # most request ids
+        return str(value).encode()
+    text = _ENCODER.encode(value)
     try:
         return text.encode()
     except UnicodeEncodeError:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+        return _ASCII_ENCODER.encode(value).encode()
 
 
 def _is_unicode(text: str) -> bool:
