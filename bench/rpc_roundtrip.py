@@ -6,7 +6,7 @@ Two servers, each a subprocess on its own AF_UNIX socket:
     the floor of what any trio server on such a socket can do.
 This process is the client of both: one connection each, sequential calls,
 `--secs` seconds each in alternating 0.25 s slices, through the same
-blocking socket code path (`corral.client._Socket`: sendall one JSON line,
+blocking socket code path (`corral.connection.Connection`: sendall one JSON line,
 recv until a newline, json.loads; corral's side goes through the public
 `Client.daemon_status`, which adds building the request and validating the
 DaemonStatus result). Prints both rates, the server's and the client's CPU
@@ -38,7 +38,8 @@ sys.path[:0] = [str(ROOT / d) for d in ("daemon", "client")]
 import psutil  # noqa: E402
 
 from corral import errors  # noqa: E402
-from corral.client import Client, _Socket  # noqa: E402
+from corral.client import Client  # noqa: E402
+from corral.connection import Connection  # noqa: E402
 
 TARGET = 0.33
 SLICE_SECS = 0.25
@@ -87,7 +88,7 @@ def wait_for_socket(path: Path, proc: subprocess.Popen[bytes], timeout: float = 
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
         try:
-            _Socket.open(path, 1.0).close()
+            Connection.open(path, 1.0).close()
             return
         except errors.DaemonNotRunning:
             time.sleep(0.02)
@@ -179,7 +180,7 @@ def measure(workdir: Path, secs: float, profile: Path | None) -> tuple[Side, Sid
     corral_proc: subprocess.Popen[bytes] | None = None
     try:
         corral_proc = start_corrald(workdir, profile)
-        conn = _Socket.open(workdir / "echo.sock", 30.0)
+        conn = Connection.open(workdir / "echo.sock", 30.0)
         message = {"jsonrpc": "2.0", "method": "daemon_status", "params": {}, "id": 1}
 
         def echo_call() -> None:

@@ -389,3 +389,52 @@ def test_client_package_never_imports_corrald() -> None:
             offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "corrald"]
     assert offenders == []
     assert len(list(CLIENT_DIR.glob("*.py"))) >= 8  # the walk saw the package
+
+
+#: Run `corral ARGS`, then say on stderr's last line which heavy packages it loaded.
+_REPORT_IMPORTS = """
+import json, sys
+from corral.cli import main
+code = main(sys.argv[1:])
+print(json.dumps(sorted(m for m in ("trio", "pydantic", "rich") if m in sys.modules)),
+      file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def test_simple_commands_start_without_trio_pydantic_or_rich(
+    daemon: DaemonProcess, repo: Path
+) -> None:
+    """`corral status` and `corral tasks --json` print the daemon's JSON as it comes:
+    a real process that loads none of the heavy packages, with the same output as
+    the typed client's models."""
+    with daemon.client() as c:
+        session = c.init_parallel_scheduler(repo_path=str(repo)).id
+        c.parallel_add_tasks(
+            session_id=session,
+            tasks=[{"id": "a", "title": "A"}, {"id": "b", "title": "B", "dependencies": ["a"]}],
+        )
+        typed = [t.to_wire() for t in c.parallel_list_tasks(session_id=session)]
+        pid = c.daemon_status().pid
+
+    def run(*argv: str) -> tuple[str, list[str]]:
+        proc = subprocess.run(
+            [sys.executable, "-c", _REPORT_IMPORTS, *argv, "--socket", str(daemon.socket)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout, json.loads(proc.stderr.strip().splitlines()[-1])
+
+    out, loaded = run("tasks", "--json")
+    assert loaded == []
+    assert json.loads(out) == typed and [t["id"] for t in typed] == ["a", "b"]
+    out, loaded = run("status")
+    assert loaded == []
+    assert out.startswith("corrald ") and f"  pid          {pid}\n" in out
+    out, loaded = run("status", "--json")
+    assert loaded == [] and json.loads(out)["pid"] == pid
+    # A command that shows models still gets them (and rich for its table).
+    out, loaded = run("tasks")
+    assert loaded == ["pydantic", "rich"] and "a" in out

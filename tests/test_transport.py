@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from corral import errors
-from corral.client import AsyncClient, Client, _Socket
+from corral.client import AsyncClient, Client
+from corral.connection import Connection
 from corral.models import Event
 from corral.transport import MAX_FRAME, Decoder, Subscription, encode, request
 from tests.daemon_proc import DaemonProcess
@@ -326,7 +327,7 @@ def test_a_lagged_subscriber_resubscribes_on_its_connection_from_its_last_seq(
         sub = Subscription(["task"])
         got: list[Event] = []
         sent: list[dict[str, Any]] = []
-        with _Socket.open(d.socket, 20.0) as conn:
+        with Connection.open(d.socket, 20.0) as conn:
             sub.new_connection()
             conn.send(sub.subscribe())
             while not sub.active:

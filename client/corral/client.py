@@ -7,6 +7,10 @@ Both speak newline-delimited JSON-RPC 2.0 over the daemon's Unix socket
 method's params model in `corral.params`, so mypy checks their names.
 `call(method, **params)` is the untyped way to call anything.
 
+Loading this module builds no trio and no validator: `AsyncClient` lives in
+`corral.aclient` (loaded on first use), and each method's result adapter is
+built on its first call, so a command pays only for the models it uses.
+
     with Client() as c:
         print(c.daemon_status().pid)
 
@@ -16,21 +20,13 @@ method's params model in `corral.params`, so mypy checks their names.
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import itertools
-import os
-import socket
-import threading
-import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
-from pathlib import Path
-from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
+from collections.abc import Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast, overload
 
-import trio
 from pydantic import TypeAdapter
 
 from corral import errors
+from corral.connection import Connection, RawClient, wait_for_socket
 from corral.models import (
     Agent,
     AgentCheck,
@@ -89,35 +85,29 @@ from corral.params import (
     UnsubscribeParams,
 )
 from corral.paths import socket_path
-from corral.transport import MAX_FRAME, Decoder, Subscription, encode, request
+from corral.transport import MAX_FRAME, Subscription
+
+if TYPE_CHECKING:
+    from corral.aclient import AsyncClient
 
 __all__ = ["MAX_FRAME", "AsyncClient", "Client", "socket_path"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-#: connect() errors that mean nobody is listening (as opposed to, say, EACCES).
-_NOT_LISTENING = (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTSOCK)
+
+def __getattr__(name: str) -> Any:
+    if name == "AsyncClient":  # loaded late: it brings trio, which blocking callers never need
+        from corral.aclient import AsyncClient
+
+        return AsyncClient
+    raise AttributeError(name)
 
 
 def _params(kwargs: dict[str, Any], aliases: dict[str, str] | None = None) -> dict[str, Any]:
     """Keyword arguments as wire params: renamed by `aliases`, None dropped, models dumped."""
     names = aliases or {}
     return {names.get(k, k): to_jsonable(v) for k, v in kwargs.items() if v is not None}
-
-
-def _result(message: dict[str, Any]) -> Any:
-    if "error" in message and message["error"] is not None:
-        raise errors.CorralError.from_wire(message["error"])
-    return message.get("result")
-
-
-def _not_running(path: Path, exc: OSError) -> errors.DaemonNotRunning:
-    return errors.DaemonNotRunning(
-        f"corrald is not running on {path} ({exc.strerror}). Start it with `corral daemon`"
-        " (foreground) or `systemctl --user enable --now corrald.socket`.",
-        {"socket": str(path)},
-    )
 
 
 class _Rpc(Generic[P, R]):
@@ -134,8 +124,22 @@ class _Rpc(Generic[P, R]):
     def __init__(self, name: str, params: Callable[P, Params], result: type[R]) -> None:
         self.name = name
         self.model = cast("type[Params]", params)
-        self.adapter: TypeAdapter[R] = TypeAdapter(result)
-        self.aliases = {n: f.alias or n for n, f in self.model.model_fields.items()}
+        self.result = result
+        self._adapter: TypeAdapter[R] | None = None
+        self._aliases: dict[str, str] | None = None
+
+    @property
+    def adapter(self) -> TypeAdapter[R]:
+        """The result's validator, built on first use (building all of them costs ~20 ms)."""
+        if self._adapter is None:
+            self._adapter = TypeAdapter(self.result)
+        return self._adapter
+
+    @property
+    def aliases(self) -> dict[str, str]:
+        if self._aliases is None:
+            self._aliases = {n: f.alias or n for n, f in self.model.model_fields.items()}
+        return self._aliases
 
     @overload
     def __get__(self, obj: Client, owner: Any) -> Callable[P, R]: ...
@@ -148,11 +152,12 @@ class _Rpc(Generic[P, R]):
         if obj is None:
             return self
         name, adapter, aliases = self.name, self.adapter, self.aliases
-        if isinstance(obj, AsyncClient):
+        if not isinstance(obj, Client):  # an AsyncClient (not imported here: it needs trio)
 
             async def call_async(*args: P.args, **kwargs: P.kwargs) -> R:
                 _keywords_only(name, args)
-                return adapter.validate_python(await obj._request(name, _params(kwargs, aliases)))
+                result = await obj._request(name, _params(kwargs, aliases))
+                return adapter.validate_python(result)
 
             return call_async
 
@@ -239,58 +244,19 @@ class _Methods:
     events_unsubscribe = _Rpc("events_unsubscribe", UnsubscribeParams, bool)
 
 
-class Client(_Methods):
+class Client(_Methods, RawClient):
     """Blocking client; one request at a time per instance (thread-safe)."""
 
-    def __init__(
-        self, socket: str | os.PathLike[str] | None = None, *, timeout: float | None = 60.0
-    ) -> None:
-        self.path = socket_path(socket)
-        self.timeout = timeout
-        self._sock: _Socket | None = None
-        self._ids = itertools.count(1)
-        self._lock = threading.Lock()
-        self.notifications: list[dict[str, Any]] = []  # pushes that arrived between answers
-
     def connect(self) -> Client:
-        if self._sock is None:
-            self._sock = _Socket.open(self.path, self.timeout)
+        RawClient.connect(self)
         return self
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
 
     def __enter__(self) -> Client:
         return self.connect()
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def call(self, method: str, **params: Any) -> Any:
         """Call `method` with named params and return its raw JSON result."""
         return self._request(method, _params(params))
-
-    def _request(self, method: str, params: dict[str, Any]) -> Any:
-        with self._lock:
-            sock = self.connect()._sock
-            assert sock is not None
-            request_id = next(self._ids)
-            try:
-                sock.send(request(method, params, request_id))
-                while True:
-                    message = sock.receive()
-                    if message.get("id") == request_id:
-                        return _result(message)
-                    if "method" in message:
-                        self.notifications.append(message)
-                    elif message.get("id") is None and "error" in message:
-                        raise errors.CorralError.from_wire(message["error"])
-            except (errors.ConnectionLost, errors.FrameTooLarge):
-                # The stream is out of step or gone: the next call connects afresh.
-                self.close()
-                raise
 
     def events(
         self,
@@ -311,7 +277,7 @@ class Client(_Methods):
         sub = Subscription(topics, session_id, since_seq)
         while True:
             try:
-                with _Socket.open(self.path, None) as conn:
+                with Connection.open(self.path, None) as conn:
                     sub.new_connection()
                     while True:
                         if sub.wants_subscribe:
@@ -322,271 +288,4 @@ class Client(_Methods):
             except (errors.ConnectionLost, errors.DaemonNotRunning):
                 if not reconnect:
                     raise
-                _wait_for_socket(self.path)
-
-    def __repr__(self) -> str:
-        return f"Client({self.path}, connected={self._sock is not None})"
-
-
-def _wait_for_socket(path: Path, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            _Socket.open(path, 1.0).close()
-            return
-        except errors.DaemonNotRunning:
-            time.sleep(0.1)
-    raise errors.DaemonNotRunning(data={"socket": str(path)})
-
-
-class _Socket:
-    """A blocking NDJSON connection: a Unix socket and the transport's decoder."""
-
-    def __init__(self, sock: socket.socket, path: Path, max_frame: int = MAX_FRAME) -> None:
-        self.sock = sock
-        self.path = path
-        self.timeout = sock.gettimeout()
-        self.decoder = Decoder(max_frame)
-
-    @classmethod
-    def open(cls, path: Path, timeout: float | None) -> _Socket:
-        """Connect; `DaemonNotRunning` when nothing listens on `path`."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(str(path))
-        except OSError as exc:
-            sock.close()
-            if exc.errno in _NOT_LISTENING:
-                raise _not_running(path, exc) from None
-            raise
-        return cls(sock, path)
-
-    def send(self, message: dict[str, Any]) -> None:
-        try:
-            self.sock.sendall(encode(message))
-        except OSError as exc:
-            raise errors.ConnectionLost(f"send failed: {exc}") from exc
-
-    def receive(self) -> dict[str, Any]:
-        """The next message; `ConnectionLost` when the connection ends or times out."""
-        while (message := self.decoder.next_message()) is None:
-            if not self._fill():
-                raise errors.ConnectionLost("timed out waiting for corrald")
-        return message
-
-    def poll(self, timeout: float) -> dict[str, Any] | None:
-        """The next message if one comes within `timeout`, else None (a read that can stop)."""
-        message = self.decoder.next_message()
-        if message is None:
-            self.sock.settimeout(timeout)
-            try:
-                if self._fill():
-                    message = self.decoder.next_message()
-            finally:
-                self.sock.settimeout(self.timeout)
-        return message
-
-    def _fill(self) -> bool:
-        """Read once into the decoder; False if the socket's timeout ran out first."""
-        try:
-            chunk = self.sock.recv(1 << 16)
-        except TimeoutError:
-            return False
-        except OSError as exc:
-            raise errors.ConnectionLost(str(exc)) from exc
-        if not chunk:
-            raise errors.ConnectionLost("corrald closed the connection")
-        self.decoder.feed(chunk)
-        return True
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> _Socket:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"_Socket({self.path}, {self.decoder!r})"
-
-
-class _AsyncSocket:
-    """A trio NDJSON connection: a Unix socket stream and the transport's decoder."""
-
-    def __init__(self, stream: trio.SocketStream, path: Path, max_frame: int = MAX_FRAME) -> None:
-        self.stream = stream
-        self.path = path
-        self.decoder = Decoder(max_frame)
-        self._send_lock = trio.Lock()  # requests may be sent from several tasks
-
-    @classmethod
-    async def open(cls, path: Path) -> _AsyncSocket:
-        """Connect; `DaemonNotRunning` when nothing listens on `path`."""
-        try:
-            stream = await trio.open_unix_socket(str(path))
-        except OSError as exc:
-            if exc.errno in _NOT_LISTENING:
-                raise _not_running(path, exc) from None
-            raise
-        return cls(stream, path)
-
-    async def send(self, message: dict[str, Any]) -> None:
-        data = encode(message)
-        try:
-            async with self._send_lock:
-                await self.stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise errors.ConnectionLost(str(exc)) from exc
-
-    async def receive(self) -> dict[str, Any]:
-        """The next message; `ConnectionLost` when the connection ends."""
-        while (message := self.decoder.next_message()) is None:
-            try:
-                chunk = await self.stream.receive_some(1 << 16)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise errors.ConnectionLost(str(exc)) from exc
-            if not chunk:
-                raise errors.ConnectionLost("corrald closed the connection")
-            self.decoder.feed(chunk)
-        return message
-
-    async def aclose(self) -> None:
-        await self.stream.aclose()
-
-    def __repr__(self) -> str:
-        return f"_AsyncSocket({self.path}, {self.decoder!r})"
-
-
-class AsyncClient(_Methods):
-    """trio client; requests may be issued concurrently (pipelined)."""
-
-    def __init__(self, socket: str | os.PathLike[str] | None = None) -> None:
-        self.path = socket_path(socket)
-        self._conn: _AsyncSocket | None = None
-        self._ids = itertools.count(1)
-        self._waiting: dict[int, trio.MemorySendChannel[dict[str, Any]]] = {}
-        self._lost: errors.CorralError | None = None  # why the reader stopped
-        self._nursery_cm: Any = None
-        self._push_send, self.pushes = trio.open_memory_channel[dict[str, Any]](10_000)
-
-    async def __aenter__(self) -> AsyncClient:
-        self._conn = await _AsyncSocket.open(self.path)
-        self._nursery_cm = trio.open_nursery()
-        nursery = await self._nursery_cm.__aenter__()
-        nursery.start_soon(self._reader)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._conn is not None:
-            await self._conn.aclose()
-        await self._nursery_cm.__aexit__(None, None, None)
-
-    async def _reader(self) -> None:
-        assert self._conn is not None
-        try:
-            while True:
-                self._route(await self._conn.receive())
-        except (errors.ConnectionLost, errors.FrameTooLarge) as exc:
-            self._lost = exc  # closed, or out of step: every waiter is told below
-        finally:
-            if self._lost is None:
-                self._lost = errors.ConnectionLost("corrald closed the connection")
-            for waiter in self._waiting.values():
-                waiter.close()
-            self._waiting.clear()
-            self._push_send.close()
-
-    def _route(self, message: dict[str, Any]) -> None:
-        ident = message.get("id")
-        if "method" in message and ident is None:
-            # Full queue: the daemon will drop us with `lagged` as well.
-            with contextlib.suppress(trio.WouldBlock):
-                self._push_send.send_nowait(message)
-            return
-        waiter = self._waiting.pop(ident, None) if isinstance(ident, int) else None
-        if waiter is not None:
-            waiter.send_nowait(message)
-        elif "error" in message:
-            # A connection-level error (frame too large, timeout): fail everyone.
-            for pending in list(self._waiting.values()):
-                pending.send_nowait(message)
-            self._waiting.clear()
-
-    def _gone(self) -> errors.CorralError:
-        lost = self._lost or errors.ConnectionLost()
-        return type(lost)(lost.message, lost.data)  # a fresh one per caller
-
-    async def call(self, method: str, **params: Any) -> Any:
-        """Call `method` with named params and return its raw JSON result."""
-        return await self._request(method, _params(params))
-
-    async def _request(self, method: str, params: dict[str, Any]) -> Any:
-        if self._conn is None:
-            raise errors.ConnectionLost("AsyncClient is not connected; use `async with`")
-        if self._lost is not None:
-            raise self._gone()
-        request_id = next(self._ids)
-        send, receive = trio.open_memory_channel[dict[str, Any]](1)
-        self._waiting[request_id] = send
-        try:
-            await self._conn.send(request(method, params, request_id))
-            try:
-                message = await receive.receive()
-            except trio.EndOfChannel:
-                raise self._gone() from None
-        finally:
-            self._waiting.pop(request_id, None)  # answered, failed or cancelled
-        return _result(message)
-
-    async def events(
-        self,
-        topics: list[str] | None = None,
-        *,
-        session_id: str | None = None,
-        since_seq: int | None = None,
-        reconnect: bool = True,
-    ) -> AsyncGenerator[Event, None]:
-        """Subscribe and yield events, resuming after reconnects (own connection).
-
-        The same rules as `Client.events` (both drive `transport.Subscription`).
-        Use it as `async with contextlib.aclosing(client.events()) as stream:`
-        so the connection closes as soon as you stop. It holds no nursery or
-        cancel scope across a `yield` (trio forbids that in generators).
-        """
-        sub = Subscription(topics, session_id, since_seq)
-        while True:
-            conn: _AsyncSocket | None = None
-            try:
-                conn = await _AsyncSocket.open(self.path)
-                sub.new_connection()
-                while True:
-                    if sub.wants_subscribe:
-                        await conn.send(sub.subscribe())
-                    event = sub.receive(await conn.receive())
-                    if event is not None:
-                        yield event
-            except (errors.ConnectionLost, errors.DaemonNotRunning):
-                if not reconnect:
-                    raise
-                await _await_socket(self.path)
-            finally:
-                if conn is not None:
-                    await conn.aclose()
-
-    def __repr__(self) -> str:
-        return f"AsyncClient({self.path}, connected={self._conn is not None})"
-
-
-async def _await_socket(path: Path) -> None:
-    with trio.fail_after(30.0):
-        while True:
-            try:
-                stream = await trio.open_unix_socket(str(path))
-            except OSError:
-                await trio.sleep(0.1)
-                continue
-            await stream.aclose()
-            return
+                wait_for_socket(self.path)

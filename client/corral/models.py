@@ -98,13 +98,19 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class Wire(BaseModel):
-    """Base of every result model: camelCase on the wire, lenient on input."""
+    """Base of every result model: camelCase on the wire, lenient on input.
+
+    `defer_build`: a model's validator and serializer are built on its first
+    use, not when this module is imported, so a program pays only for the
+    models it uses (the CLI's start-up, the daemon's first answer).
+    """
 
     model_config = ConfigDict(
         alias_generator=to_camel,
         populate_by_name=True,
         extra="ignore",
         use_enum_values=False,
+        defer_build=True,
     )
 
     def to_wire(self) -> dict[str, Any]:

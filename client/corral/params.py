@@ -176,6 +176,10 @@ class ListTasksParams(Params):
     session_id: str | None = None
     state: TaskState | None = None
     status: TaskStatus | None = None
+    #: at most this many tasks (a page); without it, all of them
+    limit: int | None = Field(None, ge=1, le=100_000)
+    #: the id of the last task of the previous page: this page starts after it
+    cursor: str | None = None
 
 
 # --- events ------------------------------------------------------------------------

@@ -22,10 +22,12 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral import errors
-from corral.models import Event
+
+if TYPE_CHECKING:
+    from corral.models import Event
 
 __all__ = ["MAX_FRAME", "Decoder", "Subscription", "encode", "request"]
 
@@ -198,6 +200,8 @@ class Subscription:
         """Take one message read from the connection; the new event in it, if any."""
         method = message.get("method")
         if method == "event":
+            from corral.models import Event  # loaded late: plain requests need no models
+
             event = Event.model_validate(message.get("params"))
             if self.last_seq is not None and event.seq <= self.last_seq:
                 return None  # replayed and already delivered

@@ -1,18 +1,23 @@
-"""Agents: `corral agents` and `corral logs` (-f follows a live agent)."""
+"""Agents: `corral agents` and `corral logs` (-f follows a live agent).
+
+Like every command module, it imports rich, the models and `corral.watch`
+inside the commands that use them: `corral` imports all command modules at
+start-up, and a simple command must not pay for them.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import time
-
-from rich.text import Text
+from typing import TYPE_CHECKING
 
 from corral import errors
 from corral.cli.common import EXIT_OK, Out, UsageError, command, connect, session_arg
-from corral.client import Client
-from corral.models import Agent, AgentLifecycle, LogEntry
-from corral.watch import EventFeed, duration
+
+if TYPE_CHECKING:
+    from corral.client import Client
+    from corral.models import Agent, LogEntry
 
 
 def _agents_args(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +27,8 @@ def _agents_args(parser: argparse.ArgumentParser) -> None:
 
 @command("agents", "list a session's agents (one per attempt)", _agents_args)
 def cmd_agents(args: argparse.Namespace, out: Out) -> int:
+    from corral.watch import duration
+
     with connect(args) as c:
         agents = c.parallel_list_agents(session_id=args.session, live=args.live)
     if out.as_json:
@@ -79,13 +86,16 @@ def _find_agent(c: Client, agent_id: str) -> Agent:
     raise errors.AgentNotFound(f"no agent {agent_id!r}", {"agentId": agent_id})
 
 
-_ENDED = (AgentLifecycle.EXITED, AgentLifecycle.KILLED)
-
-
 @command("logs", "print an agent's output (-f follows it until the agent ends)", _logs_args)
 def cmd_logs(args: argparse.Namespace, out: Out) -> int:
     if args.offset < 0:
         raise UsageError("--offset must be 0 or more")
+    from rich.text import Text
+
+    from corral.models import AgentLifecycle, LogEntry
+    from corral.watch import EventFeed
+
+    ended_states = (AgentLifecycle.EXITED, AgentLifecycle.KILLED)
 
     def show(entry: LogEntry) -> None:
         if out.as_json and args.follow:
@@ -109,7 +119,7 @@ def cmd_logs(args: argparse.Namespace, out: Out) -> int:
             for entry in _read_logs(c, args.agent, offset):
                 show(entry)
                 offset = entry.offset + 1
-            ended = _find_agent(c, args.agent).lifecycle in _ENDED
+            ended = _find_agent(c, args.agent).lifecycle in ended_states
             while not ended:
                 for event in feed.get(timeout=1.0):
                     p = event.payload
@@ -119,7 +129,7 @@ def cmd_logs(args: argparse.Namespace, out: Out) -> int:
                         entry = LogEntry.model_validate(p)
                         show(entry)
                         offset = entry.offset + 1
-                    elif event.type == "agent.status" and p.get("lifecycle") in _ENDED:
+                    elif event.type == "agent.status" and p.get("lifecycle") in ended_states:
                         ended = True
             for entry in _read_logs(c, args.agent, offset):  # lines that raced the end
                 show(entry)

@@ -3,6 +3,11 @@
 A leaf: the command modules import it, it imports none of them, so they can
 be split by topic without import circles.
 
+Start-up: `corral status` and `corral tasks --json` must start like a native
+tool, so nothing here loads rich, pydantic or the models until a command
+uses them (`Out.console`, `connect`); `raw_connect` and `Out.data` of plain
+JSON need neither.
+
 Conventions: data goes to stdout (a rich table, or JSON with `--json`),
 errors go to stderr as one line, `NO_COLOR` is honoured (rich does it), and
 the exit code says what happened: 0 ok, 1 the daemon reported an error,
@@ -14,15 +19,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import sys
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
+from corral.connection import RawClient
 
-from corral.client import Client
-from corral.models import Task, to_jsonable
+if TYPE_CHECKING:
+    from enum import StrEnum
+
+    from rich.console import Console
+
+    from corral.client import Client
+    from corral.models import Task
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
 
@@ -56,19 +67,43 @@ class Out:
 
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
-        self.console = Console(highlight=False)
-        self.err = Console(stderr=True, highlight=False)
+
+    @cached_property
+    def console(self) -> Console:
+        from rich.console import Console  # loaded late: a command printing JSON never needs it
+
+        return Console(highlight=False)
+
+    @cached_property
+    def err(self) -> Console:
+        from rich.console import Console  # loaded late, as `console`
+
+        return Console(stderr=True, highlight=False)
 
     def data(self, value: Any) -> None:
-        print(json.dumps(to_jsonable(value), indent=2, sort_keys=False))
+        """Print models (as their wire JSON) or plain JSON values."""
+        if "pydantic" in sys.modules:  # without pydantic loaded, `value` cannot hold a model
+            from corral.models import to_jsonable
+
+            value = to_jsonable(value)
+        print(json.dumps(value, indent=2, sort_keys=False))
 
     def table(self, title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        from rich.table import Table  # loaded late, as `console`
+
         table = Table(title=title, title_justify="left")
         for column in columns:
             table.add_column(column)
         for row in rows:
             table.add_row(*("" if v is None else str(v) for v in row))
         self.console.print(table)
+
+    def pairs(self, title: str, rows: Sequence[tuple[str, Any]]) -> None:
+        """A title and aligned `name  value` lines, in plain text (no rich to load)."""
+        width = max((len(name) for name, _ in rows), default=0)
+        print(title)
+        for name, value in rows:
+            print(f"  {name:<{width}}  {value}")
 
     def line(self, text: str) -> None:
         self.console.print(text)
@@ -78,7 +113,38 @@ class Out:
 
 
 def connect(args: argparse.Namespace) -> Client:
+    """A typed client: its results are models."""
+    from corral.client import Client  # loaded late: it builds the models' validators
+
     return Client(args.socket).connect()
+
+
+def raw_connect(args: argparse.Namespace) -> RawClient:
+    """A client whose results are the daemon's JSON as sent: for commands that print it."""
+    return RawClient(args.socket).connect()
+
+
+class LazyChoices:
+    """argparse `choices` from an enum of `corral.models`, imported only when argparse
+    looks at them (the option is given, or help is printed), not at every start-up."""
+
+    def __init__(self, enum_name: str) -> None:
+        self.enum_name = enum_name
+
+    def _values(self) -> list[str]:
+        from corral import models
+
+        enum: type[StrEnum] = getattr(models, self.enum_name)
+        return [member.value for member in enum]
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._values()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values())
+
+    def __repr__(self) -> str:
+        return f"LazyChoices({self.enum_name})"
 
 
 def session_arg(parser: argparse.ArgumentParser) -> None:

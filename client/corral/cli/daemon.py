@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any
 
-from corral.cli.common import EXIT_OK, Out, command, connect
+from corral.cli.common import EXIT_OK, Out, command, raw_connect
 from corral.paths import socket_path
 
 
@@ -33,29 +34,30 @@ def cmd_daemon(args: argparse.Namespace, out: Out) -> int:
 
 @command("status", "show the daemon's status")
 def cmd_status(args: argparse.Namespace, out: Out) -> int:
-    with connect(args) as c:
-        status = c.daemon_status()
+    # The daemon's JSON as it comes, printed without rich: this is the command
+    # scripts and prompts call most, so it starts without models or tables.
+    with raw_connect(args) as c:
+        status: dict[str, Any] = c.call("daemon_status")
     if out.as_json:
         out.data(status)
         return EXIT_OK
-    cg = status.cgroup
+    cg = status.get("cgroup") or {}
     cgroup = (
-        f"{cg.path} (kill: {'yes' if cg.kill else 'no'}; controllers: "
-        f"{', '.join(cg.controllers) or 'none'})"
-        if cg.available
-        else f"unavailable ({cg.reason})"
+        f"{cg.get('path')} (kill: {'yes' if cg.get('kill') else 'no'}; controllers: "
+        f"{', '.join(cg.get('controllers') or []) or 'none'})"
+        if cg.get("available")
+        else f"unavailable ({cg.get('reason', '')})"
     )
-    out.table(
-        f"corrald {status.version}",
-        ["", ""],
+    out.pairs(
+        f"corrald {status['version']}",
         [
-            ["pid", status.pid],
-            ["uptime", f"{status.uptime_secs:.0f} s"],
-            ["socket", status.socket_path],
-            ["state", status.state_dir],
-            ["connections", status.connections],
-            ["sessions", status.sessions],
-            ["cgroups", cgroup],
+            ("pid", status["pid"]),
+            ("uptime", f"{status['uptimeSecs']:.0f} s"),
+            ("socket", status["socketPath"]),
+            ("state", status["stateDir"]),
+            ("connections", status["connections"]),
+            ("sessions", status["sessions"]),
+            ("cgroups", cgroup),
         ],
     )
     return EXIT_OK

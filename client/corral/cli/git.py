@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from corral.cli.common import EXIT_OK, Out, UsageError, command, connect, progress, session_arg
-from corral.watch import render_integration, render_matrix
 
 
 def _worktrees_args(parser: argparse.ArgumentParser) -> None:
@@ -75,6 +74,8 @@ def cmd_conflicts(args: argparse.Namespace, out: Out) -> int:
         if out.as_json:
             out.data(matrix)
         else:
+            from corral.watch import render_matrix  # loaded late: it needs rich
+
             out.console.print(render_matrix(matrix))
         return EXIT_OK
     if out.as_json:
@@ -150,6 +151,8 @@ def cmd_integration(args: argparse.Namespace, out: Out) -> int:
     elif not report.enabled:
         out.line("integration is off for this session (each task stays on its own branch)")
     else:
+        from corral.watch import render_integration  # loaded late: it needs rich
+
         out.console.print(render_integration(report, tasks))
         for parked in report.parked:
             lines = (parked.error or "").strip().splitlines()

@@ -19,8 +19,9 @@ from corral.cli.common import (
     progress,
     session_arg,
 )
-from corral.plan import PlanError, load_plan
-from corral.watch import Mode, follow, print_summary, summarize
+
+if TYPE_CHECKING:
+    from corral.watch import Mode
 
 if TYPE_CHECKING:
     from corral.client import Client
@@ -50,6 +51,9 @@ def _run_args(parser: argparse.ArgumentParser) -> None:
     _run_args,
 )
 def cmd_run(args: argparse.Namespace, out: Out) -> int:
+    from corral.plan import PlanError, load_plan  # loaded late (see `corral.cli.agents`)
+    from corral.watch import follow, print_summary, summarize
+
     try:
         plan = load_plan(args.plan)
     except PlanError as exc:

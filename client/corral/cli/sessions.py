@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from corral.cli.common import (
     EXIT_OK,
     Handler,
+    LazyChoices,
     Out,
     ago,
     command,
@@ -17,7 +19,9 @@ from corral.cli.common import (
     integration_args,
     session_arg,
 )
-from corral.models import Session, Strategy
+
+if TYPE_CHECKING:
+    from corral.models import Session
 
 
 def _init_args(parser: argparse.ArgumentParser) -> None:
@@ -27,8 +31,9 @@ def _init_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--agent", metavar="TYPE", help="agent type, e.g. claude or codex")
     parser.add_argument(
         "--strategy",
-        choices=[s.value for s in Strategy],
-        help="which ready task starts first",
+        choices=LazyChoices("Strategy"),
+        metavar="STRATEGY",  # a metavar keeps argparse from listing the choices at start-up
+        help="which ready task starts first: %(choices)s",
     )
     parser.add_argument("--base", metavar="BRANCH", help="branch the worktrees start from")
     integration_args(parser)
@@ -80,6 +85,8 @@ def cmd_sessions(args: argparse.Namespace, out: Out) -> int:
 
 def _transition(method: str) -> Handler:
     def handler(args: argparse.Namespace, out: Out) -> int:
+        from corral.models import Session  # loaded late (see `corral.cli.agents`)
+
         with connect(args) as c:
             session = Session.model_validate(c.call(method, session_id=args.session))
         if out.as_json:

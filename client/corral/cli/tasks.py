@@ -7,16 +7,16 @@ import argparse
 from corral.cli.common import (
     EXIT_OK,
     TASK_COLUMNS,
+    LazyChoices,
     Out,
     UsageError,
     command,
     connect,
     progress,
+    raw_connect,
     session_arg,
     task_rows,
 )
-from corral.models import TaskSpec, TaskState, check_task_id
-from corral.plan import slugify
 
 
 def _add_args(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +40,9 @@ def _add_args(parser: argparse.ArgumentParser) -> None:
 
 @command("add", "add a task to a session", _add_args)
 def cmd_add(args: argparse.Namespace, out: Out) -> int:
+    from corral.models import TaskSpec, check_task_id  # loaded late (see `corral.cli.agents`)
+    from corral.plan import slugify
+
     task_id = args.id or slugify(args.title)
     try:
         check_task_id(task_id)
@@ -68,18 +71,22 @@ def cmd_add(args: argparse.Namespace, out: Out) -> int:
 def _tasks_args(parser: argparse.ArgumentParser) -> None:
     session_arg(parser)
     parser.add_argument(
-        "--status", choices=[s.value for s in TaskState], help="only tasks in this status"
+        "--status",
+        choices=LazyChoices("TaskState"),
+        metavar="STATUS",  # a metavar keeps argparse from listing the choices at start-up
+        help="only tasks in this status: %(choices)s",
     )
 
 
 @command("tasks", "list a session's tasks", _tasks_args)
 def cmd_tasks(args: argparse.Namespace, out: Out) -> int:
+    if out.as_json:  # the daemon's JSON as it comes: no models to build, validate and dump
+        with raw_connect(args) as raw:
+            out.data(raw.call("parallel_list_tasks", sessionId=args.session, state=args.status))
+        return EXIT_OK
     with connect(args) as c:
         tasks = c.parallel_list_tasks(session_id=args.session, state=args.status)
-    if out.as_json:
-        out.data(tasks)
-    else:
-        out.table("tasks", TASK_COLUMNS, task_rows(tasks))
+    out.table("tasks", TASK_COLUMNS, task_rows(tasks))
     return EXIT_OK
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from corral.cli.common import EXIT_OK, Out, command, connect, session_arg
-from corral.watch import fetch_matrix, gather, watch
 
 
 def _watch_args(parser: argparse.ArgumentParser) -> None:
@@ -15,6 +14,8 @@ def _watch_args(parser: argparse.ArgumentParser) -> None:
 
 @command("watch", "live view of a session: agents, CPU/memory, violations, conflicts", _watch_args)
 def cmd_watch(args: argparse.Namespace, out: Out) -> int:
+    from corral.watch import fetch_matrix, gather, watch  # loaded late: it needs rich
+
     if out.as_json:
         with connect(args) as c:
             sid = c.session_get(session_id=args.session).id

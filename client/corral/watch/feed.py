@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 from corral import errors
-from corral.client import _Socket
+from corral.connection import Connection
 from corral.models import Event
 from corral.paths import socket_path
 from corral.transport import Subscription
@@ -83,7 +83,7 @@ class EventFeed:
         try:
             while not self._stop.is_set():
                 try:
-                    conn = _Socket.open(self.path, 5.0)
+                    conn = Connection.open(self.path, 5.0)
                 except errors.DaemonNotRunning:
                     if not self._subscribed.is_set():
                         raise  # never got going: start() reports it
@@ -96,7 +96,7 @@ class EventFeed:
         except OSError as exc:
             self._fail(errors.ConnectionLost(str(exc)))
 
-    def _follow(self, conn: _Socket) -> None:
+    def _follow(self, conn: Connection) -> None:
         """Subscribe on `conn` and queue its events until it drops or the feed stops."""
         sub = self._sub
         sub.new_connection()

@@ -1,9 +1,12 @@
 """Following a session: the live view (`corral watch`), and plain or quiet progress lines.
 
-A view is a `render.Snapshot` redrawn when events arrive (a `feed.EventFeed`
-on a background thread) and on a 1 s tick, so runtimes advance and a missed
-event costs at most a second. The conflict matrix is a merge per pair of
-branches, so it is recomputed only when a task completes, not every tick.
+A view is a `render.Snapshot` fetched again when events arrive (a
+`feed.EventFeed` on a background thread), at most every `FETCH_SECS` however
+many come (one fetch for all that came meanwhile). Between events it is only
+redrawn, once a second, while an agent runs (its runtime advances); with
+nothing running and nothing happening there is no work at all: no fetch, no
+redraw (rich's own refresh thread is off). The conflict matrix is a merge
+per pair of branches, so it is recomputed only when a task completes.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from rich.console import Console
 from rich.live import Live
 
 from corral.client import Client
-from corral.models import Event, SessionStatus
+from corral.models import AgentLifecycle, Event, SessionStatus
 from corral.watch.feed import EventFeed
 from corral.watch.render import Snapshot, fetch_matrix, gather, render
 
@@ -28,6 +31,9 @@ FINISHED = (SessionStatus.COMPLETED, SessionStatus.FAILED)
 VIEW_TOPICS = ["task", "agent", "violation", "session", "conflicts", "merge", "integration"]
 
 Mode = Literal["live", "plain", "quiet"]
+
+#: The shortest time between two fetches of the snapshot (a burst of events is one fetch).
+FETCH_SECS = 0.5
 
 
 def follow(
@@ -54,38 +60,53 @@ def follow(
         if start is not None:
             start()
         snap = gather(c, session_id, matrix)
+        fetched = time.monotonic()
         live: Live | None = None
         if mode == "live":
             compact = console.size.height < 40
             live = Live(
                 render(snap, tasks=show_tasks, started=started, compact=compact),
                 console=console,
-                refresh_per_second=8,
+                auto_refresh=False,  # drawn below, when something changed
                 transient=False,
             )
             live.start()
         try:
             while not (until_finished and snap.session.status in FINISHED):
                 events = feed.get(timeout=1.0)
+                if events:  # coalesce: everything until FETCH_SECS after the last fetch
+                    while (wait := fetched + FETCH_SECS - time.monotonic()) > 0:
+                        events += feed.get(timeout=wait)
                 for event in events:
                     if on_event is not None:
                         on_event(event)
                     if mode == "plain":
                         _plain_line(console, event)
-                completed = any(
-                    e.type == "task.status" and e.payload.get("state") == "completed"
-                    for e in events
-                )
-                if mode == "live" and completed:
-                    matrix = fetch_matrix(c, session_id)
-                snap = gather(c, session_id, matrix)
+                if events:
+                    completed = any(
+                        e.type == "task.status" and e.payload.get("state") == "completed"
+                        for e in events
+                    )
+                    if mode == "live" and completed:
+                        matrix = fetch_matrix(c, session_id)
+                    snap = gather(c, session_id, matrix)
+                    fetched = time.monotonic()
+                elif not _running(snap):
+                    continue  # nothing happened and no runtime to advance
                 if live is not None:
                     compact = console.size.height < 40
-                    live.update(render(snap, tasks=show_tasks, started=started, compact=compact))
+                    view = render(snap, tasks=show_tasks, started=started, compact=compact)
+                    live.update(view, refresh=True)
         finally:
             if live is not None:
                 live.stop()
     return snap
+
+
+def _running(snap: Snapshot) -> bool:
+    return any(
+        a.lifecycle in (AgentLifecycle.STARTING, AgentLifecycle.RUNNING) for a in snap.agents
+    )
 
 
 def _plain_line(console: Console, event: Event) -> None:

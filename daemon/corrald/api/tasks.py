@@ -66,8 +66,13 @@ async def parallel_list_tasks(call: Call, p: ListTasksParams) -> list[Task]:
     `state` is corral's own (pending, ready, in_progress, retry_wait,
     rate_limited, completed, failed, blocked, cancelled, skipped); `status`
     the seed's four (pending, in_progress, completed, failed).
+
+    Paging: `limit` (1-100000) returns at most that many; `cursor`, the id of
+    the last task of the previous page, starts after it. A page shorter than
+    `limit` is the last. Without either, every task comes in one answer.
+    Errors: 1003 TaskNotFound (a `cursor` that names no task).
     """
-    return call.engine.list_tasks(p.session_id, p.state, p.status)
+    return call.engine.list_tasks(p.session_id, p.state, p.status, limit=p.limit, cursor=p.cursor)
 
 
 @methods.method()

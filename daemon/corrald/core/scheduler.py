@@ -30,8 +30,9 @@ Cost model (benchmarked in ``bench/scheduler_core.py``):
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import deque
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from typing import TypeVar
 
 from corral import errors
@@ -166,6 +167,15 @@ class Scheduler:
         if status is None:
             return [n.task for n in self._nodes.values()]
         return [n.task for n in self._nodes.values() if n.task.state is status]
+
+    def tasks_after(self, task_id: str | None) -> Iterator[Task]:
+        """Tasks in insertion order, from the one after `task_id` (from the first if None);
+        `errors.TaskNotFound` if there is no such task."""
+        nodes = iter(self._nodes.values())
+        if task_id is not None:
+            seq = self._node(task_id).seq
+            nodes = itertools.dropwhile(lambda n: n.seq <= seq, nodes)
+        return (n.task for n in nodes)
 
     def counts(self) -> dict[TaskState, int]:
         """Number of tasks per status (every status present), kept incrementally."""

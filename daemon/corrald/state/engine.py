@@ -15,6 +15,7 @@ Time comes from `clock` (epoch seconds) so tests can drive it.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import time
 import uuid
@@ -340,11 +341,26 @@ class Engine:
         return self.store.allocations(session_id)
 
     def list_tasks(
-        self, session_id: str | None, state: TaskState | None, status: TaskStatus | None = None
+        self,
+        session_id: str | None,
+        state: TaskState | None,
+        status: TaskStatus | None = None,
+        *,
+        limit: int | None = None,
+        cursor: str | None = None,
     ) -> list[Task]:
-        """A session's tasks in insertion order, filtered by state and/or seed status."""
-        tasks = self.session(session_id).scheduler.tasks(state)
-        return tasks if status is None else [t for t in tasks if t.status is status]
+        """A session's tasks in insertion order, filtered by state and/or seed status;
+        a page of at most `limit` of them after the task `cursor` when given."""
+        scheduler = self.session(session_id).scheduler
+        if limit is None and cursor is None:
+            tasks = scheduler.tasks(state)
+            return tasks if status is None else [t for t in tasks if t.status is status]
+        found = (
+            t
+            for t in scheduler.tasks_after(cursor)
+            if (state is None or t.state is state) and (status is None or t.status is status)
+        )
+        return list(itertools.islice(found, limit))
 
     def get_task(self, session_id: str | None, task_id: str) -> Task:
         return self.session(session_id).scheduler.get(task_id)

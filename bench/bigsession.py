@@ -1,0 +1,304 @@
+"""Big sessions: `parallel_list_tasks` of 10k and 50k tasks, the daemon's stall, RSS per task.
+
+One real corrald per size, with a session of N tasks (chains of 5, added
+1,000 at a time, never started). For each size:
+  * list: `parallel_list_tasks` on a raw socket, request to the last byte of
+    the answer, against the anchor: a bare trio server (this file with
+    `--anchor-server PATH FILE`) that answers any line with the very bytes
+    corrald sent. The two alternate `--runs` times. Target: at most 4x.
+  * stall: while corrald answers those lists, a second connection sends
+    `daemon_status` every 5 ms; the longest round trip of that ticker is how
+    long one request held the event loop. Target: at most 25 ms.
+  * RSS per task: the daemon's RSS with the session full, minus its RSS
+    with an empty session, over N. Target: under 1.5 KB.
+  * full-GC pause: in this process, the daemon's own `Engine` and `Store`
+    holding the same session; each full collection is timed with
+    `gc.callbacks`, first as the daemon ran before, then after `gc.freeze()`
+    as corrald now does once it has started and after each batch of added
+    tasks. Target: under 10 ms at 10k.
+
+Run: `python bench/bigsession.py [--sizes 10000 50000] [--runs 7]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "daemon"), str(ROOT / "client")]
+
+import psutil  # noqa: E402
+
+from bench.scheduler import make_repo  # noqa: E402
+from corral.client import Client  # noqa: E402
+from corral.launch import LocalDaemon  # noqa: E402
+from corral.models import SchedulerConfig, TaskSpec  # noqa: E402
+from corrald.state.engine import Engine  # noqa: E402
+from corrald.state.events import EventBus  # noqa: E402
+from corrald.state.store import Store  # noqa: E402
+
+LIST_TARGET, STALL_TARGET_MS, RSS_TARGET_KB, GC_TARGET_MS = 4.0, 25.0, 1.5, 10.0
+
+
+def anchor_server(path: str, payload_file: str) -> None:
+    import trio
+
+    payload = Path(payload_file).read_bytes()
+
+    async def handle(stream: trio.SocketStream) -> None:
+        buf = b""
+        while True:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                return
+            buf += chunk
+            while b"\n" in buf:
+                _, buf = buf.split(b"\n", 1)
+                await stream.send_all(payload)
+
+    async def main() -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(path)
+        sock.listen(16)
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+        await trio.serve_listeners(handle, [listener])
+
+    trio.run(main)
+
+
+def round_trip(sock: socket.socket, request: bytes) -> bytes:
+    """Send one line, read to the answer's newline."""
+    sock.sendall(request)
+    parts: list[bytes] = []
+    while True:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            raise RuntimeError("connection closed")
+        parts.append(chunk)
+        if chunk.endswith(b"\n"):
+            return b"".join(parts)
+
+
+def connect(path: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(str(path))
+    return sock
+
+
+class Ticker(threading.Thread):
+    """`daemon_status` every 5 ms on its own connection; records each round trip."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.sock = connect(path)
+        self.times: list[float] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        request = b'{"jsonrpc":"2.0","id":1,"method":"daemon_status","params":{}}\n'
+        while not self.stop.wait(0.005):
+            start = time.perf_counter()
+            round_trip(self.sock, request)
+            self.times.append(time.perf_counter() - start)
+
+
+def ms(times: list[float]) -> str:
+    return f"{min(times) * 1e3:7.1f} / {statistics.median(times) * 1e3:7.1f} ms"
+
+
+def verdict(ok: bool) -> str:
+    return "ok" if ok else "ABOVE TARGET"
+
+
+def rss(pid: int) -> int:
+    return int(psutil.Process(pid).memory_info().rss)
+
+
+def measure(size: int, runs: int, workdir: Path) -> None:
+    repo = make_repo()
+    daemon = LocalDaemon(
+        workdir / f"d{size}.sock",
+        workdir / f"state{size}",
+        log_path=workdir / f"d{size}.log",
+        args=("--log-level", "warning"),
+    )
+    anchor: subprocess.Popen[bytes] | None = None
+    try:
+        daemon.start()
+        with Client(daemon.socket, timeout=600) as c:
+            session = c.init_parallel_scheduler(repo_path=str(repo)).id
+            c.daemon_status()
+            empty_rss = rss(daemon.pid)
+            for first in range(0, size, 1000):
+                batch = [
+                    {
+                        "id": f"t{i}",
+                        "title": f"task {i}",
+                        "priority": i % 10,
+                        "dependencies": [f"t{i - 1}"] if i % 5 else [],
+                    }
+                    for i in range(first, min(size, first + 1000))
+                ]
+                c.call("parallel_add_tasks", session_id=session, tasks=batch)
+            full_rss = rss(daemon.pid)
+        request = (
+            b'{"jsonrpc":"2.0","id":7,"method":"parallel_list_tasks","params":{"sessionId":"'
+            + session.encode()
+            + b'"}}\n'
+        )
+        corral_sock = connect(daemon.socket)
+        payload = round_trip(corral_sock, request)
+        (workdir / "payload").write_bytes(payload)
+        anchor_path = workdir / f"a{size}.sock"
+        anchor = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--anchor-server",
+                str(anchor_path),
+                str(workdir / "payload"),
+            ]
+        )
+        while not anchor_path.exists():
+            time.sleep(0.01)
+        time.sleep(0.2)
+        anchor_sock = connect(anchor_path)
+        round_trip(anchor_sock, request)  # warm-up
+        ticker = Ticker(daemon.socket)
+        ticker.start()
+        a_times: list[float] = []
+        c_times: list[float] = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            assert round_trip(anchor_sock, request) == payload
+            a_times.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            got = round_trip(corral_sock, request)
+            c_times.append(time.perf_counter() - start)
+            assert len(got) == len(payload)
+        ticker.stop.set()
+        ticker.join()
+        ratios = sorted(c / a for c, a in zip(c_times, a_times, strict=True))
+        ratio = statistics.median(ratios)
+        stall = max(ticker.times) * 1e3
+        per_task = (full_rss - empty_rss) / size / 1024
+        print(f"{size} tasks, answer {len(payload) / 1e6:.1f} MB, min / median of {runs} runs")
+        print(
+            f"  list   bare trio {ms(a_times)}   corral {ms(c_times)}   ratio {ratio:5.2f}"
+            f" (target <= {LIST_TARGET}: {verdict(ratio <= LIST_TARGET)})"
+        )
+        print(
+            f"  stall  longest daemon_status round trip meanwhile {stall:6.1f} ms"
+            f" (p50 {statistics.median(ticker.times) * 1e3:.1f} ms;"
+            f" target <= {STALL_TARGET_MS}: {verdict(stall <= STALL_TARGET_MS)})"
+        )
+        print(
+            f"  RSS    {per_task:5.2f} KB per task"
+            f" (target < {RSS_TARGET_KB}: {verdict(per_task < RSS_TARGET_KB)})"
+        )
+        corral_sock.close()
+        anchor_sock.close()
+    finally:
+        if anchor is not None:
+            anchor.kill()
+            anchor.wait()
+        if daemon.running():
+            daemon.stop()
+        shutil.rmtree(repo, ignore_errors=True)
+
+
+def full_gc_ms(times: int = 5) -> float:
+    """The longest of `times` full collections, as `gc.callbacks` sees them."""
+    pauses: list[float] = []
+    started = 0.0
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        nonlocal started
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            started = time.perf_counter()
+        else:
+            pauses.append(time.perf_counter() - started)
+
+    gc.callbacks.append(callback)
+    try:
+        for _ in range(times):
+            gc.collect()
+    finally:
+        gc.callbacks.remove(callback)
+    return max(pauses) * 1e3
+
+
+def measure_gc(size: int, workdir: Path) -> None:
+    repo = make_repo()
+    store = Store(workdir / f"gc{size}" / "corral.db")
+    try:
+        engine = Engine(store, EventBus(store))
+        config = SchedulerConfig(integrate=False)
+        sid = engine.init_session(config, str(repo), None).id
+        gc.freeze()  # what corrald freezes once it has started
+        for first in range(0, size, 1000):
+            engine.add_tasks(
+                sid,
+                [
+                    TaskSpec(
+                        id=f"t{i}",
+                        title=f"task {i}",
+                        priority=i % 10,
+                        dependencies=[f"t{i - 1}"] if i % 5 else [],
+                    )
+                    for i in range(first, min(size, first + 1000))
+                ],
+            )
+        startup = full_gc_ms()
+        gc.unfreeze()
+        unfrozen = full_gc_ms()
+        gc.freeze()
+        everything = full_gc_ms()
+        gc.unfreeze()
+        print(
+            f"  GC     full collection, longest of 5: nothing frozen {unfrozen:6.1f} ms;"
+            f" start-up frozen {startup:6.1f} ms; tasks frozen too {everything:6.1f} ms"
+            f" (target < {GC_TARGET_MS})"
+        )
+    finally:
+        store.close()
+        shutil.rmtree(repo, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000])
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument(
+        "--anchor-server", nargs=2, metavar=("PATH", "FILE"), help=argparse.SUPPRESS
+    )
+    args = parser.parse_args()
+    if args.anchor_server:
+        anchor_server(*args.anchor_server)
+        return 0
+    workdir = Path(tempfile.mkdtemp(prefix="bb", dir="/tmp"))
+    os.environ.pop("NOTIFY_SOCKET", None)
+    try:
+        for size in args.sizes:
+            measure(size, args.runs, workdir)
+            measure_gc(size, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
