@@ -2,8 +2,8 @@
 
 `chromium --screenshot` shoots as soon as the page has loaded, before a
 websocket app has drawn anything; this waits for a condition in the page
-(a JavaScript expression) first, then shoots. Only aiohttp (a dependency
-of textual-serve) is used to speak the protocol.
+(a JavaScript expression) and for the drawing to settle, then shoots. Only
+aiohttp (a dependency of textual-serve) is used to speak the protocol.
 """
 
 from __future__ import annotations
@@ -35,15 +35,8 @@ FLAGS = [
 ]
 
 
-async def _devtools(user_dir: Path, timeout: float) -> str:
+async def _page(port: str) -> str:
     """The DevTools websocket URL of the browser's first page."""
-    port_file = user_dir / "DevToolsActivePort"
-    deadline = time.monotonic() + timeout
-    while not port_file.exists():  # written once the browser listens
-        if time.monotonic() > deadline:
-            raise TimeoutError("chromium did not start its DevTools server")
-        await asyncio.sleep(0.05)
-    port = port_file.read_text().split()[0]
     async with aiohttp.ClientSession() as http:
         while True:
             async with http.get(f"http://127.0.0.1:{port}/json/list") as r:
@@ -53,7 +46,62 @@ async def _devtools(user_dir: Path, timeout: float) -> str:
             await asyncio.sleep(0.05)
 
 
-async def _shoot(url: str, out: Path, until: str, size: tuple[int, int], timeout: float) -> None:
+async def _shoot(port: str, url: str, until: str) -> bytes:
+    ws_url = await _page(port)
+    ids = itertools.count(1)
+    async with aiohttp.ClientSession() as http, http.ws_connect(ws_url, max_msg_size=0) as ws:
+
+        async def call(method: str, **params: Any) -> dict[str, Any]:
+            ident = next(ids)
+            await ws.send_str(json.dumps({"id": ident, "method": method, "params": params}))
+            while True:
+                message = json.loads((await ws.receive()).data)
+                if message.get("id") == ident:
+                    if "error" in message:
+                        raise RuntimeError(f"{method}: {message['error']}")
+                    result: dict[str, Any] = message["result"]
+                    return result
+
+        async def shot() -> bytes:
+            return base64.b64decode((await call("Page.captureScreenshot", format="png"))["data"])
+
+        await call("Page.enable")
+        blank = await shot()
+        await call("Page.navigate", url=url)
+        while True:
+            done = await call("Runtime.evaluate", expression=until, returnByValue=True)
+            if done["result"].get("value") is True:
+                break
+            await asyncio.sleep(0.2)
+        # The terminal draws on a canvas, with nothing to query: shoot until two shots
+        # in a row agree and hold much more than the empty page did.
+        last = b""
+        while True:
+            data = await shot()
+            if data == last and len(data) > 3 * len(blank):
+                return data
+            last = data
+            await asyncio.sleep(0.5)
+
+
+async def _bounded(port: str, url: str, until: str, secs: float) -> bytes:
+    async with asyncio.timeout(secs):
+        return await _shoot(port, url, until)
+
+
+def screenshot(
+    url: str,
+    out: Path,
+    *,
+    until: str = "true",
+    size: tuple[int, int] = (1280, 800),
+    timeout: float = 60.0,
+) -> None:
+    """Load `url` in headless Chromium, wait until `until` is true in the page, save a PNG.
+
+    The shot is taken once the page is drawn and stops changing (two shots
+    0.5 s apart agree).
+    """
     user_dir = Path(tempfile.mkdtemp(prefix="chr", dir="/tmp"))
     proc = subprocess.Popen(
         [
@@ -68,62 +116,15 @@ async def _shoot(url: str, out: Path, until: str, size: tuple[int, int], timeout
         stderr=subprocess.DEVNULL,
     )
     try:
-        ws_url = await _devtools(user_dir, timeout)
-        ids = itertools.count(1)
-        async with aiohttp.ClientSession() as http, http.ws_connect(ws_url, max_msg_size=0) as ws:
-
-            async def call(method: str, **params: Any) -> dict[str, Any]:
-                ident = next(ids)
-                await ws.send_str(json.dumps({"id": ident, "method": method, "params": params}))
-                while True:
-                    message = json.loads((await ws.receive()).data)
-                    if message.get("id") == ident:
-                        if "error" in message:
-                            raise RuntimeError(f"{method}: {message['error']}")
-                        result: dict[str, Any] = message["result"]
-                        return result
-
-            await call("Page.enable")
-            blank = base64.b64decode((await call("Page.captureScreenshot"))["data"])
-            await call("Page.navigate", url=url)
-            deadline = time.monotonic() + timeout
-            while True:
-                done = await call("Runtime.evaluate", expression=until, returnByValue=True)
-                if done["result"].get("value") is True:
-                    break
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the page never satisfied {until!r}")
-                await asyncio.sleep(0.2)
-            # The terminal draws on a canvas, nothing to query: shoot until two shots
-            # in a row agree and hold much more than the empty page did.
-            last = b""
-            while True:
-                shot = await call("Page.captureScreenshot", format="png")
-                data = base64.b64decode(shot["data"])
-                if data == last and len(data) > 3 * len(blank):
-                    break
-                if time.monotonic() > deadline:
-                    raise TimeoutError("the page never stopped changing")
-                last = data
-                await asyncio.sleep(0.5)
-            out.write_bytes(data)
+        port_file = user_dir / "DevToolsActivePort"  # written once the browser listens
+        deadline = time.monotonic() + timeout
+        while not port_file.exists():
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise TimeoutError("chromium did not start its DevTools server")
+            time.sleep(0.05)
+        port = port_file.read_text().split()[0]
+        out.write_bytes(asyncio.run(_bounded(port, url, until, timeout)))
     finally:
         proc.kill()
         proc.wait(10)
         shutil.rmtree(user_dir, ignore_errors=True)
-
-
-def screenshot(
-    url: str,
-    out: Path,
-    *,
-    until: str = "true",
-    size: tuple[int, int] = (1280, 800),
-    timeout: float = 60.0,
-) -> None:
-    """Load `url` in headless Chromium, wait until `until` is true in the page, save a PNG.
-
-    The shot is taken once the page is drawn and stops changing (two shots 0.5 s apart agree).
-    """
-    asyncio.run(_shoot(url, out, until, size, timeout))
-

@@ -14,8 +14,8 @@ from textual.widgets import DataTable, Footer, Static
 from corral.models import Agent
 from corral.ui.base import DashScreen
 from corral.ui.state import Board
-from corral.ui.widgets import Cards, HeaderLine, lifecycle_badge
-from corral.watch.render import bar, duration
+from corral.ui.widgets import Cards, HeaderLine, lifecycle_badge, share_bar
+from corral.watch.render import duration
 
 __all__ = ["COLUMNS", "AgentsScreen", "per_1k"]
 
@@ -47,10 +47,10 @@ class AgentsScreen(DashScreen):
     """Every attempt of the session side by side; Enter follows an agent's log."""
 
     BINDINGS = [
-        Binding("enter", "open_log", "Open log"),
-        Binding("o", "sort_next", "Sort by next"),
-        Binding("$", "sort('cost')", "Sort by cost"),
-        Binding("t", "sort('tokens')", "Sort by tokens"),
+        Binding("l", "open_log", "Log"),
+        Binding("o", "sort_next", "Sort next"),
+        Binding("$", "sort('cost')", "By cost"),
+        Binding("t", "sort('tokens')", "By tokens"),
     ]
 
     DEFAULT_CSS = """
@@ -70,7 +70,7 @@ class AgentsScreen(DashScreen):
         table: DataTable[Text | str] = DataTable(id="agents", cursor_type="row", zebra_stripes=True)
         yield table
         yield Static(id="bars")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
@@ -122,7 +122,7 @@ class AgentsScreen(DashScreen):
         text = Text("tokens by agent\n", style="bold")
         for a in self.rows[:6]:
             text.append(f"{a.task_id[:14]:<14} ")
-            text.append_text(bar(a.tokens, top or 1, 30))
+            text.append_text(share_bar(a.tokens, top, 30))
             text.append(f" {a.tokens:,}\n")
         self.query_one("#bars", Static).update(text)
 

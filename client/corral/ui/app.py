@@ -22,6 +22,7 @@ from corral.client import Client, _Rpc
 from corral.models import Event, Session, SessionStatus
 from corral.params import InitParams
 from corral.plan import Plan
+from corral.transport import Subscription
 from corral.ui.agents import AgentsScreen
 from corral.ui.base import DashScreen
 from corral.ui.conflicts import ConflictsScreen
@@ -55,7 +56,7 @@ class CorralApp(App[None]):
         Binding("r", "switch_mode('run')", "Run"),
         Binding("a", "switch_mode('agents')", "Agents"),
         Binding("c", "switch_mode('conflicts')", "Conflicts"),
-        Binding("i", "switch_mode('integration')", "Integration"),
+        Binding("i", "switch_mode('integration')", "Queue"),
         Binding("ctrl+q", "quit", "Quit", show=False),
     ]
     ENABLE_COMMAND_PALETTE = False
@@ -69,10 +70,16 @@ class CorralApp(App[None]):
         self._stale: set[str] = set(PARTS)
         self._wake = asyncio.Event()
         self._shown: DashScreen | None = None
+        #: The dashboard's event stream: `last_seq` is where it stands (resumes from).
+        self.subscription = Subscription(TOPICS)
 
     # --- lifecycle -----------------------------------------------------------------
 
     def on_mount(self) -> None:
+        self.start_following()
+
+    def start_following(self) -> None:
+        """Start the workers that talk to the daemon (the event stream, the refetcher)."""
         self.run_worker(self._follow(), group="events", exclusive=True)
         self.run_worker(self._refresher(), group="refresh", exclusive=True)
         self.set_interval(TICK, self._tick)
@@ -84,7 +91,7 @@ class CorralApp(App[None]):
     async def _follow(self) -> None:
         """Follow the event stream forever; mark what each event makes stale."""
         try:
-            async for event in self.link.events(TOPICS, on_state=self._link_state):
+            async for event in self.link.follow(self.subscription, self._link_state):
                 self._take(event)
         except errors.CorralError as exc:
             self.board.link = f"lost: {exc.message}"
@@ -113,6 +120,7 @@ class CorralApp(App[None]):
     def _link_state(self, state: str) -> None:
         was = self.board.link
         self.board.link = state
+        self.board.last_seq = self.subscription.last_seq
         if state == "connected" and was == "reconnecting":
             self.mark_stale(set(PARTS))  # live figures (pids, CPU) changed with the restart
         self._redraw()

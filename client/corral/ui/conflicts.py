@@ -91,7 +91,7 @@ class ConflictsScreen(DashScreen):
         Binding("1", "resolve('use_first')", "Use first"),
         Binding("2", "resolve('use_last')", "Use last"),
         Binding("3", "resolve('auto_merge')", "Auto merge"),
-        Binding("m", "resolve('manual')", "Marked file"),
+        Binding("m", "resolve('manual')", "Marked"),
         Binding("d", "detect", "Detect"),
     ]
 
@@ -116,9 +116,9 @@ class ConflictsScreen(DashScreen):
         table: DataTable[Text | str] = DataTable(id="list", cursor_type="row")
         yield table
         with VerticalScroll(id="detail"):
-            yield Static("select a conflict: its hunks show here", id="hunks")
+            yield Static("Enter on a conflict shows its hunks here", id="hunks")
             yield Static(id="result")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
@@ -137,7 +137,8 @@ class ConflictsScreen(DashScreen):
             summary.append(f"auto {s.auto_resolvable}  ", style="green")
             summary.append(f"manual {s.needs_manual}\n", style="red" if s.needs_manual else "")
             for kind, n in sorted(s.by_type.items()):
-                summary.append(f"{kind} {n}\n", style="dim")
+                if n:
+                    summary.append(f"{kind} {n}\n", style="dim")
         self.query_one("#summary", Static).update(summary)
         if board.conflicts == self.rows:
             return
@@ -166,9 +167,8 @@ class ConflictsScreen(DashScreen):
             return None
         return self.rows[table.cursor_row]
 
-    def on_data_table_row_highlighted(self, message: DataTable.RowHighlighted) -> None:
-        if self.selected() is not None:
-            self.action_resolve("manual")
+    def on_data_table_row_selected(self, message: DataTable.RowSelected) -> None:
+        self.action_resolve("manual")
 
     def action_detect(self) -> None:
         self.dash.mark_stale({"conflicts"})

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Select, Static, Switch
 
@@ -87,6 +87,7 @@ class SessionForm(ModalScreen[str | None]):
         width: 76; max-width: 100%; height: 100%; max-height: 40;
         border: round $primary; background: $surface; padding: 0 1;
     }
+    SessionForm #fields { height: 1fr; }
     SessionForm .row { height: 3; }
     SessionForm .row Label { width: 24; padding: 1 1 0 0; }
     SessionForm .row Input, SessionForm .row Select { width: 1fr; }
@@ -104,8 +105,16 @@ class SessionForm(ModalScreen[str | None]):
         return cast("CorralApp", self.app)
 
     def compose(self) -> ComposeResult:
-        with VerticalScroll(id="form"):
-            yield Static(Text("new session", style="bold"))
+        with Vertical(id="form"):
+            yield Static(Text("new session  (ctrl+s: create, esc: cancel)", style="bold"))
+            yield from self._fields()
+            yield Static(id="error")
+            with Horizontal(id="buttons"):
+                yield Button("Create", variant="primary", id="create")
+                yield Button("Cancel", id="cancel")
+
+    def _fields(self) -> ComposeResult:
+        with VerticalScroll(id="fields"):
             with Horizontal(classes="row"):
                 yield Label("repository")
                 yield Input(self.repo, id="repo")
@@ -135,10 +144,6 @@ class SessionForm(ModalScreen[str | None]):
                     allow_blank=False,
                     id="on-conflict",
                 )
-            yield Static(id="error")
-            with Horizontal(id="buttons"):
-                yield Button("Create", variant="primary", id="create")
-                yield Button("Cancel", id="cancel")
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "create":

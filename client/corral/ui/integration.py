@@ -13,6 +13,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Footer, RichLog, Static
 
+from corral import errors
 from corral.client import Client
 from corral.ui.base import DashScreen
 from corral.ui.logview import log_line
@@ -25,7 +26,7 @@ __all__ = ["IntegrationScreen"]
 class IntegrationScreen(DashScreen):
     """Where each completed task's branch is on its way into the integration branch."""
 
-    BINDINGS = [Binding("q", "requeue", "Re-queue parked")]
+    BINDINGS = [Binding("q", "requeue", "Re-queue")]
 
     DEFAULT_CSS = """
     IntegrationScreen #top { height: auto; max-height: 8; }
@@ -48,7 +49,7 @@ class IntegrationScreen(DashScreen):
         table: DataTable[str] = DataTable(id="parked", cursor_type="row")
         yield table
         yield RichLog(max_lines=2000, markup=False, id="gate")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         table = self.query_one(DataTable)
@@ -58,12 +59,16 @@ class IntegrationScreen(DashScreen):
         self.run_worker(self._follow_gate(), group="gate", exclusive=True)
 
     async def _follow_gate(self) -> None:
-        async for event in self.dash.link.events(["log"], session_id=self.dash.session_id):
-            p = event.payload
-            if event.type == "log" and str(p.get("agentId", "")).startswith("gate-"):
-                self._batch.append(
-                    log_line(str(p.get("stream")), int(p.get("offset", 0)), str(p.get("line")))
-                )
+        stream = self.dash.link.events(["log"], session_id=self.dash.session_id)
+        try:
+            async for event in stream:
+                p = event.payload
+                if event.type == "log" and str(p.get("agentId", "")).startswith("gate-"):
+                    self._batch.append(
+                        log_line(str(p.get("stream")), int(p.get("offset", 0)), str(p.get("line")))
+                    )
+        except errors.CorralError as exc:  # the header shows the daemon's state
+            self._batch.append(Text(f"gate output: {exc.message}", style="dim"))
 
     def _flush(self) -> None:
         if self._batch:

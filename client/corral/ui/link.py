@@ -156,24 +156,31 @@ class Link:
             self._conn.close()
             self._conn = None
 
-    async def events(
+    def events(
         self,
         topics: list[str] | None = None,
         *,
         session_id: str | None = None,
         since_seq: int | None = None,
         on_state: Callable[[LinkState], None] | None = None,
+    ) -> AsyncIterator[Event]:
+        """Yield events forever on a connection of their own, resuming after a restart."""
+        return self.follow(Subscription(topics, session_id, since_seq), on_state)
+
+    async def follow(
+        self,
+        sub: Subscription,
+        on_state: Callable[[LinkState], None] | None = None,
         retry_secs: float = 0.2,
     ) -> AsyncIterator[Event]:
-        """Yield events forever on a connection of their own, resuming after a restart.
+        """Yield the events of `sub` on a connection of their own, resuming after a restart.
 
         While the daemon is away, `on_state("reconnecting")` is called and the
         socket is tried again every `retry_secs`; once subscribed again
         (`sinceSeq` = the last event yielded, so nothing is lost or repeated)
-        `on_state("connected")`. Errors other than a lost connection raise.
+        `on_state("connected")`. `sub.last_seq` says where the stream stands.
+        Errors other than a lost connection raise.
         """
-        sub = Subscription(topics, session_id, since_seq)
-        self.subscription = sub
         state: LinkState | None = None
 
         def tell(new: LinkState) -> None:

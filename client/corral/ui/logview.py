@@ -8,6 +8,7 @@ floods its output costs one redraw per batch, not one per line.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, cast
 
 from rich.text import Text
@@ -18,7 +19,7 @@ from textual.widgets import Footer, RichLog, Static
 
 from corral import errors
 from corral.client import Client
-from corral.models import LogEntry
+from corral.models import Event, LogEntry
 
 if TYPE_CHECKING:
     from corral.ui.app import CorralApp
@@ -73,7 +74,7 @@ class LogScreen(Screen[None]):
             id="title",
         )
         yield RichLog(max_lines=KEEP, wrap=False, markup=False, id="log")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.set_interval(0.1, self._flush)
@@ -82,6 +83,12 @@ class LogScreen(Screen[None]):
     async def _follow(self) -> None:
         link = self.dash.link
         stream = link.events(["log"], session_id=self.session_id, on_state=self._on_state)
+        try:
+            await self._read(stream)
+        except errors.CorralError as exc:
+            self._batch.append(Text(f"log stream: {exc.message}", style="red"))
+
+    async def _read(self, stream: AsyncIterator[Event]) -> None:
         async for event in stream:
             p = event.payload
             if event.type == "log.skipped" and p.get("agentId") == self.agent_id:

@@ -72,8 +72,8 @@ class RunScreen(DashScreen):
         Binding("s", "start", "Start"),
         Binding("p", "pause", "Pause"),
         Binding("u", "resume", "Resume"),
-        Binding("x", "stop_all", "Stop all"),
-        Binding("k", "cancel_task", "Cancel task"),
+        Binding("x", "stop_all", "Stop"),
+        Binding("k", "cancel_task", "Cancel"),
     ]
 
     DEFAULT_CSS = """
@@ -94,7 +94,7 @@ class RunScreen(DashScreen):
             yield Static(id="bars")
             yield Static(id="violations")
         yield Tree[str]("tasks", id="tasks")
-        yield Footer()
+        yield Footer(compact=True)
 
     def show(self, board: Board) -> None:
         self.query_one(HeaderLine).show(board, "Run")

@@ -89,9 +89,7 @@ class TokenServer(Server):
             )
         response = await handler(request)
         if in_url and request.path == "/":
-            response.set_cookie(
-                self.cookie, self.token, httponly=True, samesite="Strict", path="/"
-            )
+            response.set_cookie(self.cookie, self.token, httponly=True, samesite="Strict", path="/")
         return response
 
     async def _make_app(self) -> web.Application:

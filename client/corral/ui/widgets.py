@@ -16,7 +16,7 @@ from corral.models import AgentLifecycle, EndReason, TaskState
 from corral.ui.state import Board
 from corral.watch.render import STATUS_STYLE, bar
 
-__all__ = ["Cards", "HeaderLine", "gauge", "lifecycle_badge", "state_text"]
+__all__ = ["Cards", "HeaderLine", "gauge", "lifecycle_badge", "share_bar", "state_text"]
 
 
 class Cards(Horizontal):
@@ -25,7 +25,7 @@ class Cards(Horizontal):
     DEFAULT_CSS = """
     Cards { height: 3; }
     Cards > Static {
-        width: 1fr; height: 3; border: round $primary-darken-2; padding: 0 1;
+        width: 1fr; height: 3; border: round $primary-darken-2; padding: 0;
         content-align: center middle;
     }
     """
@@ -71,6 +71,12 @@ def gauge(label: str, value: float, limit: float, unit: str, width: int = 20) ->
     text.append_text(bar(value, limit, width))
     text.append(f" {value:.0f}/{limit:.0f}{unit}")
     return text
+
+
+def share_bar(value: float, top: float, width: int) -> Text:
+    """A bar of `value` against the largest of its peers (one colour: a share, not a limit)."""
+    filled = 0 if top <= 0 else min(width, round(value / top * width))
+    return Text("█" * filled, style="cyan") + Text("░" * (width - filled), style="dim")
 
 
 def state_text(state: TaskState) -> Text:
