@@ -35,6 +35,13 @@ FLAGS = [
 ]
 
 
+def _lines(path: Path) -> list[str]:
+    try:
+        return path.read_text().split()
+    except FileNotFoundError:
+        return []
+
+
 async def _page(port: str) -> str:
     """The DevTools websocket URL of the browser's first page."""
     async with aiohttp.ClientSession() as http:
@@ -46,7 +53,7 @@ async def _page(port: str) -> str:
             await asyncio.sleep(0.05)
 
 
-async def _shoot(port: str, url: str, until: str) -> bytes:
+async def _shoot(port: str, url: str, until: str, requested: list[str]) -> bytes:
     ws_url = await _page(port)
     ids = itertools.count(1)
     async with aiohttp.ClientSession() as http, http.ws_connect(ws_url, max_msg_size=0) as ws:
@@ -56,6 +63,8 @@ async def _shoot(port: str, url: str, until: str) -> bytes:
             await ws.send_str(json.dumps({"id": ident, "method": method, "params": params}))
             while True:
                 message = json.loads((await ws.receive()).data)
+                if message.get("method") == "Network.requestWillBeSent":
+                    requested.append(message["params"]["request"]["url"])
                 if message.get("id") == ident:
                     if "error" in message:
                         raise RuntimeError(f"{method}: {message['error']}")
@@ -67,6 +76,7 @@ async def _shoot(port: str, url: str, until: str) -> bytes:
 
         await call("Page.enable")
         blank = await shot()
+        await call("Network.enable")
         await call("Page.navigate", url=url)
         while True:
             done = await call("Runtime.evaluate", expression=until, returnByValue=True)
@@ -84,9 +94,9 @@ async def _shoot(port: str, url: str, until: str) -> bytes:
             await asyncio.sleep(0.5)
 
 
-async def _bounded(port: str, url: str, until: str, secs: float) -> bytes:
+async def _bounded(port: str, url: str, until: str, secs: float, requested: list[str]) -> bytes:
     async with asyncio.timeout(secs):
-        return await _shoot(port, url, until)
+        return await _shoot(port, url, until, requested)
 
 
 def screenshot(
@@ -96,12 +106,13 @@ def screenshot(
     until: str = "true",
     size: tuple[int, int] = (1280, 800),
     timeout: float = 60.0,
-) -> None:
+) -> list[str]:
     """Load `url` in headless Chromium, wait until `until` is true in the page, save a PNG.
 
     The shot is taken once the page is drawn and stops changing (two shots
-    0.5 s apart agree).
+    0.5 s apart agree). Returns the URL of every request the page made.
     """
+    requested: list[str] = []
     user_dir = Path(tempfile.mkdtemp(prefix="chr", dir="/tmp"))
     proc = subprocess.Popen(
         [
@@ -118,12 +129,13 @@ def screenshot(
     try:
         port_file = user_dir / "DevToolsActivePort"  # written once the browser listens
         deadline = time.monotonic() + timeout
-        while not port_file.exists():
+        while len(lines := _lines(port_file)) < 2:  # the port, then the path: complete
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise TimeoutError("chromium did not start its DevTools server")
             time.sleep(0.05)
-        port = port_file.read_text().split()[0]
-        out.write_bytes(asyncio.run(_bounded(port, url, until, timeout)))
+        port = lines[0]
+        out.write_bytes(asyncio.run(_bounded(port, url, until, timeout, requested)))
+        return requested
     finally:
         proc.kill()
         proc.wait(10)

@@ -1,4 +1,4 @@
-"""SVG snapshots of every dashboard screen at 80×24 and 160×50.
+"""SVG snapshots of every dashboard screen at 80x24 and 160x50.
 
 The data is what a real daemon answered for `tests/ui_plan.py` (recorded in
 `tests/ui_board.json`; `python -m tests.ui_plan` records it again), so the
