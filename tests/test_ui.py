@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from corral.ui.agents import AgentsScreen
 from corral.ui.app import CorralApp
 from corral.ui.conflicts import ConflictsScreen, hunks
 from corral.ui.form import SessionForm, form_params
+from corral.ui.integration import IntegrationScreen
 from corral.ui.logview import LogScreen
 from corral.ui.run import RunScreen, task_forest
 from corral.ui.state import Board, stale_parts
@@ -82,6 +86,22 @@ def tree_labels(tree: Tree[str]) -> dict[str, Label]:
         label.parent = parent
         out[str(node.data)] = label
         stack += [(child, str(node.data)) for child in node.children]
+    return out
+
+
+def task_events(socket: Path, since: int, task: str, secs: float = 30.0) -> list[dict[str, Any]]:
+    """The payloads of `task`'s status events after `since`, until it is parked again."""
+    from corral.client import Client
+
+    out: list[dict[str, Any]] = []
+    deadline = time.monotonic() + secs
+    for event in Client(socket).events(["task"], since_seq=since, reconnect=False):
+        if event.payload.get("taskId") == task:
+            out.append(event.payload)
+            if len(out) > 1 and event.payload.get("integrationStatus") == "conflict":
+                return out
+        if time.monotonic() > deadline:
+            break
     return out
 
 
@@ -191,6 +211,18 @@ def test_a_session_from_the_form_to_a_resolved_conflict(tmp_path: Path, plan_fil
             assert git(repo, "show", f"{result.commit}:shared.txt") == first
             assert result.commit[:10] in text_of(screen.query_one("#result", Static))
 
+            # gamma parked on its conflict: re-queue it from the Queue screen.
+            await pilot.press("i")
+            await until(pilot, lambda: isinstance(app.screen, IntegrationScreen), "the queue")
+            queue = app.screen
+            assert isinstance(queue, IntegrationScreen)
+            await until(pilot, lambda: queue.parked == ["gamma"], "gamma parked")
+            since = app.subscription.last_seq
+            assert since is not None
+            await pilot.press("q")
+            requeued = await asyncio.to_thread(task_events, d.socket, since, "gamma")
+            assert "queued" in [e.get("integrationStatus") for e in requeued]
+
     with daemon_for(tmp_path) as d:
         run(scenario(d))
 
@@ -220,6 +252,31 @@ def test_stop_all_from_the_run_screen(tmp_path: Path, repo: Path) -> None:
 
     with daemon_for(tmp_path, sleeper) as d:
         run(scenario(d))
+
+
+# --- the command ---------------------------------------------------------------------
+
+
+def test_bad_command_lines_and_a_missing_daemon_are_clear_errors(
+    daemon: DaemonProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from corral.cli import main
+
+    sock = ["--socket", str(daemon.socket)]
+    assert main(["ui", "--json", *sock]) == 2
+    assert "interactive" in capsys.readouterr().err
+    assert main(["ui", "--web", "--port", "70000", *sock]) == 2
+    assert "--port" in capsys.readouterr().err
+    assert main(["ui", "--session", "nope", *sock]) == 1
+    assert "nope" in capsys.readouterr().err
+    assert main(["ui", "--socket", "/tmp/corral-ui-no-such.sock"]) == 3
+    assert "not running" in capsys.readouterr().err
+
+
+def test_only_the_ui_command_imports_textual() -> None:
+    """`corral status` and friends do not pay for Textual (imported inside `corral ui`)."""
+    code = "import sys, corral.cli; sys.exit('textual' in sys.modules or 'aiohttp' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
 # --- pure pieces ---------------------------------------------------------------------

@@ -87,6 +87,14 @@ def test_screen_snapshot(snap_compare: SnapCompare, screen: str, size: tuple[int
     assert snap_compare(RecordedApp(), terminal_size=size, run_before=press(*SCREENS[screen]))
 
 
+def test_no_color_snapshot(snap_compare: SnapCompare, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`NO_COLOR`: a monochrome Run screen, its states still spelled out."""
+    monkeypatch.setenv("NO_COLOR", "1")
+    app = RecordedApp()
+    assert app.no_color
+    assert snap_compare(app, terminal_size=(80, 24))
+
+
 def test_recorded_board_is_the_plan_played_out() -> None:
     """The snapshots draw what they claim: the plan's outcome, as the daemon said it."""
     board = recorded_board()

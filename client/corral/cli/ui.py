@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from corral.cli.common import EXIT_OK, EXIT_USAGE, Out, command, session_arg
+from corral.cli.common import EXIT_OK, EXIT_USAGE, Out, command, connect, session_arg
 
 
 def _ui_args(parser: argparse.ArgumentParser) -> None:
@@ -32,12 +32,19 @@ def cmd_ui(args: argparse.Namespace, out: Out) -> int:
     if out.as_json:
         out.error("corral ui is interactive; --json has no meaning here")
         return EXIT_USAGE
+    if not 0 <= args.port <= 65535:
+        out.error("--port must be 0..65535")
+        return EXIT_USAGE
+    # Say so now, not inside the full-screen app, if the daemon or the session is not there
+    # (DaemonNotRunning is exit 3, SessionNotFound exit 1, as for every command).
+    with connect(args) as c:
+        if args.session is not None:
+            c.session_get(session_id=args.session)
+        else:
+            c.daemon_status()
     if args.web:
         from corral.ui.web import serve  # imported late: only --web needs aiohttp
 
-        if not 0 <= args.port <= 65535:
-            out.error("--port must be 0..65535")
-            return EXIT_USAGE
         return serve(args.socket, args.session, args.port, out.console)
     from corral.ui.app import CorralApp  # imported late: Textual is for this command only
 

@@ -47,6 +47,7 @@ class AgentsScreen(DashScreen):
     """Every attempt of the session side by side; Enter follows an agent's log."""
 
     BINDINGS = [
+        Binding("a", "app.switch_mode('agents')", "Agents", show=False),  # here already
         Binding("l", "open_log", "Log"),
         Binding("o", "sort_next", "Sort next"),
         Binding("$", "sort('cost')", "By cost"),

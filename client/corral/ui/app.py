@@ -16,6 +16,7 @@ from typing import Any
 
 from textual.app import App
 from textual.binding import Binding
+from textual.filter import Monochrome, NoColor
 
 from corral import errors
 from corral.client import Client, _Rpc
@@ -60,9 +61,21 @@ class CorralApp(App[None]):
         Binding("ctrl+q", "quit", "Quit", show=False),
     ]
     ENABLE_COMMAND_PALETTE = False
+    # Without colour a cursor drawn as a background is invisible: draw it reversed.
+    CSS = """
+    App:nocolor Tree > .tree--cursor, App:nocolor DataTable > .datatable--cursor {
+        text-style: reverse bold;
+    }
+    """
 
     def __init__(self, socket: str | None = None, session_id: str | None = None) -> None:
         super().__init__()
+        if self.no_color:
+            # Textual's NO_COLOR draws colours as greys by their luminance, which makes
+            # red text (failures, violations) near-black on a dark background. NO_COLOR
+            # means "no colour": the terminal's own colours, keeping bold and reverse.
+            self._filters = [f for f in self._filters if not isinstance(f, Monochrome)]
+            self._filters.append(NoColor())
         self.link = Link(socket)
         self.session_id = session_id
         self.board = Board()

@@ -88,6 +88,7 @@ class ConflictsScreen(DashScreen):
     NEEDS = frozenset({"conflicts"})
 
     BINDINGS = [
+        Binding("c", "app.switch_mode('conflicts')", "Conflicts", show=False),  # here already
         Binding("1", "resolve('use_first')", "Use first"),
         Binding("2", "resolve('use_last')", "Use last"),
         Binding("3", "resolve('auto_merge')", "Auto merge"),

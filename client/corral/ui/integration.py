@@ -26,7 +26,10 @@ __all__ = ["IntegrationScreen"]
 class IntegrationScreen(DashScreen):
     """Where each completed task's branch is on its way into the integration branch."""
 
-    BINDINGS = [Binding("q", "requeue", "Re-queue")]
+    BINDINGS = [
+        Binding("i", "app.switch_mode('integration')", "Queue", show=False),  # here already
+        Binding("q", "requeue", "Re-queue"),
+    ]
 
     DEFAULT_CSS = """
     IntegrationScreen #top { height: auto; max-height: 8; }

@@ -68,6 +68,7 @@ class RunScreen(DashScreen):
     """Create, start, pause, resume and stop a session; see its tasks and its limits."""
 
     BINDINGS = [
+        Binding("r", "app.switch_mode('run')", "Run", show=False),  # here already
         Binding("n", "new_session", "New"),
         Binding("s", "start", "Start"),
         Binding("p", "pause", "Pause"),
