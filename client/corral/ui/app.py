@@ -102,10 +102,21 @@ class CorralApp(App[None]):
         await self.link.aclose()
 
     async def _follow(self) -> None:
-        """Follow the event stream forever; mark what each event makes stale."""
+        """Follow the event stream forever; mark what each event makes stale.
+
+        If the daemon no longer keeps the events since the last one seen (a long
+        absence), the stream starts again from now and everything is fetched
+        afresh: the board is right again, though the events between are not shown.
+        """
         try:
-            async for event in self.link.follow(self.subscription, self._link_state):
-                self._take(event)
+            while True:
+                try:
+                    async for event in self.link.follow(self.subscription, self._link_state):
+                        self._take(event)
+                except errors.EventsExpired:
+                    self.notify("missed events expired: everything was fetched again")
+                    self.subscription = Subscription(TOPICS)
+                    self.mark_stale(set(PARTS))
         except errors.CorralError as exc:
             self.board.link = f"lost: {exc.message}"
             self.notify(f"event stream: {exc.message}", severity="error", timeout=30)
