@@ -13,7 +13,7 @@ import json
 import sys
 
 from corral import __version__, errors
-from corral.cli import agents, daemon, git, run, sessions, tasks, view
+from corral.cli import agents, daemon, git, run, sessions, tasks, ui, view
 from corral.cli.common import (
     COMMANDS,
     EXIT_ERROR,
@@ -27,7 +27,7 @@ from corral.paths import default_socket_path
 __all__ = ["build_parser", "main"]
 
 #: The command groups (importing one registers its commands), in the order `--help` lists them.
-GROUPS = (daemon, sessions, tasks, run, agents, git, view)
+GROUPS = (daemon, sessions, tasks, run, agents, git, view, ui)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,333 @@
+"""`corral ui` driven by Textual's pilot against a real daemon running fake agents.
+
+Each test is a plain function that runs its scenario with `asyncio.run`:
+Textual runs on asyncio, the rest of the suite on trio. Waits are for
+conditions on what the app shows (its board, its widgets), never fixed times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.text import Text
+from textual.pilot import Pilot
+from textual.widgets import DataTable, Input, RichLog, Select, Static, Tree
+from textual.widgets.tree import TreeNode
+
+from corral.models import TaskState
+from corral.ui.agents import AgentsScreen
+from corral.ui.app import CorralApp
+from corral.ui.conflicts import ConflictsScreen, hunks
+from corral.ui.form import SessionForm, form_params
+from corral.ui.integration import IntegrationScreen
+from corral.ui.logview import LogScreen
+from corral.ui.run import RunScreen, task_forest
+from corral.ui.state import Board, stale_parts
+from tests.conftest import git
+from tests.daemon_proc import DaemonProcess
+from tests.ui_plan import CONFIG, TASKS, daemon_for, repo_for
+
+SIZE = (120, 40)
+
+
+async def until(
+    pilot: Pilot[None], predicate: Callable[[], object], what: str, secs: float = 60.0
+) -> None:
+    """Let the app run until `predicate()` is true (a condition, never a fixed sleep)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + secs
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await pilot.pause(0.05)
+
+
+def run(scenario: Coroutine[Any, Any, None]) -> None:
+    asyncio.run(scenario)
+
+
+def states(board: Board) -> dict[str, str]:
+    return {t.id: t.state.value for t in board.tasks}
+
+
+def status(board: Board) -> str | None:
+    return board.session.status.value if board.session is not None else None
+
+
+def text_of(widget: Static) -> str:
+    content = widget.content
+    return content.plain if isinstance(content, Text) else str(content)
+
+
+def log_text(log: RichLog) -> str:
+    return "\n".join(strip.text for strip in log.lines)
+
+
+class Label(str):
+    """A tree node's text, and the task it hangs under."""
+
+    parent: str | None = None
+
+
+def tree_labels(tree: Tree[str]) -> dict[str, Label]:
+    out: dict[str, Label] = {}
+    stack: list[tuple[TreeNode[str], str | None]] = [(n, None) for n in tree.root.children]
+    while stack:
+        node, parent = stack.pop()
+        label = Label(str(node.label))
+        label.parent = parent
+        out[str(node.data)] = label
+        stack += [(child, str(node.data)) for child in node.children]
+    return out
+
+
+def task_events(socket: Path, since: int, task: str, secs: float = 30.0) -> list[dict[str, Any]]:
+    """The payloads of `task`'s status events after `since`, until it is parked again."""
+    from corral.client import Client
+
+    out: list[dict[str, Any]] = []
+    deadline = time.monotonic() + secs
+    for event in Client(socket).events(["task"], since_seq=since, reconnect=False):
+        if event.payload.get("taskId") == task:
+            out.append(event.payload)
+            if len(out) > 1 and event.payload.get("integrationStatus") == "conflict":
+                return out
+        if time.monotonic() > deadline:
+            break
+    return out
+
+
+SETTLED = {
+    "alpha": "completed",
+    "beta": "completed",
+    "gamma": "completed",
+    "delta": "failed",
+    "epsilon": "blocked",
+}
+
+
+@pytest.fixture
+def plan_file(tmp_path: Path) -> Path:
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"tasks": TASKS, "config": CONFIG}))
+    return path
+
+
+def test_a_session_from_the_form_to_a_resolved_conflict(tmp_path: Path, plan_file: Path) -> None:
+    """Create, start, pause, resume; watch it finish; agents by cost; a log; a conflict."""
+    repo = repo_for(tmp_path / "repo")
+
+    async def scenario(d: DaemonProcess) -> None:
+        app = CorralApp(str(d.socket))
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: app.board.link == "connected", "the event stream")
+            assert app.board.session is None
+            await pilot.press("n")
+            await until(pilot, lambda: isinstance(app.screen, SessionForm), "the form")
+            form = app.screen
+            form.query_one("#repo", Input).value = str(repo)
+            form.query_one("#plan", Input).value = str(plan_file)
+            form.query_one("#agent", Input).value = "fake"
+            form.query_one("#on-conflict", Select).value = "manual"
+            # A wrong field is named, and the form keeps what was typed.
+            form.query_one("#parallel", Input).value = "lots"
+            await pilot.click("#create")
+            error = form.query_one("#error", Static)
+            await until(pilot, lambda: "maxParallel" in text_of(error), "the field error")
+            assert form.query_one("#repo", Input).value == str(repo)
+            form.query_one("#parallel", Input).value = "3"
+            await pilot.click("#create")
+            await until(pilot, lambda: isinstance(app.screen, RunScreen), "the form to close")
+            await until(pilot, lambda: len(app.board.tasks) == 5, "the plan's tasks")
+            session = app.board.session
+            assert session is not None and session.config.agent_type == "fake"
+            assert session.config.on_conflict.value == "manual"
+
+            # Start, pause at once, resume: the board follows each from events.
+            await pilot.press("s")
+            await until(pilot, lambda: status(app.board) == "running", "running")
+            await pilot.press("p")
+            await until(pilot, lambda: status(app.board) == "paused", "paused")
+            await pilot.press("u")
+            await until(pilot, lambda: states(app.board) == SETTLED, "the plan to finish")
+            stats = app.board.stats
+            assert stats is not None and (stats.completed, stats.failed, stats.blocked) == (3, 1, 1)
+            labels = tree_labels(app.screen.query_one(Tree))
+            assert "beta completed" in labels["beta"] and labels["beta"].parent == "alpha"
+            assert labels["epsilon"].startswith("epsilon blocked")
+
+            # Agents sorted by cost: gamma spent the most, then alpha.
+            await pilot.press("a")
+            await until(pilot, lambda: isinstance(app.screen, AgentsScreen), "the agents")
+            agents = app.screen
+            assert isinstance(agents, AgentsScreen)
+            await until(pilot, lambda: len(agents.rows) == 4, "four agents (epsilon never ran)")
+            await pilot.press("$")
+            assert [a.task_id for a in agents.rows][:2] == ["gamma", "alpha"]
+            table = agents.query_one(DataTable)
+            assert table.get_row_at(0)[0] == "gamma"
+
+            # beta's log: its stdout line, and its stderr line marked.
+            beta_row = next(i for i, a in enumerate(agents.rows) if a.task_id == "beta")
+            table.move_cursor(row=beta_row)
+            await pilot.press("l")
+            await until(pilot, lambda: isinstance(app.screen, LogScreen), "the log")
+            log = app.screen.query_one(RichLog)
+            await until(pilot, lambda: "beta warns" in log_text(log), "beta's lines")
+            shown = log_text(log)
+            assert "  beta says hello" in shown and "! beta warns" in shown
+            await pilot.press("escape")
+
+            # The real conflict between alpha's and gamma's branches, resolved use_first.
+            await pilot.press("c")
+            await until(pilot, lambda: isinstance(app.screen, ConflictsScreen), "conflicts")
+            screen = app.screen
+            assert isinstance(screen, ConflictsScreen)
+            await until(pilot, lambda: len(screen.rows) >= 1, "the conflict list")
+            row = next(
+                i
+                for i, c in enumerate(screen.rows)
+                if {c.branch1, c.branch2} == {"corral/alpha", "corral/gamma"}
+            )
+            screen.query_one(DataTable).move_cursor(row=row)
+            await pilot.press("enter")
+            detail = screen.query_one("#hunks", Static)
+            await until(pilot, lambda: "<<<<<<<" in text_of(detail), "the hunks")
+            assert "alpha" in text_of(detail) and "gamma" in text_of(detail)
+            await pilot.press("1")
+            await until(pilot, lambda: screen.result is not None, "the resolution")
+            result = screen.result
+            assert result is not None and result.success and result.commit and result.branch
+            assert git(repo, "rev-parse", result.branch) == result.commit
+            first = screen.rows[row].branch1.removeprefix("corral/")
+            assert git(repo, "show", f"{result.commit}:shared.txt") == first
+            assert result.commit[:10] in text_of(screen.query_one("#result", Static))
+
+            # gamma parked on its conflict: re-queue it from the Queue screen.
+            await pilot.press("i")
+            await until(pilot, lambda: isinstance(app.screen, IntegrationScreen), "the queue")
+            queue = app.screen
+            assert isinstance(queue, IntegrationScreen)
+            await until(pilot, lambda: queue.parked == ["gamma"], "gamma parked")
+            since = app.subscription.last_seq
+            assert since is not None
+            await pilot.press("q")
+            requeued = await asyncio.to_thread(task_events, d.socket, since, "gamma")
+            assert "queued" in [e.get("integrationStatus") for e in requeued]
+
+    with daemon_for(tmp_path) as d:
+        run(scenario(d))
+
+
+def test_stop_all_from_the_run_screen(tmp_path: Path, repo: Path) -> None:
+    """Two agents that would run for a minute: `x` stops both, their tasks go back to ready."""
+    sleeper = {"*": ["--stream-json", "--tokens", "10", "--sleep", "60"]}
+
+    async def scenario(d: DaemonProcess) -> None:
+        with d.client() as c:
+            c.init_parallel_scheduler(repo_path=str(repo), config={"agentType": "fake"})
+            c.parallel_add_tasks(tasks=[{"id": "one", "title": "1"}, {"id": "two", "title": "2"}])
+            c.session_start()
+        app = CorralApp(str(d.socket))
+        async with app.run_test(size=SIZE) as pilot:
+            await until(
+                pilot, lambda: app.board.stats and app.board.stats.in_progress == 2, "two running"
+            )
+            await pilot.press("p")  # paused first, so the stopped tasks are not started again
+            await until(pilot, lambda: status(app.board) == "paused", "paused")
+            await pilot.press("x")
+            await until(
+                pilot,
+                lambda: set(states(app.board).values()) == {"ready"} and not app.board.running,
+                "both tasks back to ready",
+            )
+
+    with daemon_for(tmp_path, sleeper) as d:
+        run(scenario(d))
+
+
+# --- the command ---------------------------------------------------------------------
+
+
+def test_bad_command_lines_and_a_missing_daemon_are_clear_errors(
+    daemon: DaemonProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from corral.cli import main
+
+    sock = ["--socket", str(daemon.socket)]
+    assert main(["ui", "--json", *sock]) == 2
+    assert "interactive" in capsys.readouterr().err
+    assert main(["ui", "--web", "--port", "70000", *sock]) == 2
+    assert "--port" in capsys.readouterr().err
+    assert main(["ui", "--session", "nope", *sock]) == 1
+    assert "nope" in capsys.readouterr().err
+    assert main(["ui", "--socket", "/tmp/corral-ui-no-such.sock"]) == 3
+    assert "not running" in capsys.readouterr().err
+
+
+def test_only_the_ui_command_imports_textual() -> None:
+    """`corral status` and friends do not pay for Textual (imported inside `corral ui`)."""
+    code = "import sys, corral.cli; sys.exit('textual' in sys.modules or 'aiohttp' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+# --- pure pieces ---------------------------------------------------------------------
+
+
+def test_form_params_use_the_wire_models_and_name_the_wrong_field() -> None:
+    values = {"agent": "fake", "parallel": "4", "cpu": "75", "gate": "pytest -q"}
+    params = form_params("/srv/repo", values, "fifo", True, "manual")
+    assert params.repo_path == "/srv/repo" and params.config is not None
+    assert params.config.max_parallel == 4 and params.config.strategy.value == "fifo"
+    assert params.config.resource_limits.max_cpu_per_agent == 75.0
+    assert params.config.gate_command == ["pytest", "-q"]
+    for field, value, named in (
+        ("parallel", "0", "maxParallel"),
+        ("memory", "-5", "maxMemoryMbPerAgent"),
+        ("gate", "'unclosed", "gate command"),
+    ):
+        with pytest.raises(ValueError, match=named):
+            form_params("/srv/repo", {**values, field: value}, "fifo", True, "agent")
+    with pytest.raises(ValueError, match="repoPath"):
+        form_params("", values, "fifo", True, "agent")
+
+
+def test_events_make_only_their_parts_stale() -> None:
+    from corral.models import Event
+
+    def ev(kind: str, **payload: Any) -> Event:
+        return Event(seq=1, type=kind, session_id="s", payload=payload)
+
+    assert stale_parts(ev("task.status", state="completed")) >= {"tasks", "stats", "conflicts"}
+    assert "conflicts" not in stale_parts(ev("task.status", state="in_progress"))
+    assert stale_parts(ev("agent.tokens")) == {"agents"}
+    assert stale_parts(ev("log")) == set()
+    assert stale_parts(ev("something.new")) == set()
+
+
+def test_task_forest_puts_each_task_under_its_first_dependency() -> None:
+    from corral.models import Task
+
+    tasks = [
+        Task(id="c", title="c", dependencies=["a", "b"]),
+        Task(id="a", title="a"),
+        Task(id="b", title="b", dependencies=["a"]),
+    ]
+    assert [(t.id, p) for t, p in task_forest(tasks)] == [("a", None), ("b", "a"), ("c", "a")]
+    assert TaskState.PENDING.value == tasks[0].state.value
+
+
+def test_hunks_cut_the_marked_blocks_with_context() -> None:
+    content = "one\ntwo\n<<<<<<< a\nx\n=======\ny\n>>>>>>> b\nthree\nfour\nfive\n"
+    assert hunks(content, context=1) == [
+        ["two", "<<<<<<< a", "x", "=======", "y", ">>>>>>> b", "three"]
+    ]
+    assert hunks("no markers\n") == []
