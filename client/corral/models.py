@@ -534,6 +534,8 @@ class PoolStats(Wire):
     max_total_memory_mb: int
     completed_agents: int = 0
     failed_agents: int = 0
+    # What runs the agents and what it can take: for a cluster, its nodes and free resources.
+    executor: dict[str, Any] | None = None
 
 
 class Violation(Wire):

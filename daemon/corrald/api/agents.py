@@ -27,7 +27,12 @@ async def parallel_get_agent(call: Call, p: AgentRef) -> Agent:
 
 @methods.method()
 async def parallel_get_pool_stats(call: Call, p: SessionParams) -> PoolStats:
-    """Running agents, their summed CPU and memory, against the session's limits."""
+    """Running agents, their summed CPU and memory, against the session's limits.
+
+    With a cluster executor (`[executor] kind = "ray"`), `executor` also
+    gives the cluster's alive nodes (CPUs, memory) and what corral's runs
+    hold of them (`placedCpus`, `placedMemoryMb`); absent for the local one.
+    """
     return call.pool.pool_stats(call.session(p.session_id))
 
 
