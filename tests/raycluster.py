@@ -88,7 +88,11 @@ class RayCluster:
         return self
 
     def add_node(self) -> None:
-        self._start("--address", self.address)
+        # A loaded machine can make a node miss its startup deadline: one more try.
+        try:
+            self._start("--address", self.address)
+        except RuntimeError:
+            self._start("--address", self.address)
 
     def processes(self) -> list[psutil.Process]:
         mark = str(self.temp)
