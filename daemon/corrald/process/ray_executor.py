@@ -384,10 +384,19 @@ class RayExecutor:
     async def _refresh_loop(self) -> None:
         while True:
             await trio.sleep(REFRESH_SECS)
+            before = self.nodes
             try:
                 await self.refresh()
             except Exception:
                 log.exception("cannot read the Ray cluster's nodes")
+            if self.nodes != before:
+                # A node came or went: sessions waiting for room look again
+                # (the hub's after-tick callbacks are the pool's "figures changed").
+                for callback in self.hub.after_tick:
+                    try:
+                        callback()
+                    except Exception:
+                        log.exception("after-refresh callback failed")
 
     # --- Executor ------------------------------------------------------------------------
     def can_place(self, limits: ResourceLimits) -> bool:
