@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,8 @@ import psutil
 import trio
 
 ROOT = Path(__file__).resolve().parents[1]
+# bench/ holds ray.py: it must not shadow the `ray` package.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 sys.path[:0] = [str(ROOT / d) for d in ("daemon", "client")] + [str(ROOT)]
 
 from corral.client import Client  # noqa: E402
@@ -143,8 +146,9 @@ class SimExecutor:
     async def open(self) -> None:
         pass
 
-    def can_place(self, limits: ResourceLimits) -> bool:
-        return fits(self.nodes, list(self.placed.values()), demand(limits))
+    def can_place(self, limits: ResourceLimits, pending: Sequence[ResourceLimits] = ()) -> bool:
+        held = [*self.placed.values(), *(demand(p) for p in pending)]
+        return fits(self.nodes, held, demand(limits))
 
     async def submit(self, spec: RunSpec, events: RunEvents) -> RunHandle:
         if spec.source is None:
@@ -268,15 +272,19 @@ def main() -> None:
         whole = 100.0 * (cpu1 - cpu0) / (t1 - t0)
         print(f"{args.agents} agents over {args.nodes} fake nodes (8 CPUs, 16 GB each),")
         print(f"  each holding 0.5 CPU and 100 MB for {args.run_secs:g}s: {json.dumps(ex)}")
-        print(f"  over-placed submits: {ex['overplaced']} (target 0);"
-              f" most runs at once: {ex['mostAtOnce']} (the nodes hold {args.nodes * 16})")  # fmt: skip
-        print(f"  daemon CPU over the whole plan ({t1 - t0:.0f}s): {whole:.1f}% of one core"
-              " (worktrees, bundles, admission, store, events; target < 25%)")  # fmt: skip
+        most, hold = ex["mostAtOnce"], args.nodes * 16
+        print(f"  over-placed submits: {ex['overplaced']} (target 0); most at once: {most}/{hold}")
+        wall = t1 - t0
+        print(
+            f"  daemon CPU over the whole plan ({wall:.0f}s): {whole:.1f}% of one core"
+            " (worktrees, bundles, admission, store, events; target < 25%)"
+        )
         if steady is not None:
             s_cpu, s_t = steady
-            # the steady part ends when the first wave finishes: runs start again from there
-            print(f"  from the first full wave to the end: "
-                  f"{100.0 * (cpu1 - s_cpu) / max(1e-9, t1 - s_t):.1f}% of one core")  # fmt: skip
+            pct = 100.0 * (cpu1 - s_cpu) / max(1e-9, t1 - s_t)
+            print(
+                f"  from the first full wave to the end ({t1 - s_t:.0f}s): {pct:.1f}% of one core"
+            )
     finally:
         daemon.terminate()
         daemon.wait(30)

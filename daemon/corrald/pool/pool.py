@@ -36,6 +36,7 @@ from corral.models import (
     IntegrationStatus,
     LogEntry,
     PoolStats,
+    ResourceLimits,
     SessionStatus,
     Task,
     TaskState,
@@ -282,13 +283,20 @@ class AgentPool:
         limits = state.session.config.resource_limits
         # A cluster executor admits only what its nodes can place (no pending actors).
         gated = totals.gated(self.runs.of(state), limits, self._cores) or not (
-            self.executor.can_place(limits)
+            self._can_place(limits)
         )
         if gated:
             self._gated.add(state.id)  # the sampler wakes it as figures change
         else:
             self._gated.discard(state.id)
         return gated
+
+    def _can_place(self, limits: ResourceLimits) -> bool:
+        """The executor has room for one more run, counting runs started but not yet submitted."""
+        if not self.executor.remote:
+            return True  # the local executor's admission is the session totals
+        pending = [r.state.session.config.resource_limits for r in self.runs if r.handle is None]
+        return self.executor.can_place(limits, pending)
 
     def _try_start(self, state: SessionState) -> bool:
         """Start the next task if a slot and resources allow; True if one started."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import psutil
@@ -100,8 +101,12 @@ class Executor(Protocol):
         """
         ...
 
-    def can_place(self, limits: ResourceLimits) -> bool:
-        """True when one more run with these limits fits now (never over-submit)."""
+    def can_place(self, limits: ResourceLimits, pending: Sequence[ResourceLimits] = ()) -> bool:
+        """True when one more run with these limits fits now (never over-submit).
+
+        `pending` are runs admitted but not submitted yet (their worktree is
+        being made): they count as placed.
+        """
         ...
 
     def capacity(self) -> dict[str, Any]:
@@ -148,7 +153,7 @@ class LocalExecutor:
         await kill_leftovers(record)
         return None
 
-    def can_place(self, limits: ResourceLimits) -> bool:
+    def can_place(self, limits: ResourceLimits, pending: Sequence[ResourceLimits] = ()) -> bool:
         return True  # admission here is the session's totals (`pool.totals`)
 
     def capacity(self) -> dict[str, Any]:

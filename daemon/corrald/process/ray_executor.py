@@ -28,6 +28,7 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -399,8 +400,9 @@ class RayExecutor:
                         log.exception("after-refresh callback failed")
 
     # --- Executor ------------------------------------------------------------------------
-    def can_place(self, limits: ResourceLimits) -> bool:
-        return self._ready and fits(self.nodes, list(self._placed.values()), demand(limits))
+    def can_place(self, limits: ResourceLimits, pending: Sequence[ResourceLimits] = ()) -> bool:
+        held = [*self._placed.values(), *(demand(p) for p in pending)]
+        return self._ready and fits(self.nodes, held, demand(limits))
 
     async def submit(self, spec: RunSpec, events: RunEvents) -> RunHandle:
         if spec.source is None:
