@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,35 @@ def test_a_plan_runs_on_the_cluster_unchanged(
     }
     assert {a.end_reason for a in agents} == {EndReason.OK}
     assert stats.executor is not None and stats.executor["executor"] == "ray"
+
+
+def test_a_session_never_submits_more_than_the_cluster_can_place(
+    daemon: DaemonProcess, plan: Path, repo: Path
+) -> None:
+    # 2 nodes x 2 CPUs, each run asks for 1 CPU: 4 fit at once, the other 2 wait their turn.
+    plan.write_text(json.dumps({"*": ["--sleep", "4"]}))
+    limits = {"maxCpuPerAgent": 100.0, "maxAgents": 6}
+    with daemon.client() as c:
+        start(
+            c,
+            repo,
+            [{"id": f"t{i}", "title": f"t{i}"} for i in range(6)],
+            maxParallel=6,
+            resourceLimits=limits,
+            integrate=False,
+        )
+        most = 0
+        while not finished(c, "s"):
+            stats = c.parallel_get_pool_stats(session_id="s")
+            assert stats.executor is not None and stats.executor["placedCpus"] <= 4.0
+            most = max(most, stats.active_agents)
+            time.sleep(0.2)  # sampling the pool, not waiting for a condition
+        agents = c.parallel_list_agents(session_id="s")
+    spans = [(a.started_at, a.ended_at or 0.0) for a in agents]
+    for begin, _ in spans:
+        assert sum(1 for s, e in spans if s <= begin < e) <= 4
+    assert most == 4 and len(agents) == 6
+    assert {a.end_reason for a in agents} == {EndReason.OK}
 
 
 @pytest.mark.parametrize(

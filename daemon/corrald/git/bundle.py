@@ -2,7 +2,7 @@
 
 libgit2 (pygit2) cannot write or read bundles, so these two calls run the
 git program (argv lists, never a shell), in a worker thread, under the
-repository's write lock. Everything else in corral's git work stays pygit2.
+repository's write lock when they write. Everything else in corral's git work stays pygit2.
 """
 
 from __future__ import annotations
@@ -34,10 +34,12 @@ def _bundle_sync(worktree_path: str, branch: str) -> tuple[bytes, str]:
 
 
 async def bundle_branch(worktree_path: str, branch: str) -> tuple[bytes, str]:
-    """The branch (its whole history) as a bundle, and its head commit."""
-    root = await in_thread(lambda: discover_repo_root(worktree_path))
-    async with write_lock(root):
-        return await in_thread(lambda: _bundle_sync(worktree_path, branch))
+    """The branch (its whole history) as a bundle, and its head commit.
+
+    Only reads: it does not wait for the repository's write lock (a burst of
+    worktree allocations would hold every run's start behind all of them).
+    """
+    return await in_thread(lambda: _bundle_sync(worktree_path, branch))
 
 
 def _apply_sync(worktree_path: str, data: bytes, branch: str, head: str) -> None:
