@@ -219,7 +219,8 @@ async def finish_run(
                 )
         else:
             handle.note(f"fetched {artifact.head[:12]} on {branch} from the run's node")
-    if result.success and config.auto_commit and run.stop is None:
+    # A remote run committed on its node (the runner); only a local one is committed here.
+    if result.success and config.auto_commit and run.stop is None and artifact is None:
         await enter_stage(ctx, run, AttemptStage.COMMITTING)
         try:
             commit = await worktrees.commit_all(worktree_path, commit_message)
