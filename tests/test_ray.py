@@ -234,7 +234,11 @@ def test_a_lost_node_requeues_without_a_retry_and_completes_elsewhere(
     for line in pidfile.read_text().splitlines():
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(line.split()[0]), signal.SIGKILL)
-    assert [a.end_reason for a in agents] == [EndReason.LOST, EndReason.OK]
+    # Until Ray's GCS marks the node dead (seconds), a new actor may still be sent
+    # there and be lost at once too: each loss requeues, none spends a retry.
+    reasons = [a.end_reason for a in agents]
+    assert reasons[-1] is EndReason.OK and len(reasons) <= 5, reasons
+    assert set(reasons[:-1]) == {EndReason.LOST}, reasons
     assert task.state is TaskState.COMPLETED
     assert task.attempts == 1  # the lost attempt spent no retry (maxRetries is 0)
     assert git(repo, "show", "corral/x:x.txt") == "second node"
