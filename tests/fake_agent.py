@@ -165,6 +165,7 @@ def main() -> int:
     ap.add_argument("--rate-limit-resets-at", type=float, default=None, metavar="EPOCH")
     ap.add_argument("--print-marker")
     ap.add_argument("--stdout", action="append", default=[])
+    ap.add_argument("--line-delay", type=float, default=0.0, metavar="SECS")
     ap.add_argument("--stderr", action="append", default=[])
     ap.add_argument("--echo-stdin", action="store_true")
     ap.add_argument(
@@ -197,6 +198,8 @@ def main() -> int:
             print(f"stdin: {line.rstrip()}", flush=True)
     for text in args.stdout:
         print(text, flush=True)
+        if args.line_delay:
+            time.sleep(args.line_delay)
     for text in args.stderr:
         print(text, file=sys.stderr, flush=True)
     for name in args.cat:

@@ -63,7 +63,20 @@ def test_success() -> None:
     assert out.lifecycle is AgentLifecycle.EXITED
 
 
-@pytest.mark.parametrize("reason", [r for r in EndReason if r is not EndReason.OK])
+def test_a_lost_node_requeues_without_spending_a_retry() -> None:
+    # A cluster run whose node died: not the task's fault, so no retry is spent.
+    out = decide(EndReason.LOST, error="node lost: ActorDiedError")
+    assert (out.disposition, out.end_reason, out.category) == (
+        Disposition.REQUEUE,
+        EndReason.LOST,
+        None,
+    )
+    assert out.lifecycle is AgentLifecycle.EXITED
+
+
+@pytest.mark.parametrize(
+    "reason", [r for r in EndReason if r not in (EndReason.OK, EndReason.LOST)]
+)
 def test_failures_take_the_runs_category_or_the_reasons(reason: EndReason) -> None:
     assert decide(reason, category=ErrorCategory.INTERNAL).category is ErrorCategory.INTERNAL
     by_reason = decide(reason)

@@ -634,6 +634,8 @@ class PoolStats(Wire):
     failed_agents: int = 0
     tokens: int = 0  # summed over every agent of the session, running ones included
     cost: float = 0.0  # USD, as the agents reported it
+    # What runs the agents and what it can take: for a cluster, its nodes and free resources.
+    executor: dict[str, Any] | None = None
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import logging
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -19,6 +21,7 @@ from corrald.api import Call, ClientState, DaemonInfo, methods
 from corrald.config import Config, ConfigError, default_state_dir, load_config
 from corrald.pool.pool import AgentPool
 from corrald.process import cgroups
+from corrald.process.executor import Executor, LocalExecutor
 from corrald.process.spec import OutputBounds
 from corrald.rpc.server import (
     AlreadyRunning,
@@ -67,6 +70,23 @@ class LongLived:
         return f"LongLived(freezes={self.freezes}, frozen={gc.get_freeze_count()})"
 
 
+def executor_factory(config: Config) -> Callable[[trio.Nursery], Executor]:
+    """The configured executor (`[executor] kind`); Ray needs the `corral[ray]` extra."""
+    section = config.executor
+    if section.kind == "local":
+        return LocalExecutor
+    if importlib.util.find_spec("ray") is None:
+        raise ConfigError(
+            '[executor] kind = "ray" needs Ray on this machine: pip install "corral[ray]"'
+        )
+    from corrald.process.ray_executor import RayExecutor
+
+    def make(nursery: trio.Nursery) -> Executor:
+        return RayExecutor(nursery, address=section.address, local=LocalExecutor(nursery))
+
+    return make
+
+
 class Daemon:
     """The running daemon: store, engine, server, and their lifecycle."""
 
@@ -98,6 +118,7 @@ class Daemon:
                 log_events_per_sec=config.daemon.log_events_per_sec,
                 log_events_burst=config.daemon.log_events_burst,
             ),
+            executor_factory=executor_factory(config),
         )
         d = config.daemon
         self.server: Server[Call, ClientState] = Server(
@@ -205,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     state_dir = args.state_dir or config.daemon.state_dir or default_state_dir()
     try:
         daemon = Daemon(config, Path(socket_path), Path(state_dir))
-    except StoreError as exc:
+    except (StoreError, ConfigError) as exc:
         print(f"corrald: {exc}", file=sys.stderr)
         return 2
     try:

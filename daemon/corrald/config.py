@@ -53,8 +53,17 @@ class DaemonSection(_Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
+class ExecutorSection(_Strict):
+    """Where agents run: `local` (this machine) or `ray` (a Ray cluster, `corral[ray]`)."""
+
+    kind: Literal["local", "ray"] = "local"
+    # "auto" (a cluster started on this machine with `ray start`), "host:port" or "ray://host:port".
+    address: str = Field("auto", min_length=1, pattern=r"^(auto|ray://\S+|[^\s/]+:\d+)$")
+
+
 class Config(_Strict):
     daemon: DaemonSection = Field(default_factory=DaemonSection)
+    executor: ExecutorSection = Field(default_factory=ExecutorSection)
     defaults: SchedulerConfig = Field(default_factory=SchedulerConfig)
     agents: dict[str, AgentTypeConfig] = Field(default_factory=dict)
 

@@ -33,6 +33,10 @@ async def parallel_get_pool_stats(call: Call, p: SessionParams) -> PoolStats:
     The seed's `{runningAgents, maxAgents, totalCpuUsage, maxTotalCpu,
     totalMemoryMb, maxTotalMemoryMb}` are there; CPU is in percent of one
     core, as `maxTotalCpu` is.
+
+    With a cluster executor (`[executor] kind = "ray"`), `executor` also
+    gives the cluster's alive nodes (CPUs, memory) and what corral's runs
+    hold of them (`placedCpus`, `placedMemoryMb`); absent for the local one.
     """
     return call.pool.pool_stats(call.session(p.session_id))
 

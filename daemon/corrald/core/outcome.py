@@ -10,6 +10,7 @@ the pool stopped it to requeue it       requeue         (none; no retry spent)
 (stop_all, total memory, shutdown)
 the pool stopped it: task cancelled    cancel          cancelled
 it never ran (worktree, agent type)    fail            the cause's, else unknown
+its node was lost (a cluster run)      requeue         (none; no retry spent)
 rate limited and not successful        rate_limited    rate_limit (no retry spent)
 end reason ok                          complete        (none)
 anything else                          fail            the run's, else by reason
@@ -108,6 +109,9 @@ def decide(
     if end_reason is None:
         why = error or "agent did not start"
         return Outcome(Disposition.FAIL, reason, life, category or ErrorCategory.UNKNOWN, why)
+    if reason is EndReason.LOST:
+        # The run's node died under it (a cluster executor): not the task's fault.
+        return Outcome(Disposition.REQUEUE, reason, life, None, error)
     if rate_limited and reason is not EndReason.OK:
         return Outcome(
             Disposition.RATE_LIMITED, EndReason.RATE_LIMIT, life, ErrorCategory.RATE_LIMIT, error

@@ -36,13 +36,13 @@ from corrald.agents.types import (
     resolve_type,
 )
 from corrald.core.accounting import RunAccounting
-from corrald.git import worktrees
+from corrald.git import bundle, worktrees
 from corrald.pool.finish import AttemptEnd
 from corrald.pool.records import AttemptStage, Run
 from corrald.process import cgroups
-from corrald.process.executor import Executor
+from corrald.process.executor import Executor, RunHandle
 from corrald.process.lines import Skipped
-from corrald.process.spec import OutputBounds, RunSpec
+from corrald.process.spec import OutputBounds, RepoSource, RunSpec
 from corrald.state.engine import Engine, SessionState
 
 StageHook = Callable[[Run, AttemptStage], Awaitable[None]]
@@ -67,7 +67,7 @@ class AttemptContext(Protocol):
     ) -> WorktreeAllocation: ...
 
 
-class _Sink:
+class RunSink:
     """What the run reports, announced by the engine as the agent's live figures."""
 
     def __init__(self, engine: Engine, run: Run) -> None:
@@ -139,6 +139,21 @@ async def run_attempt(ctx: AttemptContext, run: Run) -> AttemptEnd:
         model=config.model,
         permissions=config.permissions,
     )
+    commit_message = f"{task.title}\n\ncorral task {task.id}, agent {run.agent_id}"
+    source = None
+    if ctx.executor.remote:
+        # The run is not beside the repository: it gets the task's branch as a
+        # bundle, and hands it back as one (`process.runner`).
+        try:
+            data, head = await bundle.bundle_branch(alloc.worktree_path, alloc.branch)
+        except errors.CorralError as exc:
+            return AttemptEnd.not_started(f"source bundle: {exc.message}", ErrorCategory.UNKNOWN)
+        source = RepoSource(
+            bundle=data,
+            branch=alloc.branch,
+            base_commit=head,
+            commit_message=commit_message if config.auto_commit else None,
+        )
     spec = RunSpec(
         agent_id=run.agent_id,
         task_id=task.id,
@@ -158,6 +173,7 @@ async def run_attempt(ctx: AttemptContext, run: Run) -> AttemptEnd:
         output=ctx.output,
         parser=parser,
         completion_marker=config.completion_marker,
+        source=source,
     )
     # Recorded before the process exists: a crash right after the spawn still
     # leaves a restart the token and the cgroup to find it by.
@@ -167,7 +183,7 @@ async def run_attempt(ctx: AttemptContext, run: Run) -> AttemptEnd:
         cgroup=cgroups.planned_path(cgroups.run_cgroup_name(run.agent_id, spec.token)),
     )
     engine.run_accounting([(run.agent_id, run.accounting)])
-    handle = await ctx.executor.submit(spec, _Sink(engine, run))
+    handle = await ctx.executor.submit(spec, RunSink(engine, run))
     run.handle = handle
     run.accounting.pid, run.accounting.start = handle.pid, handle.start_ticks
     run.accounting.descendants = [m for m in handle.new_members() if m[0] != handle.pid]
@@ -182,13 +198,43 @@ async def run_attempt(ctx: AttemptContext, run: Run) -> AttemptEnd:
         accounting=run.accounting,
     )
     await enter_stage(ctx, run, AttemptStage.RUNNING)
+    return await finish_run(ctx, run, handle, alloc.worktree_path, alloc.branch, commit_message)
+
+
+async def finish_run(
+    ctx: AttemptContext,
+    run: Run,
+    handle: RunHandle,
+    worktree_path: str,
+    branch: str,
+    commit_message: str,
+) -> AttemptEnd:
+    """Wait for the run; bring its branch home (a remote run's artifact) and auto-commit."""
+    config = run.state.session.config
     result = await handle.wait()
-    if result.success and config.auto_commit and run.stop is None:
+    artifact = result.artifact
+    if artifact is not None and artifact.bundle:
         await enter_stage(ctx, run, AttemptStage.COMMITTING)
         try:
-            commit = await worktrees.commit_all(
-                alloc.worktree_path, f"{task.title}\n\ncorral task {task.id}, agent {run.agent_id}"
+            await bundle.apply_bundle(
+                worktree_path, artifact.bundle, artifact.branch, artifact.head
             )
+        except errors.CorralError as exc:
+            handle.note(f"fetching the run's branch failed: {exc.message}")
+            if result.success:
+                result = dataclasses.replace(
+                    result,
+                    end_reason=EndReason.FAILED,
+                    error_category=ErrorCategory.UNKNOWN,
+                    error=f"fetching the run's branch failed: {exc.message}",
+                )
+        else:
+            handle.note(f"fetched {artifact.head[:12]} on {branch} from the run's node")
+    # A remote run committed on its node (the runner); only a local one is committed here.
+    if result.success and config.auto_commit and run.stop is None and artifact is None:
+        await enter_stage(ctx, run, AttemptStage.COMMITTING)
+        try:
+            commit = await worktrees.commit_all(worktree_path, commit_message)
         except errors.CorralError as exc:
             result = dataclasses.replace(
                 result,
@@ -198,5 +244,5 @@ async def run_attempt(ctx: AttemptContext, run: Run) -> AttemptEnd:
             )
         else:
             if commit is not None:
-                handle.note(f"auto-committed {commit[:12]} on {alloc.branch}")
+                handle.note(f"auto-committed {commit[:12]} on {branch}")
     return AttemptEnd(result)

@@ -283,7 +283,7 @@ class Integrator:
             output=pool.output,
             parser=PlainParser(),
         )
-        handle = await pool.executor.submit(spec, _GateLog(pool, state, run_id))
+        handle = await pool.executor.local.submit(spec, _GateLog(pool, state, run_id))
         self.gate = handle
         try:
             result = await handle.wait()

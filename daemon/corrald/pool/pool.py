@@ -36,19 +36,21 @@ from corral.models import (
     IntegrationStatus,
     LogEntry,
     PoolStats,
+    ResourceLimits,
     SessionStatus,
     Task,
     TaskState,
     Violation,
     WorktreeAllocation,
 )
+from corrald.agents.parsers import PlainParser
 from corrald.agents.types import AgentTypeConfig
 from corrald.core.accounting import RunAccounting
 from corrald.core.outcome import Stop
 from corrald.git import worktrees
 from corrald.git.repo import repo_key
 from corrald.pool import totals
-from corrald.pool.attempt import StageHook, enter_stage, run_attempt
+from corrald.pool.attempt import RunSink, StageHook, enter_stage, finish_run, run_attempt
 from corrald.pool.finish import AttemptEnd, record
 from corrald.pool.integration import Integrator
 from corrald.pool.records import AttemptStage, Run, Runs
@@ -56,7 +58,7 @@ from corrald.process import cgroups, memory
 from corrald.process.executor import Executor, LocalExecutor
 from corrald.process.lines import newest_within
 from corrald.process.logfile import read_log
-from corrald.process.spec import OutputBounds
+from corrald.process.spec import OutputBounds, RunSpec
 from corrald.state.engine import Engine, SessionState
 
 log = logging.getLogger("corrald.pool")
@@ -119,6 +121,7 @@ class AgentPool:
             self._nursery = nursery
             self._executor = self.executor_factory(nursery)
             self._executor.hub.after_tick.append(self._after_sample)
+            await self._executor.open()
             await self.recover()
             for state in self.engine.sessions.values():
                 self.wake(state)
@@ -136,12 +139,62 @@ class AgentPool:
         found = []
         for agent, kept in self.engine.left_running():
             found.append(agent.id)
-            if kept is not None:
-                await self.executor.reattach(kept)
+            if kept is not None and await self._reattach(agent, kept):
+                log.info("reattached agent %s", agent.id)
+                continue
             self.engine.agent_lost(agent, killed=kept is not None)
             log.info("recovered agent %s (pid %s)", agent.id, agent.process_id)
         cgroups.remove_stale()  # empty per-agent cgroups of crashed daemons
         return found
+
+    async def _reattach(self, agent: Agent, kept: RunAccounting) -> bool:
+        """Take a run a previous daemon left back, if the executor can (Ray); else end it."""
+        state = self.engine.sessions.get(agent.session_id)
+        if state is None or not self.executor.remote or not agent.worktree_path:
+            await self.executor.reattach(kept)
+            return False
+        run = Run(state, agent, accounting=kept)
+        spec = RunSpec(
+            agent_id=agent.id,
+            task_id=agent.task_id,
+            argv=[],
+            cwd=agent.worktree_path,
+            env={},
+            stdin_data=None,
+            limits=state.session.config.resource_limits,
+            log_path=self.log_path(state.id, agent.id),
+            parser=PlainParser(),
+            output=self.output,
+            token=kept.token,
+        )
+        handle = await self.executor.reattach(kept, spec, RunSink(self.engine, run))
+        if handle is None:
+            return False
+        run.handle = handle
+        run.stage = AttemptStage.RUNNING
+        self.runs.add(run)
+        assert self._nursery is not None
+        self._nursery.start_soon(self._drive_reattached, run)
+        return True
+
+    async def _drive_reattached(self, run: Run) -> None:
+        """A reattached run: wait for its end, bring its branch home, record it."""
+        assert run.handle is not None
+        task = run.state.scheduler.get(run.task_id)
+        message = f"{task.title}\n\ncorral task {task.id}, agent {run.agent_id}"
+        try:
+            end = await finish_run(
+                self, run, run.handle, run.agent.worktree_path, run.agent.branch or "", message
+            )
+        except Exception as exc:  # a bug of ours must not lose the task
+            log.exception("agent %s: the reattached run failed inside corral", run.agent_id)
+            end = AttemptEnd.not_started(
+                f"internal error: {type(exc).__name__}: {exc}"[:500], ErrorCategory.INTERNAL
+            )
+        try:
+            await self._record_durably(run, end)
+        finally:
+            self._forget(run)
 
     async def shutdown(self) -> None:
         """Stop every agent (requeued, no retry consumed) and wait for their trees to die."""
@@ -227,12 +280,23 @@ class AgentPool:
             self._gated.discard(state.id)
 
     def _resource_gated(self, state: SessionState) -> bool:
-        gated = totals.gated(self.runs.of(state), state.session.config.resource_limits, self._cores)
+        limits = state.session.config.resource_limits
+        # A cluster executor admits only what its nodes can place (no pending actors).
+        gated = totals.gated(self.runs.of(state), limits, self._cores) or not (
+            self._can_place(limits)
+        )
         if gated:
             self._gated.add(state.id)  # the sampler wakes it as figures change
         else:
             self._gated.discard(state.id)
         return gated
+
+    def _can_place(self, limits: ResourceLimits) -> bool:
+        """The executor has room for one more run, counting runs started but not yet submitted."""
+        if not self.executor.remote:
+            return True  # the local executor's admission is the session totals
+        pending = [r.state.session.config.resource_limits for r in self.runs if r.handle is None]
+        return self.executor.can_place(limits, pending)
 
     def _try_start(self, state: SessionState) -> bool:
         """Start the next task if a slot and resources allow; True if one started."""
@@ -482,12 +546,15 @@ class AgentPool:
 
     def pool_stats(self, state: SessionState) -> PoolStats:
         tokens, cost = self.usage(state)
-        return totals.pool_stats(
+        stats = totals.pool_stats(
             self.runs.of(state),
             state.session.config.resource_limits,
             self._ended["completed"],
             self._ended["failed"],
         ).model_copy(update={"tokens": tokens, "cost": cost})
+        if self._executor is not None and self._executor.remote:
+            stats.executor = self._executor.capacity()  # the cluster's nodes and free room
+        return stats
 
     def usage(self, state: SessionState) -> tuple[int, float]:
         """Tokens and cost of every agent of the session: stored rows, live figures for runs."""

@@ -1,9 +1,19 @@
 """The executor interface: how the pool runs an agent, wherever it runs.
 
-An executor takes a run spec and returns a handle to cancel and await; it
-deals with runs a previous daemon left behind, and reports its capacity. The
-local executor (the default) runs agents as supervised process trees on this
-machine, in tasks of the pool's nursery.
+An executor takes a run spec and returns a handle to cancel (with a grace)
+and await; the handle's events carry offsets, so a consumer can resume. The
+executor deals with runs a previous daemon left behind (`reattach`), says
+whether a run fits (`can_place`) and reports its capacity. A remote
+executor (`remote = True`) needs the spec's `source` (a bundle and the base
+commit) and hands the branch back as `RunResult.artifact`; a local one is
+given the daemon's worktree as `cwd`.
+
+The local executor (the default) runs agents as supervised process trees on
+this machine, in tasks of the pool's nursery. The Ray executor
+(`process.ray_executor`, `corral[ray]`) places each run in a Ray actor on a
+node, where the same runner enforces the same limits. Gates always run on
+the local executor (`Executor.local`): they need the daemon's scratch
+worktree.
 
 Each run is a failure boundary: whatever goes wrong inside one (an agent's
 output, a bug of ours while supervising it) ends that run with a result, and
@@ -15,12 +25,13 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import psutil
 import trio
 
-from corral.models import AgentLifecycle, EndReason, ErrorCategory, LogEntry
+from corral.models import AgentLifecycle, EndReason, ErrorCategory, LogEntry, ResourceLimits
 from corrald.core.accounting import RunAccounting
 from corrald.process import cgroups
 from corrald.process.run import AgentRun, kill_leftovers, run_agent
@@ -32,7 +43,11 @@ log = logging.getLogger(__name__)
 
 
 class RunHandle(Protocol):
-    """A submitted run: live figures, its output ring, cancel and wait."""
+    """A submitted run: live figures, its output ring (by offset), cancel and wait.
+
+    `pid`, `create_time` and the tree members are those of a local process
+    (None and empty for a run on another node).
+    """
 
     pid: int | None
     create_time: float | None
@@ -42,7 +57,9 @@ class RunHandle(Protocol):
     @property
     def stage(self) -> TerminationStage: ...
 
-    def cancel(self, reason: EndReason = EndReason.CANCELLED, detail: str = "") -> None: ...
+    def cancel(
+        self, reason: EndReason = EndReason.CANCELLED, detail: str = "", grace: float | None = None
+    ) -> None: ...
     async def wait(self) -> RunResult: ...
     def tail(self, n: int | None = None, since_offset: int | None = None) -> list[LogEntry]: ...
     def note(self, text: str) -> None: ...
@@ -57,21 +74,43 @@ class Executor(Protocol):
 
     name: str
     hub: SampleHub
+    remote: bool  # True: runs need `spec.source` and return the branch as an artifact
+
+    @property
+    def local(self) -> LocalExecutor:
+        """The executor for runs that must be on this machine (gates)."""
+        ...
+
+    async def open(self) -> None:
+        """Get ready to run (connect to a cluster); before the first submit."""
+        ...
 
     async def submit(self, spec: RunSpec, events: RunEvents) -> RunHandle:
         """Start a run; what it reports goes to `events`. Raises only if it could not start."""
         ...
 
-    async def reattach(self, record: RunAccounting) -> bool:
-        """Deal with a run a previous daemon left behind; True if it took it back.
+    async def reattach(
+        self, record: RunAccounting, spec: RunSpec | None = None, events: RunEvents | None = None
+    ) -> RunHandle | None:
+        """Deal with a run a previous daemon left behind; its handle if it took it back.
 
         The local executor cannot (the run's pipes died with that daemon):
-        it ends every process the record names and answers False.
+        it ends every process the record names and answers None. The Ray
+        executor finds the run's actor by name and resumes its events after
+        the last line `spec.log_path` holds (no gap, no repeat).
+        """
+        ...
+
+    def can_place(self, limits: ResourceLimits, pending: Sequence[ResourceLimits] = ()) -> bool:
+        """True when one more run with these limits fits now (never over-submit).
+
+        `pending` are runs admitted but not submitted yet (their worktree is
+        being made): they count as placed.
         """
         ...
 
     def capacity(self) -> dict[str, Any]:
-        """What this executor can take: cores, memory, isolation features."""
+        """What this executor can take: cores, memory, nodes, isolation features."""
         ...
 
 
@@ -79,6 +118,7 @@ class LocalExecutor:
     """Agents as supervised process trees on this machine, in the pool's nursery."""
 
     name = "local"
+    remote = False
 
     def __init__(self, nursery: trio.Nursery) -> None:
         self.nursery = nursery
@@ -98,11 +138,23 @@ class LocalExecutor:
         run: AgentRun = await self.nursery.start(_bounded_run, spec, events, self.hub)
         return run
 
-    async def reattach(self, record: RunAccounting) -> bool:
+    @property
+    def local(self) -> LocalExecutor:
+        return self
+
+    async def open(self) -> None:
+        pass
+
+    async def reattach(
+        self, record: RunAccounting, spec: RunSpec | None = None, events: RunEvents | None = None
+    ) -> RunHandle | None:
         # A local process cannot be re-adopted (its pipes died with the old
         # daemon), so the old tree is ended and the task runs again.
         await kill_leftovers(record)
-        return False
+        return None
+
+    def can_place(self, limits: ResourceLimits, pending: Sequence[ResourceLimits] = ()) -> bool:
+        return True  # admission here is the session's totals (`pool.totals`)
 
     def capacity(self) -> dict[str, Any]:
         return dict(self._capacity)

@@ -124,6 +124,14 @@ class LogWriter:
             return
         self.size += n
 
+    def flush(self) -> None:
+        """Push buffered lines to the file (a run followed remotely: what is on disk counts)."""
+        if self._fh is not None:
+            try:
+                self._fh.flush()
+            except OSError as exc:
+                self._fail(exc)
+
     def close(self) -> None:
         if self._fh is not None:
             try:

@@ -230,6 +230,11 @@ class TreeSampler:
         return new
 
     @property
+    def cpu_seconds(self) -> float:
+        """CPU time used by the whole tree so far (every member ever sampled)."""
+        return self._cpu_ticks / _CLK_TCK
+
+    @property
     def root_start(self) -> int | None:
         """The root's start ticks (its identity with its pid)."""
         return self._root_start

@@ -47,7 +47,15 @@ from corrald.process.cgroups import AgentCgroup, detect, run_cgroup_name
 from corrald.process.lines import FloodGate, LineRing
 from corrald.process.logfile import LogWriter, make_log_entry
 from corrald.process.sampler import SampleHub, next_tick
-from corrald.process.spec import MARK_ENV, NoEvents, RunEvents, RunResult, RunSpec, RunStats
+from corrald.process.spec import (
+    MARK_ENV,
+    NoEvents,
+    RunEvents,
+    RunResult,
+    RunSpec,
+    RunStats,
+    Usage,
+)
 from corrald.process.terminate import Ladder, TerminationStage, wait_gone
 
 log = logging.getLogger(__name__)
@@ -87,6 +95,7 @@ class AgentRun:
         self._reason_detail = ""
         self._category: ErrorCategory | None = None
         self._hard_kill = False
+        self._grace: float | None = None
         self._ending = False
         self._done = trio.Event()
         self._offset = 0
@@ -133,12 +142,18 @@ class AgentRun:
         """Why the run is being stopped (None while it runs on its own)."""
         return self._reason
 
-    def cancel(self, reason: EndReason = EndReason.CANCELLED, detail: str = "") -> None:
-        """Stop the run (termination ladder) and record why; the first reason wins."""
+    def cancel(
+        self, reason: EndReason = EndReason.CANCELLED, detail: str = "", grace: float | None = None
+    ) -> None:
+        """Stop the run (termination ladder) and record why; the first reason wins.
+
+        `grace` replaces the limits' `kill_grace_secs` for this stop.
+        """
         if self._reason is None and self.result is None:
             self._reason = reason
             self._reason_detail = detail or f"stopped: {reason.value}"
             self._hard_kill = reason is EndReason.LIMIT_MEMORY
+            self._grace = grace
         self._scope.cancel(reason=f"{reason.value}: {detail}" if detail else reason.value)
 
     def fail_internal(self, why: str) -> None:
@@ -313,6 +328,8 @@ class AgentRun:
         self._flush_skipped()  # a flood that stopped is summed up within a tick
         cpu, rss = sampler.sample()
         self.stats.cpu_percent, self.stats.memory_mb = cpu, rss
+        self.stats.peak_memory_mb = max(self.stats.peak_memory_mb, rss)
+        self.stats.cpu_seconds = sampler.cpu_seconds
         if self._ending:
             return False
         if rss > lim.max_memory_mb_per_agent:
@@ -387,6 +404,7 @@ class AgentRun:
             rate_limited=self._rate_limited,
             rate_limit_reset=self._rate_limit_reset,
             ended_at=time.time(),
+            usage=Usage(self.stats.cpu_seconds, self.stats.peak_memory_mb),
         )
 
     def finish(self, result: RunResult) -> RunResult:
@@ -548,7 +566,8 @@ async def run_agent(
                     cleanup.deadline = (
                         trio.current_time() + spec.limits.kill_grace_secs + _CLEANUP_SLACK
                     )
-                    await run.ladder.run(grace=spec.limits.kill_grace_secs, hard=run._hard_kill)
+                    grace = spec.limits.kill_grace_secs if run._grace is None else run._grace
+                    await run.ladder.run(grace=grace, hard=run._hard_kill)
                     with trio.move_on_after(_DRAIN_SECS):
                         await pumped.wait()
                     nursery.cancel_scope.cancel()

@@ -42,6 +42,26 @@ class OutputBounds:
     log_events_burst: int = 2000
 
 
+@dataclass(frozen=True)
+class RepoSource:
+    """Where a run gets its checkout when it does not run beside the repository.
+
+    `bundle` is a git bundle holding `branch` (the task's branch: every
+    earlier attempt's work); the run checks out `branch` at `base_commit` in
+    a scratch directory of its node. On success, when `commit_message` is
+    set (autoCommit), the runner commits what the agent left and hands the
+    branch back as a bundle (`RunResult.artifact`).
+    """
+
+    bundle: bytes
+    branch: str
+    base_commit: str
+    commit_message: str | None = None
+
+    def __repr__(self) -> str:
+        return f"RepoSource({self.branch}@{self.base_commit[:12]}, {len(self.bundle)} bytes)"
+
+
 @dataclass(kw_only=True)
 class RunSpec:
     """Everything needed to run one agent attempt.
@@ -49,6 +69,10 @@ class RunSpec:
     `env` is the complete environment of the agent (the caller merges the
     daemon's environment and the agent type's). `parser` is a fresh parser
     for this run; it also watches for the completion marker.
+
+    Where the repository is: a local run gets `cwd`, a checkout the daemon
+    made (its worktree); a run on another node gets `source` (a bundle and
+    the base commit) and the runner checks it out there (`process.runner`).
     """
 
     agent_id: str
@@ -65,6 +89,27 @@ class RunSpec:
     token: str = ""  # set in the run's environment (MARK_ENV); generated when empty
     use_cgroup: bool = True
     pids_max: int | None = 4096
+    source: RepoSource | None = None
+
+
+@dataclass
+class Usage:
+    """What a run used: CPU time of its whole tree and its peak memory (RSS summed)."""
+
+    cpu_seconds: float = 0.0
+    peak_memory_mb: float = 0.0
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """The task's branch as a run on another node left it: a git bundle and its head."""
+
+    bundle: bytes
+    branch: str
+    head: str
+
+    def __repr__(self) -> str:
+        return f"Artifact({self.branch}@{self.head[:12]}, {len(self.bundle)} bytes)"
 
 
 @dataclass
@@ -80,6 +125,8 @@ class RunResult:
     rate_limited: bool
     rate_limit_reset: float | None
     ended_at: float
+    usage: Usage = field(default_factory=Usage)
+    artifact: Artifact | None = None  # the branch, when the run had a `source`
 
     @property
     def success(self) -> bool:
@@ -97,6 +144,8 @@ class RunStats:
     activity: AgentActivity = AgentActivity.IDLE
     lines: int = 0
     bytes_out: int = 0
+    peak_memory_mb: float = 0.0
+    cpu_seconds: float = 0.0
 
 
 class RunEvents(Protocol):
