@@ -18,7 +18,14 @@ import pytest
 import trio
 import trio.testing
 
-from corral.models import Backoff, SchedulerConfig, SessionStatus, TaskSpec, TaskState
+from corral.models import (
+    Backoff,
+    ResourceLimits,
+    SchedulerConfig,
+    SessionStatus,
+    TaskSpec,
+    TaskState,
+)
 from corrald.agents.types import AgentTypeConfig
 from corrald.pool.pool import AgentPool
 from corrald.state.engine import Engine, SessionState
@@ -31,7 +38,11 @@ PLAN_AGENT = Path(__file__).with_name("plan_agent.py")
 async def test_retries_wait_out_their_backoff_in_virtual_time(
     mock_clock: trio.testing.MockClock, repo: Path, tmp_path: Path
 ) -> None:
-    mock_clock.autojump_threshold = 0.01  # jump as soon as everything waits
+    # Jump once everything has waited a quarter of a real second. While an agent
+    # runs, the sampler's ticks are what the clock jumps to: a lower threshold
+    # lets a slow machine (a Python start-up taking seconds) run virtual time
+    # so far ahead that runtime limits and this test's deadline fire.
+    mock_clock.autojump_threshold = 0.25
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps({"t#1": ["--exit", "1"], "t#2": ["--exit", "1"], "t#3": []}))
     store = Store(tmp_path / "state" / "corral.db")
@@ -60,13 +71,14 @@ async def test_retries_wait_out_their_backoff_in_virtual_time(
         agent_type="flaky",
         max_retries=2,
         backoff=Backoff(base_secs=60, multiplier=3, cap_secs=1000),
+        resource_limits=ResourceLimits(max_runtime_secs=0),  # virtual time: no runtime limit
     )
     async with trio.open_nursery() as nursery:
         await nursery.start(pool.run)
         engine.init_session(config, str(repo), "s")
         engine.add_tasks("s", [TaskSpec(id="t", title="flaky task")])
         engine.set_status("s", SessionStatus.RUNNING)
-        with trio.fail_after(3600):  # virtual seconds
+        with trio.fail_after(24 * 3600):  # virtual seconds
             await done.wait()
         nursery.cancel_scope.cancel()
     store.close()

@@ -136,7 +136,9 @@ class ConflictsScreen(DashScreen):
         else:
             summary.append(f"total {s.total_conflicts}  ")
             summary.append(f"auto {s.auto_resolvable}  ", style="green")
-            summary.append(f"manual {s.manual_required}\n", style="red" if s.manual_required else "")
+            summary.append(
+                f"manual {s.manual_required}\n", style="red" if s.manual_required else ""
+            )
             for kind, n in sorted(s.conflicts_by_type.items()):
                 if n:
                     summary.append(f"{kind} {n}\n", style="dim")

@@ -95,7 +95,7 @@ class AgentPool:
         self.executor_factory = executor_factory
         self.runs = Runs()
         self.stage_hooks: list[StageHook] = []
-        self.closing = False
+        self._shutting_down = False
         self._executor: Executor | None = None
         self._nursery: trio.Nursery | None = None
         self._rings: dict[str, list[LogEntry]] = {}  # finished runs' rings, oldest first
@@ -107,6 +107,18 @@ class AgentPool:
         self._ended = {"completed": 0, "failed": 0}
         self._cores = os.cpu_count() or 1
         engine.on_change.append(self.wake)
+
+    @property
+    def closing(self) -> bool:
+        """Nothing new starts: a shutdown began, or the pool's nursery is being cancelled.
+
+        The second matters when the pool is cancelled from outside without a
+        shutdown: each run it ends requeues its task, which wakes the runner;
+        without this check the runner would start the task again in the dying
+        nursery, be cancelled, requeue, and so on, with no end.
+        """
+        nursery = self._nursery
+        return self._shutting_down or (nursery is not None and nursery.cancel_scope.cancel_called)
 
     @property
     def executor(self) -> Executor:
@@ -198,7 +210,7 @@ class AgentPool:
 
     async def shutdown(self) -> None:
         """Stop every agent (requeued, no retry consumed) and wait for their trees to die."""
-        self.closing = True  # nothing new starts from here on
+        self._shutting_down = True  # nothing new starts from here on
         for run in self.runs:
             self._stop(run, Stop.REQUEUE, "daemon shutting down")
         for integrator in self._integrators.values():
