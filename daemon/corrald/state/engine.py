@@ -544,8 +544,21 @@ class Engine:
         return agent
 
     def record_allocation(self, state: SessionState, alloc: WorktreeAllocation) -> None:
-        """A worktree was created or reused for `alloc.task_id` (called under the repo lock)."""
+        """A worktree was created or reused for `alloc.task_id` (called under the repo lock).
+
+        WorktreeInUse if another session's task holds it (a second agent in
+        one worktree; the store's unique path would refuse it anyway).
+        """
         with self._change(state) as batch:
+            holder = self.store.allocation_holder(alloc.worktree_path)
+            if holder is not None and holder != (alloc.session_id, alloc.task_id):
+                raise errors.WorktreeInUse(
+                    data={
+                        "worktreePath": alloc.worktree_path,
+                        "sessionId": holder[0],
+                        "taskId": holder[1],
+                    }
+                )
             self.store.put_allocation(alloc)
             try:  # worktree_allocate may name a task the session does not have
                 task: Task | None = state.scheduler.get(alloc.task_id)
