@@ -365,3 +365,22 @@ def test_output_lines_take_only_their_share_of_the_replay_window() -> None:
     for n in range(2000):
         quiet.fan_out([quiet.make(f"s{n}", SessionCreatedPayload(status=SessionStatus.IDLE))])
     assert len(quiet.window) == 2000
+
+
+def test_two_sessions_with_one_task_id_get_a_clear_error_not_a_storage_fault(repo: Path) -> None:
+    """The method fuzzer's find: a shared worktree answered 7001, a disk fault that was not one."""
+    with DaemonProcess() as d, d.client() as c:
+        for session in ("one", "two"):
+            c.init_parallel_scheduler(repo_path=str(repo), session_id=session)
+        first = c.worktree_allocate(session_id="one", agent_id="a1", task_id="t")
+        with pytest.raises(errors.WorktreeInUse) as info:
+            c.worktree_allocate(session_id="two", agent_id="a2", task_id="t")
+        assert info.value.data == {
+            "worktreePath": first.worktree_path,
+            "sessionId": "one",
+            "taskId": "t",
+        }
+        storage = c.daemon_status().storage
+        assert storage is None or (storage.error is None and storage.failed_writes == 0)
+        other = c.worktree_allocate(session_id="two", agent_id="a2", task_id="u")  # goes on
+        assert other.session_id == "two" and other.worktree_path != first.worktree_path

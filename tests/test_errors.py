@@ -52,6 +52,7 @@ EXPECTED: dict[int, str] = {
     3007: "RepositoryEmpty",
     3008: "BaseBranchNotFound",
     3009: "GitFailure",
+    3010: "WorktreeInUse",
     4001: "BranchNotFound",
     4002: "MergeConflictError",
     4003: "TargetMoved",

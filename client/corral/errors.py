@@ -269,6 +269,17 @@ class GitFailure(CorralError):
     default_message = "git operation failed"
 
 
+class WorktreeInUse(CorralError):
+    """The worktree is allocated to another session's task (`data.sessionId`, `data.taskId`).
+
+    Worktrees are named by repository and task id, so two sessions on one
+    repository with the same task id would share one.
+    """
+
+    code = 3010
+    default_message = "Worktree is allocated to another session's task"
+
+
 # --- 4xxx conflicts and merging ----------------------------------------------
 class BranchNotFound(CorralError):
     code = 4001

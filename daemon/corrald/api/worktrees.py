@@ -19,9 +19,13 @@ async def worktree_allocate(call: Call, p: AllocateParams) -> WorktreeAllocation
     created from `baseBranch` (default: the repository's HEAD branch); files
     listed in `.worktreeinclude` are copied in. Reuses an existing one: work is
     never thrown away. Errors: 3003 BranchCheckedOut, 3004 InvalidBranchName,
-    3007 RepositoryEmpty, 3008 BaseBranchNotFound.
+    3007 RepositoryEmpty, 3008 BaseBranchNotFound, 3010 WorktreeInUse (another
+    session holds that worktree: a task id two sessions on one repository share;
+    `data` names the holder).
     """
-    return await call.pool.allocate(call.session(p.session_id), p.agent_id, p.task_id, p.branch)
+    return await call.pool.allocate(
+        call.session(p.session_id), p.agent_id, p.task_id, p.branch, take_over=False
+    )
 
 
 async def _deallocate(call: Call, state: SessionState, path: str, force: bool) -> bool:

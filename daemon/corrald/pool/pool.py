@@ -479,9 +479,18 @@ class AgentPool:
         return worktrees.default_base_dir(repo_path)
 
     async def allocate(
-        self, state: SessionState, agent_id: str, task_id: str, branch: str | None
+        self,
+        state: SessionState,
+        agent_id: str,
+        task_id: str,
+        branch: str | None,
+        *,
+        take_over: bool = True,
     ) -> WorktreeAllocation:
-        """The task's worktree and branch, created from baseBranch or reused, and recorded."""
+        """The task's worktree and branch, created from baseBranch or reused, and recorded.
+
+        `take_over`: see `Engine.record_allocation` (false for a `worktree_allocate`).
+        """
         session = state.session
         config = session.config
         branch = branch or worktrees.render_branch(config.branch_template, task_id)
@@ -502,7 +511,7 @@ class AgentPool:
                 base_branch=info.base_branch,
                 created_at=self.engine.clock(),
             )
-            self.engine.record_allocation(state, alloc)
+            self.engine.record_allocation(state, alloc, take_over=take_over)
             recorded.append(alloc)
 
         await worktrees.allocate(

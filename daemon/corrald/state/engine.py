@@ -560,13 +560,18 @@ class Engine:
             self._agent_status(batch, agent)
         return agent
 
-    def record_allocation(self, state: SessionState, alloc: WorktreeAllocation) -> None:
+    def record_allocation(
+        self, state: SessionState, alloc: WorktreeAllocation, *, take_over: bool = True
+    ) -> None:
         """A worktree was created or reused for `alloc.task_id` (called under the repo lock).
 
-        A worktree that an earlier session on the same repository allocated
-        (the same plan run again) is taken over: its allocation moves to this
-        session, and nothing in it is removed. While the other session's task
-        runs in it, this is refused (BranchCheckedOut), so two agents never
+        With `take_over` (a task of this session starting), a worktree that an
+        earlier session on the same repository allocated (the same plan run
+        again) is taken over: its allocation moves to this session, and
+        nothing in it is removed. It is refused with WorktreeInUse while the
+        other session's task runs in it, and always for a `worktree_allocate`
+        by hand (`take_over` false: corral cannot know whether the agent the
+        other allocation names is still at work there), so two agents never
         share a worktree.
         """
         held = [
@@ -577,18 +582,19 @@ class Engine:
         ]
         for other in held:
             owner = self.sessions.get(other.session_id)
-            if owner is not None and any(
+            running = owner is not None and any(
                 t.id == other.task_id for t in owner.scheduler.in_progress()
-            ):
-                raise errors.BranchCheckedOut(
-                    f"worktree {alloc.worktree_path} is in use by task {other.task_id}"
-                    f" of session {other.session_id}",
+            )
+            if running or not take_over:
+                raise errors.WorktreeInUse(
+                    f"worktree {alloc.worktree_path} is allocated to task {other.task_id}"
+                    f" of session {other.session_id}"
+                    + (", which is running there" if running else ""),
                     {
-                        "branch": alloc.branch,
-                        "path": alloc.worktree_path,
+                        "worktreePath": alloc.worktree_path,
                         "sessionId": other.session_id,
                         "taskId": other.task_id,
-                    },
+                    }
                 )
         owners = [self.sessions[o.session_id] for o in held if o.session_id in self.sessions]
         with self._change(state, *owners) as batch:
