@@ -1,7 +1,8 @@
 """The real agent CLIs: where they are installed, and how to point them at the scripted API.
 
 `python -m tests.real_cli.install` (run by .ci/run) installs them; a CLI that
-is not installed makes its tests skip with the reason.
+is not installed makes its tests skip with the reason. They take minutes, so
+a plain `python -m pytest` skips them; `-m real_cli` runs them (.ci/run does).
 """
 
 from __future__ import annotations
@@ -16,6 +17,16 @@ import pytest
 
 from tests.real_cli.install import bin_dirs, failure
 from tests.real_cli.scripted_api import ScriptedApi
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if "real_cli" in (config.option.markexpr or ""):
+        return
+    skip = pytest.mark.skip(reason="real agent CLIs: run with -m real_cli (.ci/run does)")
+    for item in items:
+        if item.get_closest_marker("real_cli") is not None:
+            item.add_marker(skip)
+
 
 #: agent type -> executable
 EXECUTABLES = {

@@ -594,7 +594,7 @@ class Engine:
                         "worktreePath": alloc.worktree_path,
                         "sessionId": other.session_id,
                         "taskId": other.task_id,
-                    }
+                    },
                 )
         owners = [self.sessions[o.session_id] for o in held if o.session_id in self.sessions]
         with self._change(state, *owners) as batch:
