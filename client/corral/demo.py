@@ -10,16 +10,16 @@ that task's edit, printing claude-style stream-json so tokens, cost and
 activity show in the live view. The plan is built to show, in one run:
 
 - parallel execution that respects dependencies, where dependent tasks read
-  their dependencies' files and fail without them (`greeting-en` and
-  `greeting-fr` need `scaffold`'s `app/version.py`; `changelog` needs the
-  docs, the index and the version): each task starts from the integration
-  branch, which holds every task integrated so far;
+  their dependencies' files and fail without them (`api-docs` needs
+  `scaffold`'s `app/version.py`; `changelog` needs the docs, the index and
+  the version): each task starts from the integration branch, which holds
+  every task integrated so far;
 - `search-index` killed by its memory limit on attempt 1 (it allocates
   ~300 MB against a 150 MB limit) and retried with success;
 - `api-docs` rate-limited on attempt 1 (a `rate_limit_event` that resets in
   3 s), parked without consuming a retry, then resumed;
-- `greeting-en` and `greeting-fr` adding different lines at the same place of
-  one file: the second to reach the integration queue conflicts, corral
+- `greeting-en` and `greeting-fr`, started together, adding different lines
+  at the same place of one file: the second to reach the queue conflicts, corral
   merges the integration branch into its worktree with the markers, and a
   new attempt of its agent (told so in its prompt) resolves them keeping both
   sides (the `agent` policy);
@@ -83,20 +83,18 @@ FILES: dict[str, str] = {
 TASKS: list[dict[str, Any]] = [
     {"id": "scaffold", "title": "Add a version module", "dependencies": []},
     {"id": "search-index", "title": "Build the search index", "priority": -1},
-    {"id": "api-docs", "title": "Write the API docs", "priority": -1},
-    {"id": "greeting-en", "title": "Add a British greeting", "dependencies": ["scaffold"]},
-    {
-        "id": "greeting-fr",
-        "title": "Greet in French",
-        "dependencies": ["scaffold"],
-        "priority": 1,
-    },
+    {"id": "api-docs", "title": "Write the API docs", "dependencies": ["scaffold"]},
+    # The conflicting pair starts first, together, from the same head: had one
+    # started after the other was integrated, it would hold its work (no conflict).
+    {"id": "greeting-en", "title": "Add a British greeting", "priority": -3},
+    {"id": "greeting-fr", "title": "Greet in French", "priority": -2},
     {"id": "config-timeout", "title": "Raise the timeout"},
     {"id": "config-retries", "title": "Retry more often"},
     {
         "id": "changelog",
         "title": "Write the changelog",
         "dependencies": [
+            "scaffold",
             "greeting-en",
             "greeting-fr",
             "config-timeout",
@@ -120,18 +118,15 @@ BEHAVIOUR: dict[str, list[dict[str, Any]]] = {
         {"write": {"data/index.txt": "greeting app/greeting.py\nconfig app/config.py\n"}},
     ],
     "api-docs": [
-        {"rate_limit": 3},
-        {"write": {"docs/api.md": "# API\n\n`greet(name, lang)` returns a greeting.\n"}},
-    ],
-    "greeting-en": [
-        {"require": ["app/version.py"], "insert": ["app/greeting.py", 2, '    "en-gb": "hiya",']}
-    ],
-    "greeting-fr": [
+        {"require": ["app/version.py"], "rate_limit": 3},
         {
             "require": ["app/version.py"],
-            "insert": ["app/greeting.py", 2, '    "fr": "bonjour",'],
-            "slow": 0.8,
+            "write": {"docs/api.md": "# API (0.2.0)\n\n`greet(name, lang)` returns a greeting.\n"},
         },
+    ],
+    "greeting-en": [{"insert": ["app/greeting.py", 2, '    "en-gb": "hiya",']}],
+    "greeting-fr": [
+        {"insert": ["app/greeting.py", 2, '    "fr": "bonjour",'], "slow": 0.8},
         {},  # the resolution attempt: its prompt lists the conflicting file
     ],
     "config-timeout": [
