@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -136,11 +137,14 @@ def main() -> None:
     args = ap.parse_args()
     enter_private_netns()
     tmp = Path(tempfile.mkdtemp(prefix="rb", dir="/tmp"))
-    with RayCluster(cpus_per_node=2) as cluster:
-        t0 = time.monotonic()
-        cluster.start(nodes=2)
-        print(f"two-node cluster up in {time.monotonic() - t0:.1f}s")
-        out = trio.run(main_async, args.runs, cluster.address, tmp)
+    try:
+        with RayCluster(cpus_per_node=2) as cluster:
+            t0 = time.monotonic()
+            cluster.start(nodes=2)
+            print(f"two-node cluster up in {time.monotonic() - t0:.1f}s")
+            out = trio.run(main_async, args.runs, cluster.address, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     lf, lw = out["local"]
     rf, rw = out["ray"]
     print(f"ray.init (the daemon connecting): {out['connect']:.2f}s, once per daemon")
