@@ -31,7 +31,9 @@ from tests.test_pool import agent_config, finished, wait_for
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-@pytest.fixture(autouse=True)
+# Module scope: autouse fixtures come first within their scope, so this skips
+# before the module's `cluster` fixture tries to start one.
+@pytest.fixture(autouse=True, scope="module")
 def only_when_asked(request: pytest.FixtureRequest) -> None:
     if "ray" not in (request.config.option.markexpr or ""):
         pytest.skip("Ray cluster tests: run with -m ray")

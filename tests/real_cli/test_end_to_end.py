@@ -77,7 +77,7 @@ def test_three_task_plan_with_the_real_cli(
         cli = Cli(capsys, d.socket)
         code, out, err = cli("run", str(plan), "--repo", str(repo), "--agent", agent_type, "--json")
         summary = json.loads(out)
-        assert code == 0 and summary["ok"], (summary, err)
+        assert code == 0 and summary["ok"], json.dumps(summary, indent=1) + err
         sid = summary["sessionId"]
         with d.client() as c:
             agents = c.parallel_list_agents(session_id=sid)

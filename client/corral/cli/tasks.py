@@ -44,23 +44,21 @@ def cmd_add(args: argparse.Namespace, out: Out) -> int:
     from corral.plan import slugify
 
     task_id = args.id or slugify(args.title)
-    try:
+    try:  # the same checks the daemon makes, so a bad argument is a usage error (exit 2)
         check_task_id(task_id)
-    except ValueError as exc:
+        spec = TaskSpec(
+            id=task_id,
+            title=args.title,
+            description=args.desc,
+            priority=args.priority,
+            dependencies=args.after,
+            agent_type=args.agent,
+            paths=args.paths,
+        )
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise UsageError(str(exc)) from None
     with connect(args) as c:
-        task = c.parallel_add_task(
-            session_id=args.session,
-            task=TaskSpec(
-                id=task_id,
-                title=args.title,
-                description=args.desc,
-                priority=args.priority,
-                dependencies=args.after,
-                agent_type=args.agent,
-                paths=args.paths,
-            ),
-        )
+        task = c.parallel_add_task(session_id=args.session, task=spec)
     if out.as_json:
         out.data(task)
     else:
