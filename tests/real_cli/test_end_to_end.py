@@ -30,6 +30,9 @@ TEST_COMMAND = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", 
 
 def plan_text(agent_type: str) -> str:
     out = f'[config]\nmaxRetries = 0\nmodel = "{MODELS[agent_type]}"\n'
+    # A real CLI (node) starting up can average over 50 % of a core for the
+    # whole 10 s window, so the default per-agent CPU limit would end it.
+    out += "[config.resourceLimits]\nmaxCpuPerAgent = 400.0\n"
     for task in TASKS:
         script = {"file": f"{task}.txt", "content": f"work of {task}\n", "test": TEST_COMMAND}
         out += (
