@@ -356,13 +356,6 @@ class Store:
             "DELETE FROM allocations WHERE session_id = ? AND task_id = ?", (session_id, task_id)
         )
 
-    def allocation_holder(self, worktree_path: str) -> tuple[str, str] | None:
-        """(session id, task id) of the allocation of `worktree_path`, if there is one."""
-        row = self.db.execute(
-            "SELECT session_id, task_id FROM allocations WHERE worktree_path = ?", (worktree_path,)
-        ).fetchone()
-        return None if row is None else (str(row[0]), str(row[1]))
-
     def allocations(self, session_id: str | None = None) -> list[WorktreeAllocation]:
         if session_id is None:
             rows = self.db.execute("SELECT data FROM allocations ORDER BY rowid")
