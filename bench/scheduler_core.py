@@ -27,8 +27,9 @@ from typing import Any
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / d) for d in ("daemon", "client")]
 
-from corral.models import SchedulerConfig, Strategy, Task, TaskSpec, TaskState  # noqa: E402
+from corral.models import SchedulerConfig, Strategy, TaskSpec, TaskState  # noqa: E402
 from corrald.core.scheduler import Scheduler  # noqa: E402
+from corrald.core.taskrow import TaskRow  # noqa: E402
 
 
 def _pct(samples: list[float], q: float) -> float:
@@ -62,7 +63,7 @@ def _session(strategy: Strategy, ready: int, seed: int = 7) -> Scheduler:
     return s
 
 
-def _naive_key(s: Scheduler, strategy: Strategy) -> Callable[[Task], tuple[int, ...]]:
+def _naive_key(s: Scheduler, strategy: Strategy) -> Callable[[TaskRow], tuple[int, ...]]:
     index = {t.id: i for i, t in enumerate(s.tasks())}
     if strategy is Strategy.PRIORITY:
         return lambda t: (t.priority, index[t.id])

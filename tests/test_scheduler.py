@@ -32,6 +32,7 @@ from corral.models import (
     TaskState,
 )
 from corrald.core.scheduler import Scheduler
+from corrald.core.taskrow import TaskRow
 
 S = TaskState
 SATISFIED = {S.COMPLETED, S.SKIPPED}
@@ -53,7 +54,7 @@ def statuses(s: Scheduler) -> dict[str, TaskState]:
     return {t.id: t.state for t in s.tasks()}
 
 
-def run_one(s: Scheduler, now: float = 0.0) -> Task:
+def run_one(s: Scheduler, now: float = 0.0) -> TaskRow:
     """Start whatever the strategy picks; the test fails if nothing is startable."""
     task = s.next_task(now)
     assert task is not None
@@ -63,7 +64,7 @@ def run_one(s: Scheduler, now: float = 0.0) -> Task:
 # --- reference ordering, written out from DESIGN.md ---------------------------
 
 
-def remaining_dependents(tasks: list[Task], tid: str) -> int:
+def remaining_dependents(tasks: list[TaskRow], tid: str) -> int:
     """Distinct non-terminal tasks that transitively depend on ``tid`` (plain BFS)."""
     children: dict[str, list[str]] = {t.id: [] for t in tasks}
     for t in tasks:
@@ -80,11 +81,11 @@ def remaining_dependents(tasks: list[Task], tid: str) -> int:
     return sum(1 for c in seen if by_id[c].state not in TERMINAL_TASK_STATES)
 
 
-def reference_pick(tasks: list[Task], strategy: Strategy) -> str:
+def reference_pick(tasks: list[TaskRow], strategy: Strategy) -> str:
     """The id the strategy must start, by a naive scan; ``tasks`` in insertion order."""
     index = {t.id: i for i, t in enumerate(tasks)}
     ready = [t for t in tasks if t.state is S.READY]
-    key: Callable[[Task], tuple[int, ...]]
+    key: Callable[[TaskRow], tuple[int, ...]]
     if strategy is Strategy.PRIORITY:
         key = lambda t: (t.priority, index[t.id])  # noqa: E731
     elif strategy in (Strategy.FIFO, Strategy.SEQUENTIAL):
@@ -157,7 +158,7 @@ def simulate(
         step += 1
         assert step < 20_000, "no progress"
         if restore_at is not None and step == restore_at:
-            copies = [t.model_copy(deep=True) for t in s.tasks()]
+            copies = [Task.model_validate_json(t.json()) for t in s.tasks()]
             aborted = s.aborted
             s = Scheduler(cfg, copies)
             s.aborted = aborted
@@ -235,7 +236,7 @@ def check_final(s: Scheduler, cfg: SchedulerConfig) -> None:
     assert counts == {st_: sum(1 for t in tasks.values() if t.state is st_) for st_ in S}
 
 
-def reaches(tasks: dict[str, Task], start: str, target: str) -> bool:
+def reaches(tasks: dict[str, TaskRow], start: str, target: str) -> bool:
     """Does ``start`` transitively depend on ``target``?"""
     stack, seen = list(tasks[start].dependencies), set()
     while stack:
@@ -321,9 +322,7 @@ def test_same_inputs_same_schedule_even_across_a_restore(d: dict[str, Any], when
     c = simulate(first, late, cfg, d["seed"], restore_at=when, **kw)
     assert a.log == b.log == c.log
     assert a.scheduler is not None and c.scheduler is not None
-    assert [t.model_dump() for t in a.scheduler.tasks()] == [
-        t.model_dump() for t in c.scheduler.tasks()
-    ]
+    assert [t.json() for t in a.scheduler.tasks()] == [t.json() for t in c.scheduler.tasks()]
 
 
 # --- adding: validation --------------------------------------------------------
@@ -393,7 +392,7 @@ def test_new_tasks_start_ready_pending_or_blocked() -> None:
 def test_duplicate_dependency_entries_count_once() -> None:
     s = Scheduler(config())
     s.add_tasks([spec("a"), spec("b", "a", "a")], 0)
-    assert s.get("b").dependencies == ["a"]
+    assert s.get("b").dependencies == ("a",)
     run_one(s)
     assert [t.id for t in s.complete("a", 1)] == ["a", "b"]
 
@@ -727,7 +726,7 @@ def test_restore_rebuilds_indexes_from_persisted_tasks() -> None:
     run_one(s)
     s.complete("a", 1)
     s.fail(s.in_progress()[0].id, 2, "boom")
-    persisted = [Task.model_validate(t.to_wire()) for t in s.tasks()]
+    persisted = [Task.model_validate_json(t.json()) for t in s.tasks()]
     # A crash between writes could leave a pending task whose deps are all done.
     persisted[1].state = S.PENDING
     r = Scheduler(config(max_parallel=5), persisted)

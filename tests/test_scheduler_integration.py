@@ -13,6 +13,7 @@ from corral.models import (
     IntegrationStatus,
     SchedulerConfig,
     Strategy,
+    Task,
     TaskSpec,
 )
 from corral.models import TaskState as S
@@ -80,7 +81,7 @@ def test_a_conflict_goes_back_to_the_agent_without_spending_a_retry() -> None:
         S.READY,
         "conflict",
         IntegrationStatus.CONFLICT,
-        ["x.txt"],
+        ("x.txt",),
     )
     s.start("a", 3, "resolver-1")
     assert (s.get("a").attempts, s.get("a").integration_attempts) == (1, 1)
@@ -134,7 +135,7 @@ def test_gating_survives_a_restart_as_queued() -> None:
     s.add_tasks([spec("a"), spec("b", "a")], 0)
     run(s, "a")
     s.gating(["a"])
-    restored = Scheduler(s.config, [t.model_copy() for t in s.tasks()])
+    restored = Scheduler(s.config, [Task.model_validate_json(t.json()) for t in s.tasks()])
     a = restored.get("a")
     assert a.integration_status is IntegrationStatus.QUEUED
     assert [t.id for t in restored.awaiting_integration()] == ["a"]

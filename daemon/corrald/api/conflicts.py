@@ -8,7 +8,6 @@ from corral.models import (
     ConflictSummary,
     MergeConflict,
     MergeReport,
-    Task,
     TaskState,
 )
 from corral.params import (
@@ -23,6 +22,7 @@ from corral.params import (
 from corrald.api.context import Call, methods
 from corrald.core import conflicts as conflict_rules
 from corrald.core.graph import merge_order
+from corrald.core.taskrow import TaskRow
 from corrald.git import worktrees
 from corrald.git.merge import detect, queue, resolve
 from corrald.state.engine import SessionState
@@ -37,7 +37,7 @@ _WITH_WORK = (
 )
 
 
-def _task_branches(state: SessionState, statuses: tuple[TaskState, ...]) -> list[Task]:
+def _task_branches(state: SessionState, statuses: tuple[TaskState, ...]) -> list[TaskRow]:
     return [t for t in state.scheduler.tasks() if t.branch and t.state in statuses]
 
 

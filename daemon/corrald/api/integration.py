@@ -7,6 +7,7 @@ from corral.params import SessionParams, TaskRef
 from corrald.api.context import Call, methods
 from corrald.core.graph import merge_order
 from corrald.git.merge import integrate
+from corrald.rpc.dispatch import Encoded
 
 
 @methods.method()
@@ -47,7 +48,7 @@ async def integration_status(call: Call, p: SessionParams) -> IntegrationReport:
                 ParkedTask(
                     task_id=task.id,
                     integration_status=status,
-                    files=task.conflict_files,
+                    files=list(task.conflict_files),
                     error=task.integration_error,
                 )
             )
@@ -59,7 +60,7 @@ async def integration_status(call: Call, p: SessionParams) -> IntegrationReport:
 
 
 @methods.method()
-async def task_integrate(call: Call, p: TaskRef) -> Task:
+async def task_integrate(call: Call, p: TaskRef) -> Encoded[Task]:
     """Put a parked task back into the integration queue, after a person fixed it.
 
     A task parks (policy `manual`) when its branch conflicts with the
@@ -70,4 +71,4 @@ async def task_integrate(call: Call, p: TaskRef) -> Task:
     """
     state = call.session(p.session_id)
     call.engine.task_integrate(state.id, p.task_id)
-    return state.scheduler.get(p.task_id)
+    return Encoded[Task](state.scheduler.get(p.task_id).json())

@@ -19,13 +19,13 @@ from corral.models import (
     MergeItem,
     MergeStatus,
     SessionStatus,
-    Task,
     TaskState,
 )
 from corral.params import AutoMergeParams, MergeableParams, MergeWithAiParams, PathParams
 from corrald.api.conflicts import _target
 from corrald.api.context import Call, methods
 from corrald.core.graph import merge_order
+from corrald.core.taskrow import TaskRow
 from corrald.git import worktrees
 from corrald.git.merge import integrate, queue
 from corrald.git.repo import init_repository, is_repository
@@ -50,7 +50,7 @@ async def git_init_repository(call: Call, p: PathParams) -> str:
     return await init_repository(p.path)
 
 
-def _mergeable(state: SessionState) -> list[Task]:
+def _mergeable(state: SessionState) -> list[TaskRow]:
     """Completed tasks whose branch can land: integrated ones with integration on."""
     done = [t for t in state.scheduler.tasks(TaskState.COMPLETED) if t.branch]
     if state.session.config.integrate:
@@ -85,7 +85,7 @@ def _agent_policy(state: SessionState) -> bool:
 
 
 async def _to_agent(
-    call: Call, state: SessionState, task: Task, target: str, files: list[str]
+    call: Call, state: SessionState, task: TaskRow, target: str, files: list[str]
 ) -> list[str]:
     """Hand a completed task's landing conflict to an agent; the files left with markers.
 
@@ -116,7 +116,7 @@ def _who(state: SessionState) -> str:
 
 
 async def _tidy(
-    call: Call, state: SessionState, task: Task, target: str, item: AutoMergeItem, delete: bool
+    call: Call, state: SessionState, task: TaskRow, target: str, item: AutoMergeItem, delete: bool
 ) -> None:
     """After a landing: remove a clean worktree and/or a merged branch, as asked.
 
@@ -299,7 +299,7 @@ async def merge_branch_with_ai(call: Call, p: MergeWithAiParams) -> MergeBranchR
     return result
 
 
-def _task_for(state: SessionState, task_id: str | None, branch: str) -> Task | None:
+def _task_for(state: SessionState, task_id: str | None, branch: str) -> TaskRow | None:
     if task_id is not None:
         try:
             return state.scheduler.get(task_id)

@@ -24,11 +24,12 @@ from corral.params import (
     TaskRef,
 )
 from corrald.api.context import Call, methods
+from corrald.rpc.dispatch import Encoded, encode_items
 from corrald.state.engine import SessionState
 
 
 @methods.method()
-async def parallel_add_task(call: Call, p: AddTaskParams) -> Task:
+async def parallel_add_task(call: Call, p: AddTaskParams) -> Encoded[Task]:
     """Add one task to a session: the seed's `{task}`, or corral's flat form.
 
     Params: `task` (the seed's Task: `id`, `title`, `description`, `status`,
@@ -43,11 +44,11 @@ async def parallel_add_task(call: Call, p: AddTaskParams) -> Task:
     Errors: 1004 UnknownDependency, 1006 DuplicateTaskId, -32602 for an
     invalid id (ids match [A-Za-z0-9][A-Za-z0-9._-]{0,63}, no '..').
     """
-    return call.engine.add_tasks(p.session_id, [p.task])[0]
+    return Encoded[Task](call.engine.add_tasks(p.session_id, [p.task])[0].json())
 
 
 @methods.method()
-async def parallel_add_tasks(call: Call, p: AddTasksParams) -> list[Task]:
+async def parallel_add_tasks(call: Call, p: AddTasksParams) -> Encoded[list[Task]]:
     """Add a batch of tasks (`tasks`: seed Tasks or corral's TaskSpecs), all or nothing.
 
     Each task is read as in `parallel_add_task` (echoed read-only fields
@@ -56,11 +57,11 @@ async def parallel_add_tasks(call: Call, p: AddTasksParams) -> list[Task]:
     dependencies (1004, `data.missing`) and cycles (1005, `data.cycle` lists the
     cycle in order) reject the batch and nothing of it is kept.
     """
-    return call.engine.add_tasks(p.session_id, p.tasks)
+    return await encode_items(call.engine.add_tasks(p.session_id, p.tasks))
 
 
 @methods.method()
-async def parallel_list_tasks(call: Call, p: ListTasksParams) -> list[Task]:
+async def parallel_list_tasks(call: Call, p: ListTasksParams) -> Encoded[list[Task]]:
     """List a session's tasks in insertion order, optionally only one `state` or seed `status`.
 
     `state` is corral's own (pending, ready, in_progress, retry_wait,
@@ -72,13 +73,14 @@ async def parallel_list_tasks(call: Call, p: ListTasksParams) -> list[Task]:
     `limit` is the last. Without either, every task comes in one answer.
     Errors: 1003 TaskNotFound (a `cursor` that names no task).
     """
-    return call.engine.list_tasks(p.session_id, p.state, p.status, limit=p.limit, cursor=p.cursor)
+    tasks = call.engine.list_tasks(p.session_id, p.state, p.status, limit=p.limit, cursor=p.cursor)
+    return await encode_items(tasks)
 
 
 @methods.method()
-async def parallel_get_task(call: Call, p: TaskRef) -> Task:
+async def parallel_get_task(call: Call, p: TaskRef) -> Encoded[Task]:
     """Return one task. Errors: 1003 TaskNotFound."""
-    return call.engine.get_task(p.session_id, p.task_id)
+    return Encoded[Task](call.engine.get_task(p.session_id, p.task_id).json())
 
 
 async def _stop_agent_of(call: Call, state: SessionState, task_id: str) -> None:
@@ -92,7 +94,7 @@ async def _stop_agent_of(call: Call, state: SessionState, task_id: str) -> None:
 
 
 @methods.method()
-async def parallel_complete_task(call: Call, p: CompleteParams) -> list[Task]:
+async def parallel_complete_task(call: Call, p: CompleteParams) -> Encoded[list[Task]]:
     """Mark an in-progress task completed (for work finished elsewhere).
 
     If corral's own agent is still running on the task, that agent is
@@ -105,11 +107,11 @@ async def parallel_complete_task(call: Call, p: CompleteParams) -> list[Task]:
     state = call.session(p.session_id)
     changed = call.engine.complete_task(state.id, p.task_id, p.actual_tokens)
     await _stop_agent_of(call, state, p.task_id)
-    return changed
+    return await encode_items(changed)
 
 
 @methods.method()
-async def parallel_fail_task(call: Call, p: FailParams) -> list[Task]:
+async def parallel_fail_task(call: Call, p: FailParams) -> Encoded[list[Task]]:
     """Report an in-progress task as failed (`error`); the session's errorStrategy decides.
 
     retry: `retry_wait` with backoff while retries remain, else `failed` and
@@ -122,7 +124,7 @@ async def parallel_fail_task(call: Call, p: FailParams) -> list[Task]:
     state = call.session(p.session_id)
     changed = call.engine.fail_task(state.id, p.task_id, p.error, p.error_category)
     await _stop_agent_of(call, state, p.task_id)
-    return changed
+    return await encode_items(changed)
 
 
 @methods.method()
@@ -162,7 +164,7 @@ async def parallel_handle_agent_result(call: Call, p: AgentResultParams) -> Agen
 
 
 @methods.method()
-async def parallel_cancel_task(call: Call, p: TaskRef) -> list[Task]:
+async def parallel_cancel_task(call: Call, p: TaskRef) -> Encoded[list[Task]]:
     """Cancel a task (stopping its agent if one runs); its dependents become blocked.
 
     Errors: 1003, 1008 when the task already ended.
@@ -172,17 +174,17 @@ async def parallel_cancel_task(call: Call, p: TaskRef) -> list[Task]:
     if call.pool.stop(state, p.task_id, cancel=True):
         await call.pool.wait_stopped(state, p.task_id)
         blocked = [t for t in state.scheduler.tasks(TaskState.BLOCKED) if t.blocked_by == p.task_id]
-        return [state.scheduler.get(p.task_id), *blocked]
+        return await encode_items([state.scheduler.get(p.task_id), *blocked])
     if task.state.terminal:
         raise errors.InvalidStateTransition(
             f"task {p.task_id} already ended ({task.state.value})",
             {"taskId": p.task_id, "from": task.state.value, "to": "cancelled"},
         )
-    return call.engine.cancel_task(state.id, p.task_id)
+    return await encode_items(call.engine.cancel_task(state.id, p.task_id))
 
 
 @methods.method()
-async def parallel_retry_task(call: Call, p: TaskRef) -> list[Task]:
+async def parallel_retry_task(call: Call, p: TaskRef) -> Encoded[list[Task]]:
     """Run a failed, cancelled or blocked task again, with a fresh retry budget.
 
     Its worktree and branch are kept. Every dependent it blocked comes back
@@ -190,7 +192,7 @@ async def parallel_retry_task(call: Call, p: TaskRef) -> list[Task]:
     status changed. Errors: 1003, 1008 (the task has not ended, or a
     dependency of it is still failed: `data.blockedBy`).
     """
-    return call.engine.retry_task(p.session_id, p.task_id)
+    return await encode_items(call.engine.retry_task(p.session_id, p.task_id))
 
 
 @methods.method()
@@ -222,11 +224,11 @@ async def parallel_start_next(call: Call, p: SessionParams) -> Assignment:
     (no slot, nothing ready, resource limits). Errors: 1011 SessionAborted.
     """
     task, agent, reason = await call.pool.schedule_next(call.session(p.session_id))
-    return Assignment(task=task, agent=agent, reason=reason or None)
+    return Assignment(task=task and task.model(), agent=agent, reason=reason or None)
 
 
 @methods.method()
-async def parallel_stop_all(call: Call, p: SessionParams) -> list[Task]:
+async def parallel_stop_all(call: Call, p: SessionParams) -> Encoded[list[Task]]:
     """Stop every running agent of the session, and pause it if it was running.
 
     Their tasks return to `ready` without consuming a retry and keep their
@@ -241,7 +243,9 @@ async def parallel_stop_all(call: Call, p: SessionParams) -> list[Task]:
     stopped = call.pool.stop(state, cancel=False)
     await call.pool.wait_stopped(state)
     after = [state.scheduler.get(run.task_id) for run in stopped]
-    return [t for t in after if not t.state.terminal and t.state is not TaskState.IN_PROGRESS]
+    return await encode_items(
+        [t for t in after if not t.state.terminal and t.state is not TaskState.IN_PROGRESS]
+    )
 
 
 @methods.method()

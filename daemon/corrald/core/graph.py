@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from corral import errors
-from corral.models import Task
 
 H = TypeVar("H", bound=Hashable)
 
@@ -42,7 +41,21 @@ def topological_order(
     return order
 
 
-def merge_order(tasks: Sequence[Task]) -> list[Task]:
+class _Queued(Protocol):
+    """What the merge order reads of a task (a `Task` model or a `TaskRow`)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def dependencies(self) -> Sequence[str]: ...
+    @property
+    def priority(self) -> int: ...
+
+
+Q = TypeVar("Q", bound=_Queued)
+
+
+def merge_order(tasks: Sequence[Q]) -> list[Q]:
     """Tasks in dependency order, ties by priority then insertion (the merge queue's order)."""
     by_id = {t.id: t for t in tasks}
     position = {t.id: i for i, t in enumerate(tasks)}

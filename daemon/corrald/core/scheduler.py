@@ -4,9 +4,9 @@ Pure, synchronous and deterministic: no I/O, no trio, no clock. Time comes in
 as ``now`` (seconds, any epoch) so the daemon, the tests and the benchmark all
 drive the same code. One `Scheduler` per session.
 
-The `Task` models are the state: they are mutated in place and every mutating
-method returns the tasks whose state changed, so the caller persists exactly
-those. Everything else here is a derived index rebuilt by ``__init__`` from
+The tasks are the state, kept as compact `TaskRow`s: they are mutated in place
+and every mutating method returns the tasks whose state changed, so the caller
+persists exactly those. Everything else here is a derived index rebuilt by ``__init__`` from
 persisted tasks.
 
 Cost model (benchmarked in ``bench/scheduler_core.py``):
@@ -50,6 +50,7 @@ from corral.models import (
 )
 from corrald.core.graph import batch_order, topological_order
 from corrald.core.paths import any_overlap
+from corrald.core.taskrow import TaskRow
 
 H = TypeVar("H", bound=Hashable)
 
@@ -80,7 +81,7 @@ class _Node:
 
     __slots__ = ("dependents", "deps", "ndeps", "seq", "task", "unmet", "ver")
 
-    def __init__(self, task: Task, seq: int) -> None:
+    def __init__(self, task: TaskRow, seq: int) -> None:
         self.task = task
         self.seq = seq  # insertion order
         self.deps: tuple[_Node, ...] = ()
@@ -108,7 +109,11 @@ class Scheduler:
     """
 
     def __init__(
-        self, config: SchedulerConfig, tasks: Iterable[Task] = (), *, aborted: bool = False
+        self,
+        config: SchedulerConfig,
+        tasks: Iterable[Task | TaskRow] = (),
+        *,
+        aborted: bool = False,
     ) -> None:
         """Restore from persisted tasks (their order is the insertion order).
 
@@ -120,6 +125,7 @@ class Scheduler:
         self.config = config
         self.aborted = aborted
         self._nodes: dict[str, _Node] = {}
+        self._rows: list[TaskRow] = []  # every task in insertion order: row i has seq i
         self._count: dict[TaskState, int] = dict.fromkeys(TaskState, 0)
         self._running: dict[str, _Node] = {}  # in_progress, an ordered set
         self._heap: list[_ReadyEntry] = []
@@ -131,7 +137,8 @@ class Scheduler:
         self.held_for_paths = 0  # ready tasks the last pick passed over for overlapping paths
 
         restored: list[_Node] = []
-        for task in tasks:
+        for item in tasks:
+            task = TaskRow.of(item) if isinstance(item, Task) else item
             if task.id in self._nodes:
                 raise errors.DuplicateTaskId(
                     f"duplicate task id {task.id!r} in restored tasks", data={"ids": [task.id]}
@@ -158,24 +165,21 @@ class Scheduler:
 
     # --- queries -------------------------------------------------------------
 
-    def get(self, task_id: str) -> Task:
+    def get(self, task_id: str) -> TaskRow:
         """The task with this id; `errors.TaskNotFound` if there is none."""
         return self._node(task_id).task
 
-    def tasks(self, status: TaskState | None = None) -> list[Task]:
+    def tasks(self, status: TaskState | None = None) -> list[TaskRow]:
         """All tasks (or those in one status) in insertion order."""
         if status is None:
-            return [n.task for n in self._nodes.values()]
-        return [n.task for n in self._nodes.values() if n.task.state is status]
+            return self._rows.copy()
+        return [t for t in self._rows if t.state is status]
 
-    def tasks_after(self, task_id: str | None) -> Iterator[Task]:
+    def tasks_after(self, task_id: str | None) -> Iterator[TaskRow]:
         """Tasks in insertion order, from the one after `task_id` (from the first if None);
         `errors.TaskNotFound` if there is no such task."""
-        nodes = iter(self._nodes.values())
-        if task_id is not None:
-            seq = self._node(task_id).seq
-            nodes = itertools.dropwhile(lambda n: n.seq <= seq, nodes)
-        return (n.task for n in nodes)
+        start = 0 if task_id is None else self._node(task_id).seq + 1
+        return itertools.islice(self._rows, start, None)
 
     def counts(self) -> dict[TaskState, int]:
         """Number of tasks per status (every status present), kept incrementally."""
@@ -194,7 +198,7 @@ class Scheduler:
             and any(any_overlap(n.task.paths, b) for b in busy)
         )
 
-    def in_progress(self) -> list[Task]:
+    def in_progress(self) -> list[TaskRow]:
         """Running tasks in insertion order."""
         return [n.task for n in sorted(self._running.values(), key=_seq)]
 
@@ -224,7 +228,7 @@ class Scheduler:
         moving = sum(self._count[s] for s in _MOVING)
         return moving == 0 and not self._awaiting
 
-    def awaiting_integration(self) -> list[Task]:
+    def awaiting_integration(self) -> list[TaskRow]:
         """Completed tasks queued for (or being gated into) the integration branch."""
         return [
             self._nodes[i].task for i in sorted(self._awaiting, key=lambda i: self._nodes[i].seq)
@@ -234,7 +238,7 @@ class Scheduler:
         """True when the task lets its dependents start."""
         return self._satisfies(self._node(task_id).task)
 
-    def _satisfies(self, task: Task) -> bool:
+    def _satisfies(self, task: TaskRow) -> bool:
         """Skipped, or completed and (with integration on) integrated."""
         if task.state is TaskState.SKIPPED:
             return True
@@ -259,7 +263,7 @@ class Scheduler:
 
     # --- adding --------------------------------------------------------------
 
-    def add_tasks(self, specs: Sequence[TaskSpec], now: float) -> list[Task]:
+    def add_tasks(self, specs: Sequence[TaskSpec], now: float) -> list[TaskRow]:
         """Validate a whole batch, then add it; return the new tasks in batch order.
 
         Rejected with nothing kept: `errors.DuplicateTaskId` (``ids``),
@@ -322,15 +326,15 @@ class Scheduler:
         added: list[_Node] = []
         for spec in specs:
             sid = spec.id
-            task = Task(
-                id=sid,
-                title=spec.title,
+            task = TaskRow(
+                sid,
+                spec.title,
                 description=spec.description,
                 priority=spec.priority,
-                dependencies=list(deps[sid]),
+                dependencies=deps[sid],
                 estimated_tokens=spec.estimated_tokens,
                 agent_type=spec.agent_type,
-                paths=list(spec.paths),
+                paths=tuple(spec.paths),
                 state=status[sid],
             )
             if sid in blocked_by:
@@ -355,7 +359,7 @@ class Scheduler:
 
     # --- choosing and starting -----------------------------------------------
 
-    def next_task(self, now: float) -> Task | None:
+    def next_task(self, now: float) -> TaskRow | None:
         """The task the strategy would start now, or None.
 
         None when the session is aborted, every slot is taken (``maxParallel``,
@@ -370,7 +374,7 @@ class Scheduler:
         node = self._peek_free()
         return node.task if node is not None else None
 
-    def start(self, task_id: str, now: float, agent_id: str | None = None) -> Task:
+    def start(self, task_id: str, now: float, agent_id: str | None = None) -> TaskRow:
         """``ready`` -> ``in_progress``: one more attempt, assigned to ``agent_id``.
 
         Any ready task may be started (``parallel_schedule_next`` by hand), but
@@ -397,7 +401,7 @@ class Scheduler:
 
     # --- results -------------------------------------------------------------
 
-    def complete(self, task_id: str, now: float, actual_tokens: int | None = None) -> list[Task]:
+    def complete(self, task_id: str, now: float, actual_tokens: int | None = None) -> list[TaskRow]:
         """``in_progress`` -> ``completed``; returns it and the dependents now ready."""
         node = self._expect(task_id, TaskState.COMPLETED, TaskState.IN_PROGRESS)
         task = node.task
@@ -420,7 +424,7 @@ class Scheduler:
 
     # --- integration ---------------------------------------------------------
 
-    def gating(self, task_ids: Sequence[str]) -> list[Task]:
+    def gating(self, task_ids: Sequence[str]) -> list[TaskRow]:
         """Queued tasks whose merged batch is being gated."""
         changed = []
         for task_id in task_ids:
@@ -429,7 +433,7 @@ class Scheduler:
             changed.append(task)
         return changed
 
-    def requeued_for_integration(self, task_ids: Sequence[str]) -> list[Task]:
+    def requeued_for_integration(self, task_ids: Sequence[str]) -> list[TaskRow]:
         """Back to queued (a batch that could not finish: gate again later)."""
         changed = []
         for task_id in task_ids:
@@ -438,11 +442,11 @@ class Scheduler:
             changed.append(task)
         return changed
 
-    def integrated(self, task_id: str) -> list[Task]:
+    def integrated(self, task_id: str) -> list[TaskRow]:
         """The task's work is in the integration branch: its dependents may start."""
         task = self._expect_awaiting(task_id)
         task.integration_status = IntegrationStatus.INTEGRATED
-        task.conflict_files = []
+        task.conflict_files = ()
         task.integration_error = None
         self._awaiting.discard(task_id)
         return [task, *self._satisfied(self._nodes[task_id])]
@@ -455,7 +459,7 @@ class Scheduler:
         gate: bool,
         files: Sequence[str] = (),
         error: str | None = None,
-    ) -> list[Task]:
+    ) -> list[TaskRow]:
         """The branch conflicts with the integration head (or fails the gate): apply the policy.
 
         `agent`/`resolver`: while `integrationAttempts < maxIntegrationAttempts`
@@ -470,7 +474,7 @@ class Scheduler:
         task.integration_status = (
             IntegrationStatus.GATE_FAILED if gate else IntegrationStatus.CONFLICT
         )
-        task.conflict_files = list(files)
+        task.conflict_files = tuple(files)
         task.integration_error = error
         self._awaiting.discard(task_id)
         if policy is IntegrationPolicy.MANUAL:
@@ -491,7 +495,7 @@ class Scheduler:
         self._set_state(node, TaskState.READY)
         return [task]
 
-    def reopen_to_resolve(self, task_id: str, files: Sequence[str], error: str) -> list[Task]:
+    def reopen_to_resolve(self, task_id: str, files: Sequence[str], error: str) -> list[TaskRow]:
         """A completed task's branch conflicts with a landing target: an agent resolves it.
 
         ``completed`` -> ``ready`` with `resolving = "conflict"` (the caller has
@@ -506,7 +510,7 @@ class Scheduler:
                 dnode.unmet += 1
         self._awaiting.discard(task_id)
         task.resolving = "conflict"
-        task.conflict_files = list(files)
+        task.conflict_files = tuple(files)
         task.integration_error = error
         task.integration_status = None
         task.assigned_agent = None
@@ -514,7 +518,7 @@ class Scheduler:
         self._set_state(node, TaskState.READY)
         return [task]
 
-    def requeue_parked(self, task_id: str) -> list[Task]:
+    def requeue_parked(self, task_id: str) -> list[TaskRow]:
         """A parked task (policy manual) goes back into the integration queue."""
         node = self._node(task_id)
         task = node.task
@@ -536,7 +540,7 @@ class Scheduler:
         self._awaiting.add(task_id)
         return [task]
 
-    def _expect_awaiting(self, task_id: str) -> Task:
+    def _expect_awaiting(self, task_id: str) -> TaskRow:
         node = self._node(task_id)
         if task_id not in self._awaiting:
             raise errors.InvalidStateTransition(
@@ -551,7 +555,7 @@ class Scheduler:
         now: float,
         error: str,
         category: ErrorCategory = ErrorCategory.UNKNOWN,
-    ) -> list[Task]:
+    ) -> list[TaskRow]:
         """An attempt failed; apply ``errorStrategy``; return every changed task.
 
         retry: back off in ``retry_wait`` while ``attempts <= maxRetries``
@@ -587,7 +591,7 @@ class Scheduler:
         self._set_state(node, TaskState.FAILED)
         return [task, *self._block_dependents(node)]
 
-    def rate_limited(self, task_id: str, now: float, reset_at: float | None) -> list[Task]:
+    def rate_limited(self, task_id: str, now: float, reset_at: float | None) -> list[TaskRow]:
         """Park a rate-limited attempt until ``reset_at`` without consuming a retry.
 
         Without a reset time the wait is the backoff for the number of rate
@@ -610,7 +614,7 @@ class Scheduler:
         self._set_state(node, TaskState.RATE_LIMITED)
         return [task]
 
-    def requeue(self, task_id: str) -> Task:
+    def requeue(self, task_id: str) -> TaskRow:
         """``in_progress`` -> ``ready`` without consuming a retry.
 
         Branch and worktree are kept so the next attempt continues the work.
@@ -624,7 +628,7 @@ class Scheduler:
         self._set_state(node, TaskState.READY if node.unmet == 0 else TaskState.PENDING)
         return task
 
-    def cancel(self, task_id: str, now: float) -> list[Task]:
+    def cancel(self, task_id: str, now: float) -> list[TaskRow]:
         """Any non-terminal task -> ``cancelled``; its transitive dependents -> ``blocked``.
 
         A running task's agent is the caller's to stop.
@@ -640,7 +644,7 @@ class Scheduler:
         self._set_state(node, TaskState.CANCELLED)
         return [task, *self._block_dependents(node)]
 
-    def retry(self, task_id: str) -> list[Task]:
+    def retry(self, task_id: str) -> list[TaskRow]:
         """Manual retry of a ``failed``, ``cancelled`` or ``blocked`` task.
 
         The task gets a fresh retry budget (``attempts`` 0) and becomes ready
@@ -677,9 +681,9 @@ class Scheduler:
                 changed.append(dnode.task)
         return changed
 
-    def promote_due(self, now: float) -> list[Task]:
+    def promote_due(self, now: float) -> list[TaskRow]:
         """Tasks parked until ``retry_at <= now`` become ready (pending if deps unmet)."""
-        promoted: list[Task] = []
+        promoted: list[TaskRow] = []
         wait = self._wait
         while wait and wait[0][0] <= now:
             entry = heapq.heappop(wait)
@@ -704,10 +708,11 @@ class Scheduler:
     def _limit(self) -> int:
         return 1 if self.config.strategy is Strategy.SEQUENTIAL else self.config.max_parallel
 
-    def _register(self, task: Task) -> _Node:
+    def _register(self, task: TaskRow) -> _Node:
         """Index a task under its current status (dependencies are wired by the caller)."""
-        node = _Node(task, len(self._nodes))
+        node = _Node(task, len(self._rows))
         self._nodes[task.id] = node
+        self._rows.append(task)
         self._count[task.state] += 1
         if task.state is TaskState.IN_PROGRESS:
             self._running[task.id] = node
@@ -748,9 +753,9 @@ class Scheduler:
             raise _bad_transition(node.task, to)
         return node
 
-    def _satisfied(self, node: _Node) -> list[Task]:
+    def _satisfied(self, node: _Node) -> list[TaskRow]:
         """``node`` completed or was skipped: dependents with nothing left to wait for are ready."""
-        ready: list[Task] = []
+        ready: list[TaskRow] = []
         for dnode in node.dependents:
             dnode.unmet -= 1
             if dnode.unmet == 0 and dnode.task.state is TaskState.PENDING:
@@ -758,9 +763,9 @@ class Scheduler:
                 ready.append(dnode.task)
         return ready
 
-    def _block_dependents(self, root: _Node) -> list[Task]:
+    def _block_dependents(self, root: _Node) -> list[TaskRow]:
         """Block every non-terminal transitive dependent of ``root``, nearest first."""
-        blocked: list[Task] = []
+        blocked: list[TaskRow] = []
         rid = root.task.id
         error = f"dependency {rid} {_ended(root.task.state)}"
         queue = deque(root.dependents)
@@ -922,7 +927,7 @@ def _seq(node: _Node) -> int:
     return node.seq
 
 
-def _refund(task: Task) -> None:
+def _refund(task: TaskRow) -> None:
     """Give back the attempt just counted (it did not really try)."""
     if task.resolving:
         task.integration_attempts = max(0, task.integration_attempts - 1)
@@ -947,7 +952,7 @@ def _wait_valid(entry: _WaitEntry) -> bool:
     return node.task.state in WAITING and node.ver == entry[2]
 
 
-def _bad_transition(task: Task, to: TaskState) -> errors.InvalidStateTransition:
+def _bad_transition(task: TaskRow, to: TaskState) -> errors.InvalidStateTransition:
     return errors.InvalidStateTransition(
         f"task {task.id} cannot go from {task.state.value} to {to.value}",
         data={"taskId": task.id, "from": task.state.value, "to": to.value},

@@ -127,7 +127,7 @@ async def run_attempt(ctx: AttemptContext, run: Run) -> AttemptEnd:
             task.resolving,
             # A landing conflict (integration off) is with the target, the base branch.
             branch=state.session.integration_branch or config.base_branch or "the target branch",
-            files=task.conflict_files,
+            files=list(task.conflict_files),
             gate_argv=[" ".join(g) for g in config.gates()] or None,
             detail=task.integration_error,
         )

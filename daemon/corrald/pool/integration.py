@@ -43,11 +43,11 @@ from corral.models import (
     IntegrationStatus,
     LogEntry,
     ResourceLimits,
-    Task,
     Violation,
 )
 from corrald.agents.parsers import PlainParser
 from corrald.core.graph import merge_order
+from corrald.core.taskrow import TaskRow
 from corrald.git import worktrees
 from corrald.git.merge import integrate
 from corrald.process.executor import RunHandle
@@ -108,7 +108,7 @@ class Integrator:
         self.gate_runs = 0  # this daemon's gate runs for the session (names the logs)
         self.unrunnable_gate: tuple[str, ...] | None = None  # a gate that could not start
 
-    def next_batch(self) -> list[Task]:
+    def next_batch(self) -> list[TaskRow]:
         """Queued tasks in dependency, then priority, then insertion order; at most gateBatch."""
         config = self.state.session.config
         queued = [
@@ -127,7 +127,7 @@ class Integrator:
             if not await self.integrate_batch(batch):
                 return
 
-    async def integrate_batch(self, batch: Sequence[Task]) -> bool:
+    async def integrate_batch(self, batch: Sequence[TaskRow]) -> bool:
         """One batch; False when the queue cannot go on (blocked or interrupted)."""
         state, engine = self.state, self.pool.engine
         session, config = state.session, state.session.config

@@ -38,7 +38,6 @@ from corral.models import (
     PoolStats,
     ResourceLimits,
     SessionStatus,
-    Task,
     TaskState,
     Violation,
     WorktreeAllocation,
@@ -47,6 +46,7 @@ from corrald.agents.parsers import PlainParser
 from corrald.agents.types import AgentTypeConfig
 from corrald.core.accounting import RunAccounting
 from corrald.core.outcome import Stop
+from corrald.core.taskrow import TaskRow
 from corrald.git import worktrees
 from corrald.git.repo import repo_key
 from corrald.pool import totals
@@ -321,7 +321,7 @@ class AgentPool:
         self._start(state, task)
         return True
 
-    def _start(self, state: SessionState, task: Task) -> Run:
+    def _start(self, state: SessionState, task: TaskRow) -> Run:
         assert self._nursery is not None, "the pool is not running"
         agent = self.engine.start_attempt(state, task.id, f"a-{uuid.uuid4().hex[:10]}")
         run = Run(state, agent)
@@ -331,7 +331,7 @@ class AgentPool:
 
     async def schedule_next(
         self, state: SessionState, *, placed: bool = False
-    ) -> tuple[Task | None, Agent | None, str]:
+    ) -> tuple[TaskRow | None, Agent | None, str]:
         """Start one task by hand (parallel_schedule_next), whatever the session status.
 
         With `placed`, answer once the agent's worktree and branch exist (the

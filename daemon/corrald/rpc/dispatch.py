@@ -19,6 +19,8 @@ response types and serialisation, and do the rest here:
   general path below, so the answer is the same either way; a method whose
   result is `Any` always does. pydantic writes a NaN or an infinity inside a
   model as `null`: our models never hold one (input is validated finite);
+* a handler may answer `Encoded[T]`: JSON it already has (a task list built
+  from each task's cached JSON), sent as it is and documented as `T`;
 * a long list result is encoded `ENCODE_CHUNK` items at a time, with a
   checkpoint between chunks, so a 50k-task answer never holds the event
   loop for long: the list is fixed when the handler returns, and each item
@@ -43,9 +45,9 @@ import logging
 import math
 import re
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import trio
 from jsonrpcserver.dispatcher import create_request
@@ -66,6 +68,7 @@ from corral.models import NoParams, to_jsonable
 log = logging.getLogger("corrald.rpc.dispatch")
 
 Ctx = TypeVar("Ctx")
+T = TypeVar("T")
 
 # Messages exactly as the JSON-RPC 2.0 specification spells them.
 PARSE_ERROR = ErrorResponse(-32700, "Parse error", NODATA, None)
@@ -86,6 +89,40 @@ class MethodSpec(Generic[Ctx]):
     @property
     def summary(self) -> str:
         return self.doc.strip().splitlines()[0] if self.doc.strip() else self.name
+
+
+class Encoded(Generic[T]):
+    """A result already encoded as JSON, declared (and documented) as the `T` it encodes.
+
+    A handler annotated `-> Encoded[list[Task]]` returns one of these; the
+    answer carries `data` as it is, or for a list made by `encode_items`, its
+    `items` joined straight into the answer (one copy of a 10 MB list, not three).
+    """
+
+    __slots__ = ("data", "items")
+
+    def __init__(self, data: bytes = b"", items: list[bytes] | None = None) -> None:
+        self.data = data
+        self.items = items
+
+
+class HasJson(Protocol):
+    def json(self) -> bytes: ...
+
+
+#: Items gathered between two checkpoints by `encode_items` (~1 ms of work).
+JOIN_CHUNK = 5000
+
+
+async def encode_items(items: Sequence[HasJson]) -> Encoded[Any]:
+    """A JSON array of the items' own `json()`, with a checkpoint every `JOIN_CHUNK`
+    items, so a 50k-item answer (whose JSON may need encoding) never holds the loop."""
+    parts: list[bytes] = []
+    for i in range(0, len(items), JOIN_CHUNK):
+        if i:
+            await trio.lowlevel.checkpoint()  # let other connections in
+        parts.extend([item.json() for item in items[i : i + JOIN_CHUNK]])
+    return Encoded(items=parts)
 
 
 def validation_data(exc: ValidationError) -> dict[str, Any]:
@@ -129,11 +166,14 @@ class Registry(Generic[Ctx]):
             if method_name in self.methods:
                 raise ValueError(f"method {method_name} registered twice")
             positional = tuple(f.alias or n for n, f in params_model.model_fields.items())
+            result = hints.get("return", Any)
+            if typing.get_origin(result) is Encoded:
+                (result,) = typing.get_args(result)
             self.methods[method_name] = MethodSpec(
                 name=method_name,
                 handler=fn,
                 params=params_model,
-                result=hints.get("return", Any),
+                result=result,
                 doc=inspect.cleandoc(fn.__doc__ or ""),
                 positional=positional,
             )
@@ -341,6 +381,8 @@ class Dispatcher(Generic[Ctx]):
             return None  # a notification: nothing is sent, not even an error
         if isinstance(outcome, errors.CorralError):
             return self._encode_error(outcome, request.id)
+        if isinstance(outcome.value, Encoded):
+            return _success_encoded(outcome.value, encode_json(request.id))
         fast = await self._encode_typed(request, outcome.value)
         if fast is not None:
             return fast
@@ -388,8 +430,7 @@ class Dispatcher(Generic[Ctx]):
                 body = adapter.dump_json(value, by_alias=True, exclude_none=True, warnings="error")
         except Exception:  # the general path encodes it, or says why not
             return None
-        # The members of jsonrpcserver's `serialize_success`, around bytes already encoded.
-        return b'{"jsonrpc":"2.0","result":' + body + b',"id":' + ident + b"}"
+        return _success(body, ident)
 
     async def _call(
         self, ctx: Ctx, request: Request, check_unicode: bool
@@ -447,6 +488,23 @@ class Dispatcher(Generic[Ctx]):
             return encode_json(
                 serialize_error(ErrorResponse(-32603, "Internal error", NODATA, ident))
             )
+
+
+def _success(result: bytes, ident: bytes) -> bytes:
+    """The members of jsonrpcserver's `serialize_success`, around bytes already encoded."""
+    return b'{"jsonrpc":"2.0","result":' + result + b',"id":' + ident + b"}"
+
+
+def _success_encoded(value: Encoded[Any], ident: bytes) -> bytes:
+    """The success response around an `Encoded` result: its items joined in one copy."""
+    parts = value.items
+    if parts is None:
+        return _success(value.data, ident)
+    if not parts:
+        return _success(b"[]", ident)
+    parts[0] = b'{"jsonrpc":"2.0","result":[' + parts[0]  # (an Encoded is answered once)
+    parts[-1] += b'],"id":' + ident + b"}"
+    return b",".join(parts)
 
 
 def _not_unicode(where: str) -> errors.InvalidParams:

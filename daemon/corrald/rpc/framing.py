@@ -120,3 +120,11 @@ def encode(framing: Framing, body: bytes) -> bytes:
     if framing is Framing.LSP:
         return b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
     return body + b"\n"
+
+
+def around(framing: Framing, body: bytes) -> tuple[bytes, bytes]:
+    """What `encode` puts before and after `body`: a big answer is written in three
+    pieces rather than copied once more (10 MB is ~10 ms of page faults and memcpy)."""
+    if framing is Framing.LSP:
+        return b"Content-Length: %d\r\n\r\n" % len(body), b""
+    return b"", b"\n"

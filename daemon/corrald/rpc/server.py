@@ -35,7 +35,7 @@ import trio
 
 from corral import errors
 from corrald.rpc.dispatch import Ctx, Dispatcher, Registry, encode_json
-from corrald.rpc.framing import FrameReader, Framing, encode
+from corrald.rpc.framing import FrameReader, Framing, around, encode
 
 #: The per-connection state handlers keep (the server never looks inside it).
 S = TypeVar("S")
@@ -57,6 +57,8 @@ class Limits:
 #: How long a refused connection is given to read its error and hang up
 #: (closing while its request is unread would reset the connection instead).
 _LINGER_SECS = 1.0
+#: An answer longer than this is written without framing it into a new copy.
+BIG_ANSWER = 1 << 16
 _LINGER_BYTES = 1 << 20
 
 
@@ -144,7 +146,7 @@ class Connection(Generic[S]):
         """Write several messages with one system call (event bursts)."""
         return await self.send_raw([encode_json(m) for m in messages])
 
-    async def _write(self, data: bytes) -> bool:
+    async def _write(self, *data: bytes) -> bool:
         try:  # no scheduler pass when nobody else is writing (the common case)
             self._send_lock.acquire_nowait()
         except trio.WouldBlock:
@@ -154,7 +156,9 @@ class Connection(Generic[S]):
                 return False
             timeout = self.server.limits.write_timeout_secs
             with trio.move_on_after(timeout) as deadline:
-                await self.stream.send_all(data)
+                for piece in data:
+                    if piece:
+                        await self.stream.send_all(piece)
             if deadline.cancelled_caught:
                 # Part of a message may be out: nothing more can be written.
                 log.info("%r: not reading, a write took over %s s; dropping it", self, timeout)
@@ -170,6 +174,9 @@ class Connection(Generic[S]):
     async def send_raw(self, bodies: list[bytes]) -> bool:
         """Write already-encoded JSON messages (event bursts) with one system call."""
         framing = self.framing if self.framing is not Framing.UNKNOWN else Framing.NDJSON
+        if len(bodies) == 1 and len(bodies[0]) > BIG_ANSWER:
+            before, after = around(framing, bodies[0])
+            return await self._write(before, bodies[0], after)
         return await self._write(b"".join(encode(framing, body) for body in bodies))
 
     def hang_up(self) -> None:

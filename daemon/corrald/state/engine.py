@@ -65,7 +65,6 @@ from corral.models import (
     Session,
     SessionStatus,
     StorageHealth,
-    Task,
     TaskSpec,
     TaskState,
     TaskStatus,
@@ -76,6 +75,7 @@ from corral.models import (
 from corrald.core.accounting import RunAccounting
 from corrald.core.outcome import Disposition, Outcome
 from corrald.core.scheduler import Scheduler
+from corrald.core.taskrow import TaskRow
 from corrald.state.events import EventBus, Record, Subscription
 from corrald.state.store import Fault, Store, StoreFault
 
@@ -250,7 +250,9 @@ class Engine:
                 return
         self.sessions.pop(state.id, None)  # it was being created
 
-    def _tasks_changed(self, batch: _Batch, state: SessionState, changed: Sequence[Task]) -> None:
+    def _tasks_changed(
+        self, batch: _Batch, state: SessionState, changed: Sequence[TaskRow]
+    ) -> None:
         """Write changed tasks, announce each, and settle the session's own status."""
         if not changed:
             return
@@ -348,7 +350,7 @@ class Engine:
         *,
         limit: int | None = None,
         cursor: str | None = None,
-    ) -> list[Task]:
+    ) -> list[TaskRow]:
         """A session's tasks in insertion order, filtered by state and/or seed status;
         a page of at most `limit` of them after the task `cursor` when given."""
         scheduler = self.session(session_id).scheduler
@@ -362,7 +364,7 @@ class Engine:
         )
         return list(itertools.islice(found, limit))
 
-    def get_task(self, session_id: str | None, task_id: str) -> Task:
+    def get_task(self, session_id: str | None, task_id: str) -> TaskRow:
         return self.session(session_id).scheduler.get(task_id)
 
     def stats(self, session_id: str | None) -> SchedulerStats:
@@ -489,7 +491,7 @@ class Engine:
         return state.session
 
     # --- tasks ------------------------------------------------------------------------
-    def add_tasks(self, session_id: str | None, specs: Sequence[TaskSpec]) -> list[Task]:
+    def add_tasks(self, session_id: str | None, specs: Sequence[TaskSpec]) -> list[TaskRow]:
         """Add a batch of tasks, all or nothing; a finished session runs again."""
         state = self.session(session_id)
         with self._change(state) as batch:
@@ -499,7 +501,9 @@ class Engine:
             self._tasks_changed(batch, state, added)
         return added
 
-    def _apply(self, state: SessionState, fn: Callable[[Scheduler], list[Task]]) -> list[Task]:
+    def _apply(
+        self, state: SessionState, fn: Callable[[Scheduler], list[TaskRow]]
+    ) -> list[TaskRow]:
         with self._change(state) as batch:
             changed = fn(state.scheduler)
             self._tasks_changed(batch, state, changed)
@@ -507,7 +511,7 @@ class Engine:
 
     def complete_task(
         self, session_id: str | None, task_id: str, actual_tokens: int | None = None
-    ) -> list[Task]:
+    ) -> list[TaskRow]:
         now = self.clock()
         return self._apply(
             self.session(session_id), lambda s: s.complete(task_id, now, actual_tokens)
@@ -515,17 +519,17 @@ class Engine:
 
     def fail_task(
         self, session_id: str | None, task_id: str, error: str, category: ErrorCategory
-    ) -> list[Task]:
+    ) -> list[TaskRow]:
         now = self.clock()
         return self._apply(
             self.session(session_id), lambda s: s.fail(task_id, now, error, category)
         )
 
-    def cancel_task(self, session_id: str | None, task_id: str) -> list[Task]:
+    def cancel_task(self, session_id: str | None, task_id: str) -> list[TaskRow]:
         now = self.clock()
         return self._apply(self.session(session_id), lambda s: s.cancel(task_id, now))
 
-    def retry_task(self, session_id: str | None, task_id: str) -> list[Task]:
+    def retry_task(self, session_id: str | None, task_id: str) -> list[TaskRow]:
         return self._apply(self.session(session_id), lambda s: s.retry(task_id))
 
     def promote_due(self, state: SessionState) -> None:
@@ -605,7 +609,7 @@ class Engine:
                 )
             self.store.put_allocation(alloc)
             try:  # worktree_allocate may name a task the session does not have
-                task: Task | None = state.scheduler.get(alloc.task_id)
+                task: TaskRow | None = state.scheduler.get(alloc.task_id)
             except errors.TaskNotFound:
                 task = None
             if task is not None and (task.branch, task.worktree_path) != (
@@ -676,7 +680,7 @@ class Engine:
             task = state.scheduler.get(agent.task_id)
             if not row.worktree_path and task.worktree_path:  # allocated during this attempt
                 row.worktree_path, row.branch = task.worktree_path, task.branch or ""
-            changed: list[Task] = []
+            changed: list[TaskRow] = []
             if task.state is TaskState.IN_PROGRESS and task.assigned_agent == agent.id:
                 changed = self._dispose(state.scheduler, task.id, outcome, tokens, rate_limit_reset)
             self.store.put_agent(row)
@@ -710,7 +714,7 @@ class Engine:
         outcome: Outcome,
         tokens: int,
         rate_limit_reset: float | None,
-    ) -> list[Task]:
+    ) -> list[TaskRow]:
         now = self.clock()
         match outcome.disposition:
             case Disposition.REQUEUE:
@@ -851,8 +855,8 @@ class Engine:
         """Record what a batch did, in one transaction: integrated, sent back, queued again."""
         now = self.clock()
 
-        def apply(s: Scheduler) -> list[Task]:
-            changed: list[Task] = []
+        def apply(s: Scheduler) -> list[TaskRow]:
+            changed: list[TaskRow] = []
             for task_id in batch.integrated:
                 changed += s.integrated(task_id)
             for setback in setbacks:
@@ -884,7 +888,7 @@ class Engine:
 
     def reopen_to_resolve(
         self, state: SessionState, task_id: str, files: Sequence[str], error: str
-    ) -> list[Task]:
+    ) -> list[TaskRow]:
         """A completed task goes back to an agent to resolve a landing conflict.
 
         A session that had finished runs again, as after `task_integrate`.
@@ -896,7 +900,7 @@ class Engine:
             self._tasks_changed(b, state, changed)
         return changed
 
-    def task_integrate(self, session_id: str | None, task_id: str) -> list[Task]:
+    def task_integrate(self, session_id: str | None, task_id: str) -> list[TaskRow]:
         """A parked task (fixed by a person) goes back into the integration queue."""
         state = self.session(session_id)
         with self._change(state) as b:

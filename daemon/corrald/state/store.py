@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.models import Agent, Session, Task, WorktreeAllocation
+from corrald.core.taskrow import TaskRow
 
 SCHEMA_VERSION = 2
 
@@ -274,12 +275,16 @@ class Store:
         return [Session.model_validate_json(r[0]) for r in rows]
 
     # --- tasks ----------------------------------------------------------------------
-    def put_tasks(self, session_id: str, tasks: Iterable[Task]) -> None:
-        """Insert new tasks (in order) or update existing ones."""
+    def put_tasks(self, session_id: str, tasks: Iterable[TaskRow | Task]) -> None:
+        """Insert new tasks (in order) or update existing ones.
+
+        A row is stored as its cached wire JSON, the very bytes a list sends.
+        """
         rows = []
         for task in tasks:
             self._ord += 1
-            rows.append((session_id, task.id, self._ord, task.state.value, _dump(task)))
+            data = task.json().decode() if isinstance(task, TaskRow) else _dump(task)
+            rows.append((session_id, task.id, self._ord, task.state.value, data))
         self.db.executemany(
             "INSERT INTO tasks(session_id, id, ord, status, data) VALUES(?, ?, ?, ?, ?) "
             "ON CONFLICT(session_id, id) DO UPDATE SET status = excluded.status, "
