@@ -6,7 +6,11 @@ One real corrald per size, with a session of N tasks (chains of 5, added
     the answer, against the anchor: a bare trio server (this file with
     `--anchor-server PATH FILE`) that answers any line with the very bytes
     corrald sent. The two alternate `--runs` times. Target: at most 4x.
-  * stall: while corrald answers those lists, a second connection sends
+  * replay: `events_subscribe` with `sinceSeq` before the oldest kept event
+    (the session's whole history, one event per task), on a fresh connection,
+    request to the last event's newline, against the same bare trio server
+    sending the very bytes corrald sent. Target: at most 4x.
+  * stall: while corrald answers those lists and replays, a second connection sends
     `daemon_status` every 5 ms; the longest round trip of that ticker is how
     long one request held the event loop. Target: at most 25 ms.
   * RSS per task: the daemon's RSS with the session full, minus its RSS
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import shutil
 import socket
@@ -90,27 +95,71 @@ def round_trip(sock: socket.socket, request: bytes) -> bytes:
             return b"".join(parts)
 
 
+def replay_round(path: Path, request: bytes, marker: bytes) -> tuple[float, bytes]:
+    """Subscribe on a fresh connection; read until the event holding `marker` has ended."""
+    sock = connect(path)
+    try:
+        start = time.perf_counter()
+        sock.sendall(request)
+        parts: list[bytes] = []
+        tail = b""
+        while True:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                raise RuntimeError("connection closed")
+            parts.append(chunk)
+            tail = (tail + chunk)[-4096:]
+            if tail.endswith(b"\n") and marker in tail:
+                return time.perf_counter() - start, b"".join(parts)
+    finally:
+        sock.close()
+
+
 def connect(path: Path) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(str(path))
     return sock
 
 
-class Ticker(threading.Thread):
-    """`daemon_status` every 5 ms on its own connection; records each round trip."""
+def tick(path: str) -> None:
+    """`daemon_status` every 5 ms until stdin closes; print each round trip (ms), one a line.
+
+    Its own process, so that nothing the measuring process does (reading and
+    joining 12 MB under the GIL) shows as a stall of the daemon.
+    """
+    sock = connect(Path(path))
+    request = b'{"jsonrpc":"2.0","id":1,"method":"daemon_status","params":{}}\n'
+    stop = threading.Event()
+
+    def wait_for_eof() -> None:
+        sys.stdin.read()
+        stop.set()
+
+    threading.Thread(target=wait_for_eof, daemon=True).start()
+    print("ticking", flush=True)
+    times: list[float] = []
+    while not stop.wait(0.005):
+        start = time.perf_counter()
+        round_trip(sock, request)
+        times.append(time.perf_counter() - start)
+    print("\n".join(f"{t * 1e3:.3f}" for t in times))
+
+
+class Ticker:
+    """The `tick` process on a daemon; `stop()` returns its round trips in seconds."""
 
     def __init__(self, path: Path) -> None:
-        super().__init__(daemon=True)
-        self.sock = connect(path)
-        self.times: list[float] = []
-        self.stop = threading.Event()
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--tick", str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert self.proc.stdout is not None
+        assert self.proc.stdout.readline() == b"ticking\n"
 
-    def run(self) -> None:
-        request = b'{"jsonrpc":"2.0","id":1,"method":"daemon_status","params":{}}\n'
-        while not self.stop.wait(0.005):
-            start = time.perf_counter()
-            round_trip(self.sock, request)
-            self.times.append(time.perf_counter() - start)
+    def stop(self) -> list[float]:
+        out, _ = self.proc.communicate(b"")
+        return [float(line) / 1e3 for line in out.split()]
 
 
 def ms(times: list[float]) -> str:
@@ -175,10 +224,39 @@ def measure(size: int, runs: int, workdir: Path) -> None:
         time.sleep(0.2)
         anchor_sock = connect(anchor_path)
         round_trip(anchor_sock, request)  # warm-up
+        # The replay: everything kept, up to the newest event (one per task at least).
+        probe = connect(daemon.socket)
+        head = json.loads(
+            round_trip(probe, b'{"jsonrpc":"2.0","id":1,"method":"events_subscribe"}\n')
+        )
+        probe.close()
+        newest, oldest = head["result"]["seq"], head["result"]["oldest"]
+        replay_request = (
+            b'{"jsonrpc":"2.0","id":8,"method":"events_subscribe","params":{"sinceSeq":%d}}\n'
+            % (oldest - 1)
+        )
+        marker = b'{"seq":%d,' % newest
+        _, replay_payload = replay_round(daemon.socket, replay_request, marker)
+        events = replay_payload.count(b'"method":"event"')
+        (workdir / "replay").write_bytes(replay_payload)
+        replay_anchor_path = workdir / f"r{size}.sock"
+        replay_anchor = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--anchor-server",
+                str(replay_anchor_path),
+                str(workdir / "replay"),
+            ]
+        )
+        while not replay_anchor_path.exists():
+            time.sleep(0.01)
+        time.sleep(0.2)
         ticker = Ticker(daemon.socket)
-        ticker.start()
         a_times: list[float] = []
         c_times: list[float] = []
+        ra_times: list[float] = []
+        rc_times: list[float] = []
         for _ in range(runs):
             start = time.perf_counter()
             assert round_trip(anchor_sock, request) == payload
@@ -187,11 +265,19 @@ def measure(size: int, runs: int, workdir: Path) -> None:
             got = round_trip(corral_sock, request)
             c_times.append(time.perf_counter() - start)
             assert len(got) == len(payload)
-        ticker.stop.set()
-        ticker.join()
+        for _ in range(runs):
+            took, got = replay_round(replay_anchor_path, replay_request, marker)
+            ra_times.append(took)
+            took, got = replay_round(daemon.socket, replay_request, marker)
+            rc_times.append(took)
+            assert got.count(b'"method":"event"') == events
+        ticks = ticker.stop()
+        replay_anchor.kill()
+        replay_anchor.wait()
         ratios = sorted(c / a for c, a in zip(c_times, a_times, strict=True))
         ratio = statistics.median(ratios)
-        stall = max(ticker.times) * 1e3
+        replay_ratio = statistics.median(c / a for c, a in zip(rc_times, ra_times, strict=True))
+        stall = max(ticks) * 1e3
         per_task = (full_rss - empty_rss) / size / 1024
         print(f"{size} tasks, answer {len(payload) / 1e6:.1f} MB, min / median of {runs} runs")
         print(
@@ -199,8 +285,13 @@ def measure(size: int, runs: int, workdir: Path) -> None:
             f" (target <= {LIST_TARGET}: {verdict(ratio <= LIST_TARGET)})"
         )
         print(
+            f"  replay {events} events, {len(replay_payload) / 1e6:.1f} MB:"
+            f" bare trio {ms(ra_times)}   corral {ms(rc_times)}   ratio {replay_ratio:5.2f}"
+            f" (target <= {LIST_TARGET}: {verdict(replay_ratio <= LIST_TARGET)})"
+        )
+        print(
             f"  stall  longest daemon_status round trip meanwhile {stall:6.1f} ms"
-            f" (p50 {statistics.median(ticker.times) * 1e3:.1f} ms;"
+            f" (p50 {statistics.median(ticks) * 1e3:.1f} ms;"
             f" target <= {STALL_TARGET_MS}: {verdict(stall <= STALL_TARGET_MS)})"
         )
         print(
@@ -285,7 +376,11 @@ def main() -> int:
     parser.add_argument(
         "--anchor-server", nargs=2, metavar=("PATH", "FILE"), help=argparse.SUPPRESS
     )
+    parser.add_argument("--tick", metavar="PATH", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.tick:
+        tick(args.tick)
+        return 0
     if args.anchor_server:
         anchor_server(*args.anchor_server)
         return 0

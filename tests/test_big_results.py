@@ -14,7 +14,16 @@ import trio
 from corral import errors
 from corral.models import NoParams, SchedulerConfig, Task, TaskSpec, TaskState, to_jsonable
 from corrald.app import FREEZE_EVERY_TASKS, LongLived
-from corrald.rpc.dispatch import ENCODE_CHUNK, Dispatcher, Registry
+from corrald.core.taskrow import TaskRow
+from corrald.rpc.dispatch import (
+    ENCODE_CHUNK,
+    JOIN_CHUNK,
+    Dispatcher,
+    Encoded,
+    Pieces,
+    Registry,
+    encode_items,
+)
 from corrald.state.engine import Engine
 from corrald.state.events import EventBus
 from corrald.state.store import Store
@@ -23,6 +32,12 @@ from tests.daemon_proc import DaemonProcess
 TASKS = [
     Task(id=f"t{i}", title=f"task {i}", dependencies=[f"t{i - 1}"] if i else [], started_at=i)
     for i in range(ENCODE_CHUNK * 4 + 7)  # five chunks
+]
+
+
+ROW_TASKS = [
+    Task(id=f"r{i}", title=f"row {i}", priority=i % 7, started_at=i)
+    for i in range(JOIN_CHUNK * 2 + 3)  # three joins
 ]
 
 
@@ -42,6 +57,14 @@ def registry() -> Registry[list[str]]:
     async def small(done: list[str], p: NoParams) -> str:
         return "small"
 
+    @reg.method()
+    async def rows(done: list[str], p: NoParams) -> Encoded[list[Task]]:
+        return await encode_items([TaskRow.of(t) for t in ROW_TASKS])
+
+    @reg.method()
+    async def one_row(done: list[str], p: NoParams) -> Encoded[list[Task]]:
+        return await encode_items([TaskRow.of(TASKS[3])])
+
     return reg
 
 
@@ -49,7 +72,26 @@ async def call(d: Dispatcher[list[str]], done: list[str], method: str) -> Any:
     answer = await d.dispatch_text(done, json.dumps({"jsonrpc": "2.0", "id": 9, "method": method}))
     assert answer is not None
     done.append(method)
+    if isinstance(answer, Pieces):
+        data = answer.join()
+        assert len(data) == answer.length
+        return json.loads(data)
     return json.loads(answer)
+
+
+async def test_encoded_rows_are_the_json_the_models_make_in_pieces_or_not() -> None:
+    d = Dispatcher(registry())
+    answer = await d.dispatch_text([], b'{"jsonrpc":"2.0","id":"x","method":"rows"}')
+    assert isinstance(answer, Pieces)  # too long for one join: written as it is made
+    data = answer.join()
+    assert len(data) == answer.length
+    assert json.loads(data) == {"jsonrpc": "2.0", "result": to_jsonable(ROW_TASKS), "id": "x"}
+    small = await call(d, [], "one_row")
+    assert small == {"jsonrpc": "2.0", "result": to_jsonable([TASKS[3]]), "id": 9}
+    # Inside a batch, pieces are joined into the batch's answer.
+    batch = await d.dispatch_text([], b'[{"jsonrpc":"2.0","id":1,"method":"rows"}]')
+    assert isinstance(batch, bytes)
+    assert len(json.loads(batch)[0]["result"]) == len(ROW_TASKS)
 
 
 async def test_a_chunked_list_is_the_same_json_as_the_general_path() -> None:

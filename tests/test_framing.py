@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from corral import errors
-from corrald.rpc.framing import FrameReader, Framing, encode
+from corrald.rpc.framing import FrameReader, Framing, around, encode, encode_wrapped
 
 
 def feed_all(reader: FrameReader, chunks: list[bytes]) -> list[bytes]:
@@ -257,3 +257,15 @@ def test_lsp_content_type_may_come_first() -> None:
     )
     assert frames == [body]
     assert reader.framing is Framing.LSP
+
+
+@pytest.mark.parametrize("framing", [Framing.NDJSON, Framing.LSP])
+def test_wrapped_and_split_framing_write_what_encode_writes(framing: Framing) -> None:
+    bodies = [b'{"seq":1}', b'{"seq":2,"x":"\xc3\xa9"}', b"{}"]
+    head, tail = b'{"method":"event","params":', b"}"
+    expected = b"".join(encode(framing, head + body + tail) for body in bodies)
+    assert encode_wrapped(framing, head, bodies, tail) == expected
+    assert encode_wrapped(framing, head, [], tail) == b""
+    big = b"[" + b"1," * 50_000 + b"1]"
+    before, after = around(framing, len(big))
+    assert before + big + after == encode(framing, big)

@@ -31,7 +31,7 @@ async def events_subscribe(call: Call, p: SubscribeParams) -> SubscribeResult:
     conn.on_close.append(lambda: engine.unsubscribe(sub.id))
 
     async def deliver(events: list[Record]) -> bool:
-        return await conn.send_raw([_EVENT_HEAD + e.data + b"}" for e in events])
+        return await conn.send_wrapped(_EVENT_HEAD, [e.data for e in events], b"}")
 
     async def lagged() -> None:
         await conn.notify(

@@ -122,9 +122,26 @@ def encode(framing: Framing, body: bytes) -> bytes:
     return body + b"\n"
 
 
-def around(framing: Framing, body: bytes) -> tuple[bytes, bytes]:
-    """What `encode` puts before and after `body`: a big answer is written in three
-    pieces rather than copied once more (10 MB is ~10 ms of page faults and memcpy)."""
+def encode_wrapped(framing: Framing, head: bytes, bodies: list[bytes], tail: bytes) -> bytes:
+    """Frame `head + body + tail` for each body, as `encode` would, in one join (event
+    bursts: no intermediate copy of each message)."""
     if framing is Framing.LSP:
-        return b"Content-Length: %d\r\n\r\n" % len(body), b""
+        size = len(head) + len(tail)
+        return b"".join(
+            b"Content-Length: %d\r\n\r\n%s%s%s" % (size + len(body), head, body, tail)
+            for body in bodies
+        )
+    end = tail + b"\n"
+    parts: list[bytes] = []
+    for body in bodies:
+        parts += (head, body, end)
+    return b"".join(parts)
+
+
+def around(framing: Framing, length: int) -> tuple[bytes, bytes]:
+    """What `encode` puts before and after a body of `length` bytes: a big answer is
+    written in pieces rather than copied once more (10 MB is ~15 ms of page faults and
+    memcpy here)."""
+    if framing is Framing.LSP:
+        return b"Content-Length: %d\r\n\r\n" % length, b""
     return b"", b"\n"

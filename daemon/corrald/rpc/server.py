@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import logging
 import math
@@ -26,7 +27,7 @@ import select
 import socket
 import stat
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -34,8 +35,8 @@ from typing import Any, Generic, TypeVar
 import trio
 
 from corral import errors
-from corrald.rpc.dispatch import Ctx, Dispatcher, Registry, encode_json
-from corrald.rpc.framing import FrameReader, Framing, around, encode
+from corrald.rpc.dispatch import Ctx, Dispatcher, Pieces, Registry, encode_json
+from corrald.rpc.framing import FrameReader, Framing, around, encode, encode_wrapped
 
 #: The per-connection state handlers keep (the server never looks inside it).
 S = TypeVar("S")
@@ -146,7 +147,7 @@ class Connection(Generic[S]):
         """Write several messages with one system call (event bursts)."""
         return await self.send_raw([encode_json(m) for m in messages])
 
-    async def _write(self, *data: bytes) -> bool:
+    async def _write(self, data: Iterable[bytes]) -> bool:
         try:  # no scheduler pass when nobody else is writing (the common case)
             self._send_lock.acquire_nowait()
         except trio.WouldBlock:
@@ -174,10 +175,23 @@ class Connection(Generic[S]):
     async def send_raw(self, bodies: list[bytes]) -> bool:
         """Write already-encoded JSON messages (event bursts) with one system call."""
         framing = self.framing if self.framing is not Framing.UNKNOWN else Framing.NDJSON
-        if len(bodies) == 1 and len(bodies[0]) > BIG_ANSWER:
-            before, after = around(framing, bodies[0])
-            return await self._write(before, bodies[0], after)
-        return await self._write(b"".join(encode(framing, body) for body in bodies))
+        return await self._write((b"".join(encode(framing, body) for body in bodies),))
+
+    async def send_answer(self, answer: bytes | Pieces) -> bool:
+        """Write one answer; a long one (`Pieces`, or bytes over `BIG_ANSWER`) in pieces,
+        without copying it again to frame it."""
+        if isinstance(answer, bytes):
+            if len(answer) <= BIG_ANSWER:
+                return await self.send_raw([answer])
+            answer = Pieces(len(answer), iter((answer,)))
+        framing = self.framing if self.framing is not Framing.UNKNOWN else Framing.NDJSON
+        before, after = around(framing, answer.length)
+        return await self._write(itertools.chain((before,), answer.pieces, (after,)))
+
+    async def send_wrapped(self, head: bytes, bodies: list[bytes], tail: bytes) -> bool:
+        """Write `head + body + tail` for each body (event bursts) with one system call."""
+        framing = self.framing if self.framing is not Framing.UNKNOWN else Framing.NDJSON
+        return await self._write((encode_wrapped(framing, head, bodies, tail),))
 
     def hang_up(self) -> None:
         """The peer is gone: stop reading and pushing; in-flight requests still finish."""
@@ -306,7 +320,7 @@ class Connection(Generic[S]):
                 server.make_ctx(self), frame, self._running
             )
             if response is not None:
-                await self.send_raw([response])
+                await self.send_answer(response)
         finally:
             self._frames.release()
             server.inflight -= 1

@@ -17,6 +17,7 @@ one that falls behind gets a final `lagged` notice and is dropped.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import itertools
 import json
@@ -150,6 +151,8 @@ class Subscription:
         self.queued_bytes = 0  # of the events offered and not yet taken by `pump`
         self.held: dict[str, tuple[str | None, LogSpan]] = {}  # by agent id
         self.summed_lines = 0  # output lines this subscriber got summed up, not one by one
+        #: kept events it asked to resume after: `pump` sends them before the queue
+        self.backlog: list[Record] = []
 
     def queued(self) -> int:
         return self.send.statistics().current_buffer_used
@@ -207,6 +210,10 @@ class Subscription:
             return False
         self.queued_bytes += len(record.data)
         return True
+
+    @property
+    def wants_all(self) -> bool:
+        return self.topics is None and self.session_id is None
 
     def wants(self, event: Record) -> bool:
         if self.topics is not None and not _topic_match(self.topics, event.type):
@@ -358,19 +365,10 @@ class EventBus:
                     f" {self.window_bytes} bytes, are kept)",
                     {"sinceSeq": since_seq, "oldest": self.oldest, "newest": self._seq},
                 )
-            backlog = [e for e in self.window if e.seq > since_seq and sub.wants(e)]
-            if len(backlog) > self.queue_size or sum(len(e.data) for e in backlog) > (
-                self.queue_bytes
-            ):
-                raise errors.EventsExpired(
-                    f"{len(backlog)} events to replay exceed the subscriber queue"
-                    f" ({self.queue_size} events, {self.queue_bytes} bytes);"
-                    " resume from a later seq",
-                    {"sinceSeq": since_seq, "oldest": self.oldest, "newest": self._seq},
-                )
-            for event in backlog:
-                sub.send.send_nowait(event)
-                sub.queued_bytes += len(event.data)  # the replay is never summed up
+            # The replay is sent by `pump`, in bursts, from this snapshot: it
+            # neither holds the loop here nor takes room in the live queue.
+            window = list(self.window)
+            sub.backlog = window[bisect.bisect_right(window, since_seq, key=_seq_of) :]
         self.subscribers[sub.id] = sub
         return sub
 
@@ -387,6 +385,12 @@ class EventBus:
 
 #: Most events written to a subscriber in one system call.
 BURST = 512
+#: Events of a replay written in one system call (~0.5 MB).
+REPLAY_BURST = 2048
+
+
+def _seq_of(record: Record) -> int:
+    return record.seq
 
 
 async def pump(
@@ -397,9 +401,21 @@ async def pump(
     """Deliver a subscription's events until it ends; tell the client if it lagged.
 
     Whatever is queued goes out in one write, so a subscriber keeps up with
-    bursts (a 1,000-task batch) even when handlers leave it few turns.
+    bursts (a 1,000-task batch) even when handlers leave it few turns. A
+    replay (`sinceSeq`) goes first, `REPLAY_BURST` events a write, each write
+    a turn for every other connection.
     """
     async with sub.receive:
+        backlog, sub.backlog = sub.backlog, []
+        for i in range(0, len(backlog), REPLAY_BURST):
+            burst = backlog[i : i + REPLAY_BURST]
+            if not sub.wants_all:
+                burst = [e for e in burst if sub.wants(e)]
+            if not burst:
+                await trio.lowlevel.checkpoint()
+            elif not await deliver(burst):
+                return
+        del backlog
         async for event in sub.receive:
             burst = [event]
             while len(burst) < BURST:
