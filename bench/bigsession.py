@@ -14,7 +14,12 @@ One real corrald per size, with a session of N tasks (chains of 5, added
     `daemon_status` every 5 ms; the longest round trip of that ticker is how
     long one request held the event loop. Target: at most 25 ms.
   * RSS per task: the daemon's RSS with the session full, minus its RSS
-    with an empty session, over N. Target: under 1.5 KB.
+    with it empty, over N. Target: under 1.5 KB. "Empty" is after a warm-up
+    session of 8,000 tasks has been added and listed, so the costs that do not
+    grow with the tasks (validators built on first use, SQLite's page cache,
+    at most 2 MB) are not counted as the tasks'. Memory the warm-up freed may
+    be reused by the tasks, so the cost of the second half alone,
+    (full - half full) / (N / 2), is printed too; the verdict is on the larger.
   * full-GC pause: in this process, the daemon's own `Engine` and `Store`
     holding the same session; each full collection is timed with
     `gc.callbacks`, first as the daemon ran before, then after `gc.freeze()`
@@ -53,6 +58,8 @@ from corrald.state.engine import Engine  # noqa: E402
 from corrald.state.events import EventBus  # noqa: E402
 from corrald.state.store import Store  # noqa: E402
 
+#: Tasks of the warm-up session: their rows (~300 bytes each) fill SQLite's 2 MB page cache.
+WARM_UP_TASKS = 8000
 LIST_TARGET, STALL_TARGET_MS, RSS_TARGET_KB, GC_TARGET_MS = 4.0, 25.0, 1.5, 10.0
 
 
@@ -186,20 +193,29 @@ def measure(size: int, runs: int, workdir: Path) -> None:
     try:
         daemon.start()
         with Client(daemon.socket, timeout=600) as c:
-            session = c.init_parallel_scheduler(repo_path=str(repo)).id
-            c.daemon_status()
-            empty_rss = rss(daemon.pid)
-            for first in range(0, size, 1000):
+
+            def add(session: str, first: int, last: int, prefix: str = "t") -> None:
                 batch = [
                     {
-                        "id": f"t{i}",
+                        "id": f"{prefix}{i}",
                         "title": f"task {i}",
                         "priority": i % 10,
-                        "dependencies": [f"t{i - 1}"] if i % 5 else [],
+                        "dependencies": [f"{prefix}{i - 1}"] if i % 5 else [],
                     }
-                    for i in range(first, min(size, first + 1000))
+                    for i in range(first, last)
                 ]
                 c.call("parallel_add_tasks", session_id=session, tasks=batch)
+
+            warm_up = c.init_parallel_scheduler(repo_path=str(repo)).id
+            add(warm_up, 0, WARM_UP_TASKS, "w")
+            c.call("parallel_list_tasks", session_id=warm_up)
+            session = c.init_parallel_scheduler(repo_path=str(repo)).id
+            c.daemon_status()
+            empty_rss = half_rss = rss(daemon.pid)
+            for first in range(0, size, 1000):
+                add(session, first, min(size, first + 1000))
+                if first + 1000 == size // 2:
+                    half_rss = rss(daemon.pid)
             full_rss = rss(daemon.pid)
         request = (
             b'{"jsonrpc":"2.0","id":7,"method":"parallel_list_tasks","params":{"sessionId":"'
@@ -279,6 +295,7 @@ def measure(size: int, runs: int, workdir: Path) -> None:
         replay_ratio = statistics.median(c / a for c, a in zip(rc_times, ra_times, strict=True))
         stall = max(ticks) * 1e3
         per_task = (full_rss - empty_rss) / size / 1024
+        second_half = (full_rss - half_rss) / (size - size // 2) / 1024
         print(f"{size} tasks, answer {len(payload) / 1e6:.1f} MB, min / median of {runs} runs")
         print(
             f"  list   bare trio {ms(a_times)}   corral {ms(c_times)}   ratio {ratio:5.2f}"
@@ -295,8 +312,8 @@ def measure(size: int, runs: int, workdir: Path) -> None:
             f" target <= {STALL_TARGET_MS}: {verdict(stall <= STALL_TARGET_MS)})"
         )
         print(
-            f"  RSS    {per_task:5.2f} KB per task"
-            f" (target < {RSS_TARGET_KB}: {verdict(per_task < RSS_TARGET_KB)})"
+            f"  RSS    {per_task:5.2f} KB per task; the second half alone {second_half:5.2f} KB"
+            f" (target < {RSS_TARGET_KB}: {verdict(max(per_task, second_half) < RSS_TARGET_KB)})"
         )
         corral_sock.close()
         anchor_sock.close()
