@@ -28,6 +28,7 @@ from corrald.state.engine import Engine
 from corrald.state.events import EventBus
 from corrald.state.store import Store
 from tests.daemon_proc import DaemonProcess
+from tests.test_pool import agent_config, wait_for
 
 TASKS = [
     Task(id=f"t{i}", title=f"task {i}", dependencies=[f"t{i - 1}"] if i else [], started_at=i)
@@ -171,3 +172,38 @@ def test_tasks_a_session_gains_are_frozen_every_thousand(tmp_path: Path, repo: P
     finally:
         gc.unfreeze()  # this is pytest's process, not a daemon's
         store.close()
+
+
+def test_list_agents_pages_with_limit_and_cursor(tmp_path: Path, repo: Path) -> None:
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"*": ["--sleep", "0"]}))
+    with (
+        DaemonProcess(tmp_path / "state", config=agent_config(plan, "fake")) as d,
+        d.client() as c,
+    ):
+        sid = c.init_parallel_scheduler(
+            repo_path=str(repo), config={"agentType": "fake", "maxParallel": 3}
+        ).id
+        c.parallel_add_tasks(
+            session_id=sid, tasks=[{"id": f"a{i}", "title": f"t{i}"} for i in range(7)]
+        )
+        c.session_start(session_id=sid)
+        wait_for(lambda: c.session_get(session_id=sid).status.value == "completed", 60)
+        everything = [a.id for a in c.parallel_list_agents(session_id=sid)]
+        assert len(everything) == 7
+        got: list[str] = []
+        cursor = None
+        while True:
+            page = c.parallel_list_agents(session_id=sid, limit=3, cursor=cursor)
+            got += [a.id for a in page]
+            if len(page) < 3:
+                break
+            cursor = page[-1].id
+        assert got == everything
+        assert c.parallel_list_agents(session_id=sid, cursor=everything[-1]) == []
+        with pytest.raises(errors.AgentNotFound):
+            c.parallel_list_agents(session_id=sid, limit=2, cursor="a-nope")
+        with pytest.raises(errors.InvalidParams):
+            c.parallel_list_agents(session_id=sid, live=True, limit=2)
+        with pytest.raises(errors.InvalidParams):
+            c.parallel_list_agents(session_id=sid, limit=0)

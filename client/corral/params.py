@@ -210,6 +210,10 @@ class LogsParams(AgentRef):
 class ListAgentsParams(Params):
     session_id: str | None = None
     live: bool = False
+    #: at most this many agents (a page); without it, all of them
+    limit: int | None = Field(None, ge=1, le=100_000)
+    #: the id of the last agent of the previous page: this page starts after it
+    cursor: str | None = None
 
 
 # --- worktrees ---------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from corral import errors
 from corral.models import Agent, AgentCheck, CompletedAgent, LogEntry, PoolStats, Violation
 from corral.params import AgentRef, ListAgentsParams, LogsParams, NoParams, SessionParams
 from corrald.api.context import Call, methods
@@ -10,14 +11,27 @@ from corrald.pool.doctor import check_agents
 
 @methods.method()
 async def parallel_list_agents(call: Call, p: ListAgentsParams) -> list[Agent]:
-    """List a session's agents (every attempt), with live CPU/memory for running ones.
+    """List a session's agents (every attempt, in the order they started), with live
+    CPU/memory for running ones.
 
-    `live: true` lists only running agents.
+    `live: true` lists only running agents (never more than the running
+    slots, so it does not page). Paging the full list: `limit` (1-100000)
+    returns at most that many; `cursor`, the id of the last agent of the
+    previous page, starts after it. A page shorter than `limit` is the last.
+    Without either, every agent comes in one answer. Errors: 2001
+    AgentNotFound (a `cursor` that names no agent), -32602 for `live` with
+    `limit` or `cursor`.
     """
     state = call.session(p.session_id)
     if p.live:
+        if p.limit is not None or p.cursor is not None:
+            raise errors.InvalidParams(
+                "live agents are not paged: give limit/cursor without live",
+                {"errors": [{"loc": "live", "msg": "not with limit or cursor", "type": "value"}]},
+            )
         return call.pool.live_agents(state)
-    return [call.pool.view(a) for a in call.engine.agents(state.id)]
+    page = call.engine.agents(state.id, cursor=p.cursor, limit=p.limit)
+    return [call.pool.view(a) for a in page]
 
 
 @methods.method()

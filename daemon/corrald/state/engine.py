@@ -321,8 +321,14 @@ class Engine:
             raise errors.AgentNotFound(f"no agent {agent_id!r}", {"agentId": agent_id})
         return agent
 
-    def agents(self, session_id: str) -> list[Agent]:
-        return self.store.agents(session_id)
+    def agents(
+        self, session_id: str, *, cursor: str | None = None, limit: int | None = None
+    ) -> list[Agent]:
+        """A session's attempts in the order they started; a page of at most `limit`
+        after the attempt `cursor` when given (AgentNotFound if it names none)."""
+        if cursor is not None:
+            self.agent(cursor)
+        return self.store.agents(session_id, after=cursor, limit=limit)
 
     def left_running(self) -> list[tuple[Agent, RunAccounting | None]]:
         """Agents whose row says they run, with what was recorded of their processes."""

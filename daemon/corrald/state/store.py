@@ -321,14 +321,23 @@ class Store:
         row = self.db.execute("SELECT data FROM attempts WHERE id = ?", (agent_id,)).fetchone()
         return None if row is None else Agent.model_validate_json(row[0])
 
-    def agents(self, session_id: str | None = None) -> list[Agent]:
+    def agents(
+        self, session_id: str | None = None, *, after: str | None = None, limit: int | None = None
+    ) -> list[Agent]:
+        """Attempts in the order they started; those after the attempt `after`, at most `limit`."""
         sql = "SELECT data FROM attempts WHERE 1=1"
         args: list[Any] = []
         if session_id is not None:
             sql += " AND session_id = ?"
             args.append(session_id)
-        rows = self.db.execute(sql + " ORDER BY rowid", args)
-        return [Agent.model_validate_json(r[0]) for r in rows]
+        if after is not None:
+            sql += " AND rowid > (SELECT rowid FROM attempts WHERE id = ?)"
+            args.append(after)
+        sql += " ORDER BY rowid"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [Agent.model_validate_json(r[0]) for r in self.db.execute(sql, args)]
 
     def live_agents(self, session_id: str) -> list[str]:
         """Ids of the session's agents whose row says they have not ended."""
