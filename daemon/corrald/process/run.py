@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import fcntl
 import logging
 import math
 import os
@@ -38,7 +39,7 @@ from corral.models import (
     LogEntry,
     Violation,
 )
-from corrald.agents.output import ParsedEvent, telling_line
+from corrald.agents.output import Found, ParsedEvent, Stream, feed_block, telling_line
 from corrald.agents.parsers import MAX_TOKENS
 from corrald.core.accounting import RunAccounting
 from corrald.core.outcome import CATEGORY
@@ -62,7 +63,11 @@ log = logging.getLogger(__name__)
 
 #: Longest line kept; the rest of a longer line is dropped (and marked).
 LINE_CAP = 64 * 1024
-_READ_CHUNK = 256 * 1024
+_CUT = f" [corral: line truncated at {LINE_CAP} bytes]"
+_READ_CHUNK = 1024 * 1024
+#: Pipe buffer asked for each output pipe (Linux's default is 64 KiB): fewer,
+#: larger reads and fewer switches between a flooding agent and us.
+_PIPE_SIZE = 1024 * 1024
 _DRAIN_SECS = 2.0
 _CLEANUP_SLACK = 10.0
 _AFTER_KILL_SECS = 2.0
@@ -208,17 +213,61 @@ class AgentRun:
         self.ring.append(entry)
 
     def _append(self, stream: str, text: str) -> None:
-        entry = make_log_entry(self._offset, stream, text, time.time())
-        self._offset += 1
-        self.ring.append(entry)
-        self.stats.lines += 1
+        self._hand_over(stream, text, 1)
+
+    def _hand_over(self, stream: str, text: str, count: int) -> None:
+        """`count` consecutive lines of one stream, joined by newlines in `text` (a read's worth).
+
+        The ring and the log file take them at once; the flood gate says how
+        many become `log` events (the first ones) and sums up the rest; each
+        line's event goes out before what the parser learned from that line.
+        Only the announced lines become objects of their own.
+        """
+        first, at = self._offset, time.time()
+        self._offset += count
+        self.stats.lines += count
+        self.ring.extend(first, stream, at, text, count)
         failed_before = self._log.failure
-        self._log.write(stream, text)
+        if count == 1:
+            self._log.write(stream, text)
+        else:
+            self._log.write_lines(stream, text)
         if self._log.failure and not failed_before:
             self._ring_note(self._log.failure)
-        if self._gate.admit(entry, always=stream == "daemon"):
+        if stream == "stderr":
+            tail = text.rsplit("\n", _STDERR_TAIL)[-_STDERR_TAIL:] if count > 1 else [text]
+            self._stderr_tail.extend(t[:_STDERR_LINE] for t in tail if t.strip())
+        found, failure = self._parse(stream, text, count)
+        announced = self._gate.take(count, always=stream == "daemon")
+        if announced:
             self._flush_skipped()
-            _safely(self.events.log, entry)
+        lines = [text] if count == 1 else text.split("\n", announced)
+        j = 0
+        for i in range(announced):
+            _safely(self.events.log, make_log_entry(first + i, stream, lines[i], at))
+            if j < len(found) and found[j][0] == i:
+                self._apply_all(found[j][1])
+                j += 1
+        if announced < count:  # the rest, lines[announced], holds count - announced lines
+            rest = len(lines[announced]) - (count - announced - 1)
+            self._gate.skip(first + announced, count - announced, rest)
+        for _, events in found[j:]:
+            self._apply_all(events)
+        if failure is not None:
+            # The run is a failure boundary: a parser bug ends this run, nothing else.
+            log.error("output parser of agent %s failed", self.spec.agent_id, exc_info=failure)
+            self._parser_ok = False
+            self.fail_internal(f"internal error: output parser failed on a line: {failure!r}"[:500])
+
+    def _parse(self, stream: str, text: str, count: int) -> tuple[list[Found], Exception | None]:
+        """What the parser learns from agent lines (daemon notes are not the agent's)."""
+        if not self._parser_ok or stream == "daemon":
+            return [], None
+        kind: Stream = "stdout" if stream == "stdout" else "stderr"
+        try:
+            return feed_block(self.spec.parser, kind, text, count), None
+        except Exception as exc:
+            return [], exc
 
     def _flush_skipped(self) -> None:
         """Announce the lines left out since the last announced one (if any)."""
@@ -226,26 +275,9 @@ class AgentRun:
         if skipped is not None:
             _safely(self.events.log_skipped, skipped)
 
-    def _line(self, stream: str, raw: bytes | bytearray, truncated: bool = False) -> None:
-        text = raw.decode("utf-8", "replace")
-        if text.endswith("\r"):
-            text = text[:-1]
-        if truncated:
-            text += f" [corral: line truncated at {LINE_CAP} bytes]"
-        self._append(stream, text)
-        if stream == "stderr" and text.strip():
-            self._stderr_tail.append(text[:_STDERR_LINE])
-        if not self._parser_ok:
-            return
-        try:
-            parsed = self.spec.parser.feed("stdout" if stream == "stdout" else "stderr", text)
-            for ev in parsed:
-                self._apply(ev)
-        except Exception as exc:
-            # The run is a failure boundary: a parser bug ends this run, nothing else.
-            log.exception("output parser of agent %s failed", self.spec.agent_id)
-            self._parser_ok = False
-            self.fail_internal(f"internal error: output parser failed on a line: {exc!r}"[:500])
+    def _apply_all(self, events: list[ParsedEvent]) -> None:
+        for ev in events:
+            self._apply(ev)
 
     def _apply(self, ev: ParsedEvent) -> None:
         tokens_before, cost_before = self.stats.tokens, self.stats.cost
@@ -271,34 +303,45 @@ class AgentRun:
             _safely(sink.rate_limit, ev.rate_limit_reset, ev.detail)
 
     async def _pump(self, stream: trio.abc.ReceiveStream, name: str) -> None:
-        """Read one pipe in large chunks and split it into lines; long lines are cut at LINE_CAP."""
-        buf = bytearray()
-        dropping = False
+        """Read one pipe in large chunks and hand its lines over a read at a time.
+
+        A read's complete lines are decoded at once, from the chunk itself,
+        and stay one string (`_hand_over`). A line is cut at LINE_CAP: the
+        unfinished last line waits for its end only up to there.
+        """
+        head: bytes | bytearray = b""  # the unfinished last line so far
+        dropping = False  # within a line that was cut: its rest is dropped
         try:
             while True:
                 chunk = await stream.receive_some(_READ_CHUNK)
                 if not chunk:
                     break
                 self.stats.bytes_out += len(chunk)
-                buf += chunk
-                start = 0
-                while (nl := buf.find(b"\n", start)) >= 0:
-                    if dropping:
-                        dropping = False
-                    else:
-                        self._line(name, buf[start:nl])
-                    start = nl + 1
-                if start:
-                    del buf[:start]
-                if len(buf) > LINE_CAP:
-                    if not dropping:
-                        self._line(name, buf[:LINE_CAP], truncated=True)
-                        dropping = True
-                    buf.clear()
-            if buf and not dropping:
-                self._line(name, buf)
+                first = chunk.find(b"\n")
+                if first < 0:
+                    head, dropping = self._unfinished(name, head + chunk, dropping)
+                    continue
+                if not dropping:
+                    self._hand_over(name, *_decode(head + chunk[:first]))
+                last = chunk.rfind(b"\n")
+                if last > first:
+                    self._hand_over(name, *_decode(memoryview(chunk)[first + 1 : last]))
+                head, dropping = self._unfinished(name, chunk[last + 1 :], False)
+            if head and not dropping:
+                self._hand_over(name, *_decode(head))
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass
+
+    def _unfinished(
+        self, name: str, head: bytes | bytearray, dropping: bool
+    ) -> tuple[bytes | bytearray, bool]:
+        """The unfinished line kept (and whether its rest is dropped); cut once over LINE_CAP."""
+        if dropping:
+            return b"", True
+        if len(head) > LINE_CAP:
+            self._hand_over(name, str(head[:LINE_CAP], "utf-8", "replace") + _CUT, 1)
+            return b"", True
+        return head, False
 
     # --- limits -------------------------------------------------------------
 
@@ -436,6 +479,45 @@ def _safely(fn: Callable[..., None], *args: object) -> None:
         log.exception("run event %s failed", getattr(fn, "__name__", fn))
 
 
+def _grow_pipe(pipe: object) -> None:
+    """Ask for a larger buffer on an output pipe; where the system refuses, the default stays."""
+    fileno = getattr(pipe, "fileno", None)
+    if fileno is not None:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+
+
+def _decode(data: bytes | bytearray | memoryview) -> tuple[str, int]:
+    """Complete lines (newlines between them, none after) as one string, and how many.
+
+    CRLF reads as LF, and a line over LINE_CAP is cut there. Decoding the
+    block whole gives what decoding each line would: a newline is never part
+    of a UTF-8 sequence, and a broken one ends at it.
+    """
+    text = str(data, "utf-8", "replace")
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+        if text.endswith("\r"):
+            text = text[:-1]
+    if _has_long_line(text):
+        cut = [
+            line if len(line) <= LINE_CAP else line[:LINE_CAP] + _CUT for line in text.split("\n")
+        ]
+        text = "\n".join(cut)
+    return text, text.count("\n") + 1
+
+
+def _has_long_line(text: str) -> bool:
+    """True if some line of `text` is longer than LINE_CAP (a few searches a megabyte)."""
+    pos = 0
+    while len(text) - pos > LINE_CAP:
+        newline = text.rfind("\n", pos, pos + LINE_CAP + 1)
+        if newline < 0:
+            return True
+        pos = newline + 1
+    return False
+
+
 def _describe_exit(code: int | None) -> str:
     if code is None:
         return "exit status unknown"
@@ -516,6 +598,8 @@ async def run_agent(
         return result
 
     run.pid = proc.pid
+    for out in (proc.stdout, proc.stderr):
+        _grow_pipe(out)
     if run.cgroup is not None:
         try:
             run.cgroup.add(proc.pid)

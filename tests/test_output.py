@@ -1,0 +1,221 @@
+"""An agent's output read a block at a time: the same lines, events and file as line by line.
+
+`process.run` decodes each read of a pipe whole and hands its lines over as
+one string (`_decode`, `AgentRun._hand_over`); the parsers, the log file
+and the flood gate take such blocks. These tests hold the block path to
+what reading line by line gives, and run a real process through it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+from hypothesis import given
+from hypothesis import strategies as st
+
+from corral.models import AgentActivity, EndReason, LogEntry, ResourceLimits, Violation
+from corrald.agents.output import Found, each_line, feed_block
+from corrald.agents.parsers import PARSERS, make_parser
+from corrald.process.lines import Skipped
+from corrald.process.logfile import LogWriter, read_log
+from corrald.process.run import LINE_CAP, _decode, run_agent
+from corrald.process.spec import OutputBounds, RunSpec
+
+
+def _line_by_line(data: bytes) -> list[str]:
+    """What reading `data` (lines, no newline after the last) one line at a time gives."""
+    out = []
+    for raw in data.split(b"\n"):
+        text = raw.decode("utf-8", "replace")
+        out.append(text[:-1] if text.endswith("\r") else text)
+    return out
+
+
+@given(st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), min_size=1))
+def test_a_block_decodes_to_the_lines_decoding_each_line_gives(lines: list[bytes]) -> None:
+    data = b"\n".join(lines)
+    text, count = _decode(data)
+    assert count == len(lines)
+    assert text.split("\n") == _line_by_line(data)
+    assert _decode(memoryview(b"x\n" + data)[2:]) == (text, count)  # from a chunk, no copy
+
+
+def test_broken_utf8_and_crlf_at_line_ends_read_as_they_would_alone() -> None:
+    data = b"caf\xc3\r\n\xe2\x82\nok\xff\r\n\r\n\xf0\x9f\x98\x80\r"
+    text, count = _decode(data)
+    assert text.split("\n") == _line_by_line(data) == ["caf\ufffd", "\ufffd", "ok\ufffd", "", "😀"]
+    assert count == 5
+
+
+def test_lines_over_the_cap_are_cut_there_and_marked() -> None:
+    data = b"a\n" + b"y" * (LINE_CAP + 10) + b"\nb\n" + b"z" * LINE_CAP
+    lines = _decode(data)[0].split("\n")
+    assert lines[0] == "a" and lines[2] == "b"
+    assert lines[1].startswith("y" * LINE_CAP) and "line truncated" in lines[1]
+    assert len(lines[1]) < LINE_CAP + 100
+    assert lines[3] == "z" * LINE_CAP  # at the cap is not over it
+
+
+LINES = [
+    "plain text",
+    "DONE",
+    "the task is DONE now",
+    "Error: 429 Too Many Requests",
+    "rate limited; resets at 2031-01-01T00:00:00Z",
+    "usage limit reached|2000000000",
+    "error\n429",  # two lines: a phrase across them is no phrase
+    '{"type":"assistant","message":{"id":"m1","usage":{"input_tokens":5,"output_tokens":7}}}',
+    '{"type":"result","total_cost_usd":0.25,"usage":{"input_tokens":9}}',
+    '{"type":"turn.completed","usage":{"input_tokens":3,"output_tokens":4}}',
+    "Tokens: 1.2k sent, 30 received. Cost: $0.01 message, $0.02 session.",
+    "Applied edit to a.py",
+    "Running pytest -q",
+    "[stderr] looks like a prefix",
+    "\x00\x1b[2J rate_limit_error",
+    "",
+]
+
+
+@given(
+    st.sampled_from(sorted(PARSERS)),
+    st.sampled_from(["stdout", "stderr"]),
+    st.lists(st.sampled_from(LINES), min_size=1, max_size=30),
+)
+def test_every_parser_learns_the_same_from_a_block_as_from_its_lines(
+    name: str, stream: Any, picked: list[str]
+) -> None:
+    text = "\n".join(picked)
+    count = text.count("\n") + 1
+    by_block = feed_block(make_parser(name, "DONE"), stream, text, count)
+    by_line = each_line(make_parser(name, "DONE"), stream, text)
+    assert _timeless(by_block) == _timeless(by_line)
+
+
+def _timeless(found: list[Found]) -> list[Found]:
+    """Reset times far ahead are clamped to now + a week: equal only to the clock's tick."""
+    return [
+        (i, [dataclasses.replace(ev, rate_limit_reset=ev.rate_limit_reset and 1.0) for ev in evs])
+        for i, evs in found
+    ]
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["stdout", "stderr", "daemon"]),
+            st.lists(st.sampled_from(["x", "[stderr] y", "[corral] z", "[q", "é", ""]), min_size=1),
+        ),
+        max_size=12,
+    ),
+    st.integers(0, 300),
+)
+def test_the_log_file_is_the_same_written_in_blocks_or_by_line(
+    tmp_path_factory: Any, blocks: list[tuple[str, list[str]]], cap: int
+) -> None:
+    tmp = tmp_path_factory.mktemp("log")
+    whole, single = LogWriter(tmp / "a.log", cap), LogWriter(tmp / "b.log", cap)
+    for stream, lines in blocks:
+        whole.write_lines(stream, "\n".join(lines))
+        for line in lines:
+            single.write(stream, line)
+    whole.close()
+    single.close()
+    assert (tmp / "a.log").read_bytes() == (tmp / "b.log").read_bytes()
+    assert (whole.size, whole.truncated) == (single.size, single.truncated)
+    if not whole.truncated:
+        written = [(stream, line) for stream, block in blocks for line in block]
+        got = [(e.stream, e.line) for e in read_log(tmp / "a.log", 0, 10_000)]
+        assert got == written
+
+
+class Recorder:
+    """RunEvents, recorded in the order the run reports them."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+
+    def log(self, entry: LogEntry) -> None:
+        self.events.append(("log", entry))
+
+    def log_skipped(self, skipped: Skipped) -> None:
+        self.events.append(("log.skipped", dataclasses.replace(skipped)))
+
+    def activity(self, activity: AgentActivity) -> None:
+        self.events.append(("activity", activity))
+
+    def tokens(self, tokens: int, cost: float) -> None:
+        self.events.append(("tokens", (tokens, cost)))
+
+    def rate_limit(self, reset_at: float | None, detail: str) -> None:
+        self.events.append(("rate_limit", detail))
+
+    def violation(self, violation: Violation) -> None:
+        self.events.append(("violation", violation))
+
+
+#: stderr: a rate limit early (announced), then a stdout flood, then another (summed up)
+FLOOD = """
+import sys
+for i in range(3):
+    print(f"warming up {i}", file=sys.stderr, flush=True)
+print("Error: 429 Too Many Requests", file=sys.stderr, flush=True)
+out = sys.stdout.buffer
+for i in range(40):
+    out.write(b"".join(b"line %d %d\\n" % (i, j) for j in range(1000)))
+out.write(b"DONE\\n")
+out.flush()
+print("rate limited again", file=sys.stderr, flush=True)
+"""
+
+
+async def test_a_flood_is_announced_in_order_every_line_once_with_parser_events_after_it(
+    tmp_path: Path,
+) -> None:
+    sink = Recorder()
+    spec = RunSpec(
+        agent_id="flood",
+        argv=[sys.executable, "-c", FLOOD],
+        cwd=str(tmp_path),
+        env=dict(os.environ),
+        stdin_data=None,
+        limits=ResourceLimits(kill_grace_secs=0.5, max_runtime_secs=60),
+        log_path=tmp_path / "flood.log",
+        parser=make_parser("plain", "DONE"),
+        completion_marker="DONE",
+        output=OutputBounds(log_events_per_sec=50, log_events_burst=100),
+    )
+    async with trio.open_nursery() as nursery:
+        run = await nursery.start(_start, spec, sink)
+        result = await run.wait()
+    assert result.end_reason is EndReason.OK  # the marker was seen in a block
+    assert result.rate_limited
+    total = 3 + 1 + 40 * 1000 + 1 + 1
+    assert run.stats.lines == total
+    covered: list[int] = []
+    for kind, value in sink.events:
+        if kind == "log":
+            covered.append(value.offset)
+        elif kind == "log.skipped":
+            assert value.lines == value.last - value.first + 1
+            covered.extend(range(value.first, value.last + 1))
+    assert covered == list(range(total))  # each offset once, in order
+    kinds = [k for k, _ in sink.events]
+    first_limit = kinds.index("rate_limit")
+    assert sink.events[first_limit - 1][1].line == "Error: 429 Too Many Requests"
+    assert kinds.count("rate_limit") == 2
+    logged = read_log(spec.log_path, 0, total + 10)
+    assert len(logged) == total
+    by_stream = {s: [e.line for e in logged if e.stream == s] for s in ("stdout", "stderr")}
+    assert by_stream["stdout"][:2] == ["line 0 0", "line 0 1"]
+    assert by_stream["stdout"][-1] == "DONE"
+    assert by_stream["stderr"][-1] == "rate limited again"
+    assert [e.line for e in run.tail(2)][-1] in ("DONE", "rate limited again")
+
+
+async def _start(spec: RunSpec, sink: Recorder, *, task_status: Any) -> None:
+    await run_agent(spec, events=sink, task_status=task_status)
