@@ -11,20 +11,24 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
+from corral.events import LogPayload
 from corral.models import AgentActivity, EndReason, LogEntry, ResourceLimits, Violation
 from corrald.agents.output import Found, each_line, feed_block
 from corrald.agents.parsers import PARSERS, make_parser
 from corrald.process.lines import Skipped
-from corrald.process.logfile import LogWriter, read_log
-from corrald.process.run import LINE_CAP, _decode, run_agent
+from corrald.process.logfile import LogWriter, make_log_entry, read_log
+from corrald.process.run import LINE_CAP, _count_lines, _decode, run_agent
 from corrald.process.spec import OutputBounds, RunSpec
+from corrald.state.events import EventBus
 
 
 def _line_by_line(data: bytes) -> list[str]:
@@ -158,12 +162,21 @@ class Recorder:
         self.events.append(("violation", violation))
 
 
+class LinesRecorder(Recorder):
+    """A sink that takes a read's announced lines together, as the pool's does."""
+
+    def log_lines(self, first: int, stream: str, lines: Sequence[str], at: float) -> None:
+        for offset, line in enumerate(lines, first):
+            self.log(make_log_entry(offset, stream, line, at))
+
+
 #: stderr: a rate limit early (announced), then a stdout flood, then another (summed up)
 FLOOD = """
-import sys
+import sys, time
 for i in range(3):
     print(f"warming up {i}", file=sys.stderr, flush=True)
 print("Error: 429 Too Many Requests", file=sys.stderr, flush=True)
+time.sleep(0.5)  # read (and announced, within the burst) before the flood
 out = sys.stdout.buffer
 for i in range(40):
     out.write(b"".join(b"line %d %d\\n" % (i, j) for j in range(1000)))
@@ -173,10 +186,11 @@ print("rate limited again", file=sys.stderr, flush=True)
 """
 
 
+@pytest.mark.parametrize("sink_type", [Recorder, LinesRecorder], ids=["by line", "together"])
 async def test_a_flood_is_announced_in_order_every_line_once_with_parser_events_after_it(
-    tmp_path: Path,
+    tmp_path: Path, sink_type: type[Recorder]
 ) -> None:
-    sink = Recorder()
+    sink = sink_type()
     spec = RunSpec(
         agent_id="flood",
         argv=[sys.executable, "-c", FLOOD],
@@ -219,3 +233,46 @@ async def test_a_flood_is_announced_in_order_every_line_once_with_parser_events_
 
 async def _start(spec: RunSpec, sink: Recorder, *, task_status: Any) -> None:
     await run_agent(spec, events=sink, task_status=task_status)
+
+
+@given(st.text(alphabet="ab\n", max_size=20_000))
+def test_lines_are_counted_as_the_newlines_say(text: str) -> None:
+    assert _count_lines(text) == text.count("\n") + 1
+    assert _count_lines("x" * 200 + "\n" + text) == text.count("\n") + 2
+
+
+@given(
+    st.lists(st.text(max_size=60), min_size=1, max_size=5),
+    st.sampled_from(["stdout", "stderr", "daemon"]),
+    st.sampled_from([None, "s-1"]),
+    st.floats(min_value=0, max_value=4e9),
+    st.integers(0, 70),
+)
+def test_log_lines_are_the_events_the_models_would_give(
+    lines: list[str], stream: str, session_id: str | None, at: float, cap: int
+) -> None:
+    """The bus writes a read's lines without pydantic: the same bytes, seqs and spans."""
+    fast, slow = EventBus(None, clock=lambda: 9.5), EventBus(None, clock=lambda: 9.5)
+    got = fast.make_log_lines(session_id, "a-1", "t-1", 40, stream, lines, at, cap)
+    want = [
+        slow.make(
+            session_id,
+            LogPayload(
+                agent_id="a-1",
+                task_id="t-1",
+                offset=40 + i,
+                stream=stream,
+                line=line[:cap],
+                at=at,
+                truncated=len(line) > cap,
+            ),
+        )
+        for i, line in enumerate(lines)
+    ]
+    assert [(r.seq, r.type, r.session_id, r.data) for r in got] == [
+        (r.seq, r.type, r.session_id, r.data) for r in want
+    ]
+    assert [repr(r.span) for r in got] == [repr(r.span) for r in want]
+    assert [(r.span.bytes if r.span else -1) for r in got] == [
+        (r.span.bytes if r.span else -1) for r in want
+    ]
