@@ -24,6 +24,7 @@ import math
 import os
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -64,10 +65,13 @@ log = logging.getLogger(__name__)
 #: Longest line kept; the rest of a longer line is dropped (and marked).
 LINE_CAP = 64 * 1024
 _CUT = f" [corral: line truncated at {LINE_CAP} bytes]"
-_READ_CHUNK = 1024 * 1024
-#: Pipe buffer asked for each output pipe (Linux's default is 64 KiB): fewer,
-#: larger reads and fewer switches between a flooding agent and us.
-_PIPE_SIZE = 1024 * 1024
+_READ_CHUNK = 256 * 1024
+#: Pipe buffer asked for once a read finds the pipe full (Linux's default is
+#: 64 KiB): fewer, larger reads and fewer switches between a flooding agent
+#: and us. Only then: every user has a budget of pipe pages (pipe-user-pages-soft,
+#: 64 MiB), and past it each new pipe it makes, the agents' own, gets 8 KiB.
+_PIPE_SIZE = 256 * 1024
+_FULL_PIPE = 64 * 1024
 _DRAIN_SECS = 2.0
 _CLEANUP_SLACK = 10.0
 _AFTER_KILL_SECS = 2.0
@@ -314,39 +318,50 @@ class AgentRun:
                 self._rate_limit_reset = ev.rate_limit_reset
             _safely(sink.rate_limit, ev.rate_limit_reset, ev.detail)
 
-    async def _pump(self, stream: trio.abc.ReceiveStream, name: str) -> None:
+    async def _pump(self, stream: trio.lowlevel.FdStream, name: str) -> None:
         """Read one pipe in large chunks and hand its lines over a read at a time.
 
-        A read's complete lines are decoded at once, from the chunk itself,
-        and stay one string (`_hand_over`). A line is cut at LINE_CAP: the
-        unfinished last line waits for its end only up to there.
+        Reads go into this thread's buffer (`_ReadBuffer`), and a read's
+        complete lines are decoded at once from there into one string
+        (`_hand_over`): no copy per read, none per line. A line is cut at
+        LINE_CAP: the unfinished last line waits for its end only up to there.
         """
-        head: bytes | bytearray = b""  # the unfinished last line so far
+        fd, buf = stream.fileno(), _READ_BUFFER.data
+        view = memoryview(buf)
+        head: bytes = b""  # the unfinished last line so far
         dropping = False  # within a line that was cut: its rest is dropped
         try:
             while True:
-                chunk = await stream.receive_some(_READ_CHUNK)
-                if not chunk:
-                    break
-                self.stats.bytes_out += len(chunk)
-                first = chunk.find(b"\n")
-                if first < 0:
-                    head, dropping = self._unfinished(name, head + chunk, dropping)
+                try:
+                    n = os.readv(fd, [buf])
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(fd)  # (raises if the pipe is closed)
                     continue
-                if not dropping:
-                    self._hand_over(name, *_decode(head + chunk[:first]))
-                last = chunk.rfind(b"\n")
-                if last > first:
-                    self._hand_over(name, *_decode(memoryview(chunk)[first + 1 : last]))
-                head, dropping = self._unfinished(name, chunk[last + 1 :], False)
+                except OSError:  # the pipe broke: its output ends here
+                    break
+                if not n:
+                    break
+                # Until the next await `buf` is ours; what must wait is copied out.
+                self.stats.bytes_out += n
+                if n == _FULL_PIPE:
+                    _grow_pipe(stream)
+                first = buf.find(b"\n", 0, n)
+                if first < 0:
+                    head, dropping = self._unfinished(name, head + view[:n], dropping)
+                else:
+                    if not dropping:
+                        self._hand_over(name, *_decode(head + view[:first]))
+                    last = buf.rfind(b"\n", 0, n)
+                    if last > first:
+                        self._hand_over(name, *_decode(view[first + 1 : last]))
+                    head, dropping = self._unfinished(name, bytes(view[last + 1 : n]), False)
+                await trio.lowlevel.checkpoint()
             if head and not dropping:
                 self._hand_over(name, *_decode(head))
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass
 
-    def _unfinished(
-        self, name: str, head: bytes | bytearray, dropping: bool
-    ) -> tuple[bytes | bytearray, bool]:
+    def _unfinished(self, name: str, head: bytes, dropping: bool) -> tuple[bytes, bool]:
         """The unfinished line kept (and whether its rest is dropped); cut once over LINE_CAP."""
         if dropping:
             return b"", True
@@ -491,15 +506,28 @@ def _safely(fn: Callable[..., None], *args: object) -> None:
         log.exception("run event %s failed", getattr(fn, "__name__", fn))
 
 
-def _grow_pipe(pipe: object) -> None:
-    """Ask for a larger buffer on an output pipe; where the system refuses, the default stays."""
-    fileno = getattr(pipe, "fileno", None)
-    if fileno is not None:
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+def _grow_pipe(pipe: trio.lowlevel.FdStream) -> None:
+    """Ask for a larger buffer on an output pipe; where the system refuses, what it has stays."""
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
 
 
-def _decode(data: bytes | bytearray | memoryview) -> tuple[str, int]:
+class _ReadBuffer(threading.local):
+    """Where output pipes are read into: one buffer a thread, shared by every run's pumps.
+
+    A pump hands a read over before its next await, so no other pump can
+    read into the buffer meanwhile; a buffer per read (or per pipe) would
+    cost an allocation each time (or idle memory for every quiet agent).
+    """
+
+    def __init__(self) -> None:
+        self.data = bytearray(_READ_CHUNK)
+
+
+_READ_BUFFER = _ReadBuffer()
+
+
+def _decode(data: bytes | memoryview) -> tuple[str, int]:
     """Complete lines (newlines between them, none after) as one string, and how many.
 
     CRLF reads as LF, and a line over LINE_CAP is cut there. Decoding the
@@ -626,8 +654,6 @@ async def run_agent(
         return result
 
     run.pid = proc.pid
-    for out in (proc.stdout, proc.stderr):
-        _grow_pipe(out)
     if run.cgroup is not None:
         try:
             run.cgroup.add(proc.pid)
@@ -647,7 +673,8 @@ async def run_agent(
 
             async def pump_all() -> None:
                 async with trio.open_nursery() as pumps:
-                    assert proc.stdout is not None and proc.stderr is not None
+                    assert isinstance(proc.stdout, trio.lowlevel.FdStream)
+                    assert isinstance(proc.stderr, trio.lowlevel.FdStream)
                     pumps.start_soon(run._pump, proc.stdout, "stdout")
                     pumps.start_soon(run._pump, proc.stderr, "stderr")
                 pumped.set()
