@@ -9,15 +9,18 @@ what reading line by line gives, and run a real process through it.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import sys
+import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from corral.events import LogPayload
@@ -26,7 +29,7 @@ from corrald.agents.output import Found, each_line, feed_block
 from corrald.agents.parsers import PARSERS, make_parser
 from corrald.process.lines import Skipped
 from corrald.process.logfile import LogWriter, make_log_entry, read_log
-from corrald.process.run import LINE_CAP, _count_lines, _decode, run_agent
+from corrald.process.run import LINE_CAP, AgentRun, _count_lines, _decode, run_agent
 from corrald.process.spec import OutputBounds, RunSpec
 from corrald.state.events import EventBus
 
@@ -276,3 +279,50 @@ def test_log_lines_are_the_events_the_models_would_give(
     assert [(r.span.bytes if r.span else -1) for r in got] == [
         (r.span.bytes if r.span else -1) for r in want
     ]
+
+
+#: Output whose reads may end anywhere: in a UTF-8 sequence, between CR and LF, in a long line.
+PIECES = (
+    b"first\r\nsecond caf\xc3\xa9 \xe2\x82\xac\n\n"
+    + b"y" * (LINE_CAP + 100)
+    + b"\nafter the long one\r\n"
+    + b"z" * (LINE_CAP // 2)
+    + b"\nbroken \xff\xfe\nlast, no newline"
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(1, len(PIECES) - 1), max_size=8))
+async def test_lines_are_the_same_wherever_the_reads_of_a_pipe_end(cuts: list[int]) -> None:
+    edges = [0, *sorted(set(cuts)), len(PIECES)]
+    chunks = [PIECES[a:b] for a, b in itertools.pairwise(edges)]
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = RunSpec(
+            agent_id="pump",
+            argv=["unused"],
+            cwd=tmp,
+            env={},
+            stdin_data=None,
+            limits=ResourceLimits(),
+            log_path=Path(tmp) / "pump.log",
+            parser=make_parser("plain"),
+        )
+        run = AgentRun(spec)
+        read_end, write_end = os.pipe()
+
+        def write() -> None:
+            with os.fdopen(write_end, "wb", buffering=0) as out:
+                for chunk in chunks:
+                    out.write(chunk)
+                    time.sleep(0.002)  # (let the reader take this much alone, most times)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(run._pump, trio.lowlevel.FdStream(read_end), "stdout")
+            await trio.to_thread.run_sync(write)
+        cut = "y" * LINE_CAP + " [corral: line truncated at 65536 bytes]"
+        expected = ["first", "second café €", "", cut, "after the long one", "z" * (LINE_CAP // 2)]
+        expected += ["broken \ufffd\ufffd", "last, no newline"]
+        assert [e.line for e in run.tail()] == expected
+        assert [e.offset for e in run.tail()] == list(range(len(expected)))
+        run.finish(run._result(0))
+        assert [e.line for e in read_log(spec.log_path, 0, 100)] == expected

@@ -345,14 +345,13 @@ class AgentRun:
                 self.stats.bytes_out += n
                 if n == _FULL_PIPE:
                     _grow_pipe(stream)
-                first = buf.find(b"\n", 0, n)
-                if first < 0:
+                last = buf.rfind(b"\n", 0, n)
+                if last < 0:
                     head, dropping = self._unfinished(name, head + view[:n], dropping)
                 else:
-                    if not dropping:
-                        self._hand_over(name, *_decode(head + view[:first]))
-                    last = buf.rfind(b"\n", 0, n)
-                    if last > first:
+                    if not dropping:  # the kept line and the read's complete ones, at once
+                        self._hand_over(name, *_decode(head + view[:last] if head else view[:last]))
+                    elif (first := buf.find(b"\n", 0, n)) < last:  # the cut line ends there
                         self._hand_over(name, *_decode(view[first + 1 : last]))
                     head, dropping = self._unfinished(name, bytes(view[last + 1 : n]), False)
                 await trio.lowlevel.checkpoint()
