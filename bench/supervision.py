@@ -53,7 +53,7 @@ from corrald.process.run import AgentRun, run_agent  # noqa: E402
 from corrald.process.sampler import SampleHub  # noqa: E402
 from corrald.process.spec import NoEvents, RunSpec  # noqa: E402
 from corrald.state.engine import Engine  # noqa: E402
-from corrald.state.events import EventBus  # noqa: E402
+from corrald.state.events import EventBus, Record, pump  # noqa: E402
 from corrald.state.store import Store  # noqa: E402
 from tests import procs  # noqa: E402
 from tests.waits import wait_until  # noqa: E402
@@ -236,7 +236,7 @@ async def _supervised_cat(tmp: Path, path: Path, rep: int) -> tuple[float, int, 
     """One supervised `cat` the way the daemon runs an agent; (seconds, lines, events).
 
     The pool's path: the engine announces what the run reports (`RunSink`,
-    with a live subscriber draining the bus as a connection would), the
+    with a subscriber taking events through the connections' delivery loop), the
     local executor runs it in a nursery with the `SampleHub`, the plain
     parser (a custom agent type's default) reads every line, and the log
     file and ring get every line.
@@ -251,14 +251,17 @@ async def _supervised_cat(tmp: Path, path: Path, rep: int) -> tuple[float, int, 
         sub = engine.subscribe(None, state.id, None)
         seen = [0]
 
-        async def drain() -> None:
-            async for _ in sub.receive:
-                seen[0] += 1
+        async def deliver(burst: list[Record]) -> bool:  # a connection writes them here
+            seen[0] += len(burst)
+            return True
+
+        async def lagged() -> None:
+            raise AssertionError("the subscriber was dropped")
 
         s = spec(tmp, f"flood-{rep + 1}", ["cat", str(path)], limits())
         s.parser = make_parser(resolve_type("cat", {"cat": CAT_TYPE}).parser)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(drain)
+            nursery.start_soon(pump, sub, deliver, lagged)  # the delivery loop connections run
             executor = LocalExecutor(nursery)
             t0 = time.perf_counter()
             handle = await executor.submit(s, RunSink(engine, run))
