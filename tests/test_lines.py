@@ -140,7 +140,7 @@ def test_ring_holds_blocks_and_makes_entries_only_when_asked() -> None:
     assert ring.tail(since_offset=7) == []
     ring.extend(7, "stdout", 3.0, "h\ni\nj\nk\nl", 5)  # the first two blocks are all hidden now
     assert [e.line for e in ring] == ["h", "i", "j", "k", "l"]
-    assert ring.bytes == 5 * (1 + ENTRY_OVERHEAD)
+    assert ring.bytes == 5 + ENTRY_OVERHEAD  # one block: its characters and one object
 
 
 def test_a_single_line_may_hold_a_newline_and_stays_one_line() -> None:
@@ -163,8 +163,7 @@ def test_blocks_keep_the_newest_lines_as_lines_appended_one_by_one_would(
         assert [e.line for e in ring] == kept
         assert [e.offset for e in ring] == list(range(len(every) - len(kept), len(every)))
         assert len(ring) == len(kept)
-        # What it holds: the kept lines and at most the hidden rest of one block.
-        assert ring.bytes >= sum(len(line) + ENTRY_OVERHEAD for line in kept)
+        assert ring.bytes >= sum(map(len, kept))  # (and the hidden rest of the oldest block)
 
 
 @given(st.lists(st.integers(1, 3000), min_size=1, max_size=30))
@@ -175,9 +174,18 @@ def test_blocks_stay_within_the_byte_bound_but_the_newest(sizes: list[int]) -> N
         lines = ["z" * 9] * (size // 10 + 1)
         ring.extend(offset, "stdout", 0.0, "\n".join(lines), len(lines))
         offset += len(lines)
-        newest = len(lines) * (9 + ENTRY_OVERHEAD)
-        assert ring.bytes <= max(5000, newest)
+        assert ring.bytes <= max(5000, 9 * len(lines) + ENTRY_OVERHEAD)
         assert [e.offset for e in ring][-1] == offset - 1
+
+
+def test_many_short_lines_do_not_push_the_newest_lines_out() -> None:
+    """A read of 20,000 short lines is one block of ~200 KB, not 20,000 entries' worth."""
+    ring = LineRing(max_lines=2000, max_bytes=4 * 1024 * 1024)
+    short = ["s" * 9] * 20_000
+    ring.extend(0, "stdout", 0.0, "\n".join(short), len(short))
+    ring.extend(20_000, "stdout", 0.0, "a\nb", 2)
+    assert len(ring) == 2000
+    assert [e.offset for e in ring.tail(3)] == [19_999, 20_000, 20_001]
 
 
 def test_gate_takes_the_first_lines_of_a_block_and_counts_the_rest() -> None:

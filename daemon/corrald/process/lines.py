@@ -41,7 +41,8 @@ class _Block:
         self.at = at
         self.text = text
         self.count = count
-        self.size = len(text) - (count - 1) + ENTRY_OVERHEAD * count  # as entry_size sums it
+        # What it holds: the lines' characters and one object (as `entry_size` for one line).
+        self.size = len(text) - (count - 1) + ENTRY_OVERHEAD
 
     def lines(self) -> list[str]:
         return [self.text] if self.count == 1 else self.text.split("\n")
@@ -52,9 +53,10 @@ class LineRing:
 
     Lines are held as they were read, a block per read of a pipe, and a
     `LogEntry` is made only for the lines someone asks for: a flood costs
-    no object per line that passes through. Whole blocks are dropped from
-    the old end, so the oldest block may hold lines older than the newest
-    `max_lines` (hidden, counted in `bytes`); the newest block always stays.
+    no object per line that passes through (`bytes` counts an object per
+    block). Whole blocks are dropped from the old end, so the oldest block
+    may hold lines older than the newest `max_lines` (hidden, counted in
+    `bytes`); the newest block always stays.
     """
 
     def __init__(self, max_lines: int, max_bytes: int) -> None:
