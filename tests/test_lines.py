@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from corral.models import LogEntry
-from corrald.process.lines import ENTRY_OVERHEAD, FloodGate, LineRing, newest_within
+from corrald.process.lines import ENTRY_OVERHEAD, FloodGate, LineRing, Skipped, newest_within
 from corrald.process.logfile import make_log_entry
 
 
@@ -119,3 +119,84 @@ def test_announced_and_skipped_offsets_cover_every_line_exactly_once(
             flush()
     flush()
     assert seen == list(range(len(steps)))
+
+
+def test_ring_holds_blocks_and_makes_entries_only_when_asked() -> None:
+    ring = LineRing(max_lines=5, max_bytes=1 << 20)
+    ring.extend(0, "stdout", 1.0, "a\nb\nc", 3)
+    ring.extend(3, "stderr", 2.0, "d\ne\nf\ng", 4)
+    assert len(ring) == 5
+    got = [(e.offset, e.stream, e.line, e.at) for e in ring]
+    assert got == [
+        (2, "stdout", "c", 1.0),
+        (3, "stderr", "d", 2.0),
+        (4, "stderr", "e", 2.0),
+        (5, "stderr", "f", 2.0),
+        (6, "stderr", "g", 2.0),
+    ]
+    assert [e.line for e in ring.tail(2)] == ["f", "g"]
+    assert [e.offset for e in ring.tail(since_offset=4)] == [4, 5, 6]
+    assert [e.offset for e in ring.tail(2, since_offset=1)] == [5, 6]
+    assert ring.tail(since_offset=7) == []
+    ring.extend(7, "stdout", 3.0, "h\ni\nj\nk\nl", 5)  # the first two blocks are all hidden now
+    assert [e.line for e in ring] == ["h", "i", "j", "k", "l"]
+    assert ring.bytes == 5 + ENTRY_OVERHEAD  # one block: its characters and one object
+
+
+def test_a_single_line_may_hold_a_newline_and_stays_one_line() -> None:
+    ring = LineRing(max_lines=5, max_bytes=1 << 20)
+    ring.append(make_log_entry(0, "daemon", "cannot start:\nno such file", 0.0))
+    assert [e.line for e in ring] == ["cannot start:\nno such file"]
+
+
+@given(st.lists(st.lists(st.text(alphabet="xy\r", max_size=30), min_size=1, max_size=40)))
+def test_blocks_keep_the_newest_lines_as_lines_appended_one_by_one_would(
+    blocks: list[list[str]],
+) -> None:
+    """Within the line bound, reading a run's output in blocks changes nothing a reader sees."""
+    ring = LineRing(max_lines=25, max_bytes=1 << 30)
+    every: list[str] = []
+    for lines in blocks:
+        ring.extend(len(every), "stdout", 0.0, "\n".join(lines), len(lines))
+        every += lines
+        kept = every[-25:]
+        assert [e.line for e in ring] == kept
+        assert [e.offset for e in ring] == list(range(len(every) - len(kept), len(every)))
+        assert len(ring) == len(kept)
+        assert ring.bytes >= sum(map(len, kept))  # (and the hidden rest of the oldest block)
+
+
+@given(st.lists(st.integers(1, 3000), min_size=1, max_size=30))
+def test_blocks_stay_within_the_byte_bound_but_the_newest(sizes: list[int]) -> None:
+    ring = LineRing(max_lines=1000, max_bytes=5000)
+    offset = 0
+    for size in sizes:
+        lines = ["z" * 9] * (size // 10 + 1)
+        ring.extend(offset, "stdout", 0.0, "\n".join(lines), len(lines))
+        offset += len(lines)
+        assert ring.bytes <= max(5000, 9 * len(lines) + ENTRY_OVERHEAD)
+        assert [e.offset for e in ring][-1] == offset - 1
+
+
+def test_many_short_lines_do_not_push_the_newest_lines_out() -> None:
+    """A read of 20,000 short lines is one block of ~200 KB, not 20,000 entries' worth."""
+    ring = LineRing(max_lines=2000, max_bytes=4 * 1024 * 1024)
+    short = ["s" * 9] * 20_000
+    ring.extend(0, "stdout", 0.0, "\n".join(short), len(short))
+    ring.extend(20_000, "stdout", 0.0, "a\nb", 2)
+    assert len(ring) == 2000
+    assert [e.offset for e in ring.tail(3)] == [19_999, 20_000, 20_001]
+
+
+def test_gate_takes_the_first_lines_of_a_block_and_counts_the_rest() -> None:
+    clock = Clock()
+    gate = FloodGate(rate=10, burst=5, clock=clock)
+    assert gate.take(3) == 3
+    assert gate.take(4) == 2  # two tokens left
+    gate.skip(5, 2, 30)
+    gate.skip(7, 10, 100)
+    assert gate.flush() == Skipped(5, 16, 12, 130)
+    assert gate.take(3, always=True) == 3  # the daemon's notes pass, and spend
+    clock.now += 0.2
+    assert gate.take(10) == 2
+    assert FloodGate(rate=0, burst=1, clock=clock).take(10**6) == 10**6

@@ -32,6 +32,31 @@ class OutputParser(Protocol):
     def feed(self, stream: Stream, line: str) -> list[ParsedEvent]: ...
 
 
+#: (index of a line among those fed at once, what the parser learned from it)
+Found = tuple[int, list[ParsedEvent]]
+
+
+def feed_block(parser: OutputParser, stream: Stream, text: str, count: int) -> list[Found]:
+    """What `parser` learns from `count` consecutive lines (joined by newlines in `text`).
+
+    A parser with its own `feed_block` (same answer) reads them at once,
+    which is faster through a flood; any other is fed line by line.
+    """
+    own = getattr(parser, "feed_block", None)
+    if own is not None:
+        found: list[Found] = own(stream, text, count)
+        return found
+    return each_line(parser, stream, text)
+
+
+def each_line(parser: OutputParser, stream: Stream, text: str) -> list[Found]:
+    """`feed_block` the slow way: `feed` once per line; only the lines with events."""
+    feed = parser.feed
+    return [
+        (i, events) for i, line in enumerate(text.split("\n")) if (events := feed(stream, line))
+    ]
+
+
 #: Lines that say what went wrong ("error: unexpected argument", a Python or
 #: Node exception, "not running in a trusted directory", an HTTP failure).
 _TELLING_RE = re.compile(

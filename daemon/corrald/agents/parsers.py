@@ -23,9 +23,10 @@ from typing import Any
 from corral.errors import UnknownAgentType
 from corral.models import AgentActivity
 from corrald.agents.activity import activity_for_command, activity_for_tool
-from corrald.agents.output import OutputParser, ParsedEvent, Stream
+from corrald.agents.output import Found, OutputParser, ParsedEvent, Stream, each_line
 from corrald.agents.ratelimit import (
     _CLAUDE_LIMIT_RE,
+    _RATE_LIMIT_RES,
     parse_reset,
     rate_limit_from_text,
     reset_from_value,
@@ -67,6 +68,26 @@ class PlainParser(_Base):
     def feed(self, stream: Stream, line: str) -> list[ParsedEvent]:
         self.lines += 1
         return self._marker(line) + self._fallback(stream, line)
+
+    def feed_block(self, stream: Stream, text: str, count: int) -> list[Found]:
+        """`feed` for `count` lines joined by newlines: (index, events) of those with events.
+
+        Most blocks hold neither the marker nor (on stderr) a rate-limit
+        phrase: one search over the whole block says so. Only a block that
+        might goes line by line. (Over the block the regexes find every
+        phrase a line holds, since `\\b` and `\\W` take a newline as they take
+        the end of a line; at worst they also find one across two lines.)
+        """
+        marker = self.completion_marker
+        if not (marker and marker in text) and not (stream == "stderr" and _might_limit(text)):
+            self.lines += count
+            return []
+        return each_line(self, stream, text)
+
+
+def _might_limit(text: str) -> bool:
+    """True if some line of `text` may read as a rate limit (`rate_limit_from_text`)."""
+    return any(r.search(text) for r in _RATE_LIMIT_RES) or bool(_CLAUDE_LIMIT_RE.search(text))
 
 
 def _as_dict(line: str) -> dict[str, Any] | None:
@@ -505,6 +526,9 @@ class AiderParser(PlainParser):
     def __init__(self, completion_marker: str | None = None) -> None:
         super().__init__(completion_marker)
         self._tokens = 0
+
+    def feed_block(self, stream: Stream, text: str, count: int) -> list[Found]:
+        return each_line(self, stream, text)  # (not the plain shortcut: stdout lines count here)
 
     def feed(self, stream: Stream, line: str) -> list[ParsedEvent]:
         out = super().feed(stream, line)

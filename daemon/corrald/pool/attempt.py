@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -76,6 +76,9 @@ class RunSink:
 
     def log(self, entry: LogEntry) -> None:
         self.engine.agent_log(self.run.agent, entry.offset, entry.stream, entry.line, entry.at)
+
+    def log_lines(self, first: int, stream: str, lines: Sequence[str], at: float) -> None:
+        self.engine.agent_log_lines(self.run.agent, first, stream, lines, at)
 
     def log_skipped(self, skipped: Skipped) -> None:
         agent = self.run.agent

@@ -124,6 +124,29 @@ class LogWriter:
             return
         self.size += n
 
+    def write_lines(self, stream: str, text: str) -> None:
+        """Append consecutive lines of `stream`, joined by newlines in `text`, in one write."""
+        if self._fh is None or self.truncated:
+            return
+        if stream != "stdout":
+            prefix = PREFIX.get(stream, PREFIX["daemon"])
+            data = prefix + text.replace("\n", "\n" + prefix) + "\n"
+        elif text.startswith("[") or "\n[" in text:  # some line may need its prefix
+            data = "".join([_line(stream, line) for line in text.split("\n")])
+        else:
+            data = text + "\n"
+        n = len(data) if data.isascii() else len(data.encode("utf-8", "replace"))
+        if self.size + n > self.cap:  # the cap falls inside: line by line, to cut exactly
+            for line in text.split("\n"):
+                self.write(stream, line)
+            return
+        try:
+            self._fh.write(data)
+        except OSError as exc:
+            self._fail(exc)
+            return
+        self.size += n
+
     def flush(self) -> None:
         """Push buffered lines to the file (a run followed remotely: what is on disk counts)."""
         if self._fh is not None:

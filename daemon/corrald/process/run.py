@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import fcntl
 import logging
 import math
 import os
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -38,7 +40,7 @@ from corral.models import (
     LogEntry,
     Violation,
 )
-from corrald.agents.output import ParsedEvent, telling_line
+from corrald.agents.output import Found, ParsedEvent, Stream, feed_block, telling_line
 from corrald.agents.parsers import MAX_TOKENS
 from corrald.core.accounting import RunAccounting
 from corrald.core.outcome import CATEGORY
@@ -62,7 +64,14 @@ log = logging.getLogger(__name__)
 
 #: Longest line kept; the rest of a longer line is dropped (and marked).
 LINE_CAP = 64 * 1024
+_CUT = f" [corral: line truncated at {LINE_CAP} bytes]"
 _READ_CHUNK = 256 * 1024
+#: Pipe buffer asked for once a read finds the pipe full (Linux's default is
+#: 64 KiB): fewer, larger reads and fewer switches between a flooding agent
+#: and us. Only then: every user has a budget of pipe pages (pipe-user-pages-soft,
+#: 64 MiB), and past it each new pipe it makes, the agents' own, gets 8 KiB.
+_PIPE_SIZE = 256 * 1024
+_FULL_PIPE = 64 * 1024
 _DRAIN_SECS = 2.0
 _CLEANUP_SLACK = 10.0
 _AFTER_KILL_SECS = 2.0
@@ -208,17 +217,73 @@ class AgentRun:
         self.ring.append(entry)
 
     def _append(self, stream: str, text: str) -> None:
-        entry = make_log_entry(self._offset, stream, text, time.time())
-        self._offset += 1
-        self.ring.append(entry)
-        self.stats.lines += 1
+        self._hand_over(stream, text, 1)
+
+    def _hand_over(self, stream: str, text: str, count: int) -> None:
+        """`count` consecutive lines of one stream, joined by newlines in `text` (a read's worth).
+
+        The ring and the log file take them at once; the flood gate says how
+        many become `log` events (the first ones) and sums up the rest; each
+        line's event goes out before what the parser learned from that line.
+        Only the announced lines become objects of their own.
+        """
+        first, at = self._offset, time.time()
+        self._offset += count
+        self.stats.lines += count
+        self.ring.extend(first, stream, at, text, count)
         failed_before = self._log.failure
-        self._log.write(stream, text)
+        if count == 1:
+            self._log.write(stream, text)
+        else:
+            self._log.write_lines(stream, text)
         if self._log.failure and not failed_before:
             self._ring_note(self._log.failure)
-        if self._gate.admit(entry, always=stream == "daemon"):
+        if stream == "stderr":
+            tail = text.rsplit("\n", _STDERR_TAIL)[-_STDERR_TAIL:] if count > 1 else [text]
+            self._stderr_tail.extend(t[:_STDERR_LINE] for t in tail if t.strip())
+        found, failure = self._parse(stream, text, count)
+        announced = self._gate.take(count, always=stream == "daemon")
+        if announced:
             self._flush_skipped()
-            _safely(self.events.log, entry)
+        lines = [text] if count == 1 else text.split("\n", announced)
+        done = j = 0  # lines announced, parser results applied
+        while j < len(found) and found[j][0] < announced:
+            index, events = found[j]
+            self._announce(first + done, stream, lines[done : index + 1], at)
+            self._apply_all(events)
+            done, j = index + 1, j + 1
+        self._announce(first + done, stream, lines[done:announced], at)
+        if announced < count:  # the rest, lines[announced], holds count - announced lines
+            rest = len(lines[announced]) - (count - announced - 1)
+            self._gate.skip(first + announced, count - announced, rest)
+        for _, events in found[j:]:
+            self._apply_all(events)
+        if failure is not None:
+            # The run is a failure boundary: a parser bug ends this run, nothing else.
+            log.error("output parser of agent %s failed", self.spec.agent_id, exc_info=failure)
+            self._parser_ok = False
+            self.fail_internal(f"internal error: output parser failed on a line: {failure!r}"[:500])
+
+    def _announce(self, first: int, stream: str, lines: list[str], at: float) -> None:
+        """`log` events for consecutive lines (offsets `first`..), together if the sink can."""
+        if not lines:
+            return
+        together = getattr(self.events, "log_lines", None)
+        if together is not None:
+            _safely(together, first, stream, lines, at)
+            return
+        for offset, line in enumerate(lines, first):
+            _safely(self.events.log, make_log_entry(offset, stream, line, at))
+
+    def _parse(self, stream: str, text: str, count: int) -> tuple[list[Found], Exception | None]:
+        """What the parser learns from agent lines (daemon notes are not the agent's)."""
+        if not self._parser_ok or stream == "daemon":
+            return [], None
+        kind: Stream = "stdout" if stream == "stdout" else "stderr"
+        try:
+            return feed_block(self.spec.parser, kind, text, count), None
+        except Exception as exc:
+            return [], exc
 
     def _flush_skipped(self) -> None:
         """Announce the lines left out since the last announced one (if any)."""
@@ -226,26 +291,9 @@ class AgentRun:
         if skipped is not None:
             _safely(self.events.log_skipped, skipped)
 
-    def _line(self, stream: str, raw: bytes | bytearray, truncated: bool = False) -> None:
-        text = raw.decode("utf-8", "replace")
-        if text.endswith("\r"):
-            text = text[:-1]
-        if truncated:
-            text += f" [corral: line truncated at {LINE_CAP} bytes]"
-        self._append(stream, text)
-        if stream == "stderr" and text.strip():
-            self._stderr_tail.append(text[:_STDERR_LINE])
-        if not self._parser_ok:
-            return
-        try:
-            parsed = self.spec.parser.feed("stdout" if stream == "stdout" else "stderr", text)
-            for ev in parsed:
-                self._apply(ev)
-        except Exception as exc:
-            # The run is a failure boundary: a parser bug ends this run, nothing else.
-            log.exception("output parser of agent %s failed", self.spec.agent_id)
-            self._parser_ok = False
-            self.fail_internal(f"internal error: output parser failed on a line: {exc!r}"[:500])
+    def _apply_all(self, events: list[ParsedEvent]) -> None:
+        for ev in events:
+            self._apply(ev)
 
     def _apply(self, ev: ParsedEvent) -> None:
         tokens_before, cost_before = self.stats.tokens, self.stats.cost
@@ -270,35 +318,56 @@ class AgentRun:
                 self._rate_limit_reset = ev.rate_limit_reset
             _safely(sink.rate_limit, ev.rate_limit_reset, ev.detail)
 
-    async def _pump(self, stream: trio.abc.ReceiveStream, name: str) -> None:
-        """Read one pipe in large chunks and split it into lines; long lines are cut at LINE_CAP."""
-        buf = bytearray()
-        dropping = False
+    async def _pump(self, stream: trio.lowlevel.FdStream, name: str) -> None:
+        """Read one pipe in large chunks and hand its lines over a read at a time.
+
+        Reads go into this thread's buffer (`_ReadBuffer`), and a read's
+        complete lines are decoded at once from there into one string
+        (`_hand_over`): no copy per read, none per line. A line is cut at
+        LINE_CAP: the unfinished last line waits for its end only up to there.
+        """
+        fd, buf = stream.fileno(), _READ_BUFFER.data
+        view = memoryview(buf)
+        head: bytes = b""  # the unfinished last line so far
+        dropping = False  # within a line that was cut: its rest is dropped
         try:
             while True:
-                chunk = await stream.receive_some(_READ_CHUNK)
-                if not chunk:
+                try:
+                    n = os.readv(fd, [buf])
+                except BlockingIOError:
+                    await trio.lowlevel.wait_readable(fd)  # (raises if the pipe is closed)
+                    continue
+                except OSError:  # the pipe broke: its output ends here
                     break
-                self.stats.bytes_out += len(chunk)
-                buf += chunk
-                start = 0
-                while (nl := buf.find(b"\n", start)) >= 0:
-                    if dropping:
-                        dropping = False
-                    else:
-                        self._line(name, buf[start:nl])
-                    start = nl + 1
-                if start:
-                    del buf[:start]
-                if len(buf) > LINE_CAP:
-                    if not dropping:
-                        self._line(name, buf[:LINE_CAP], truncated=True)
-                        dropping = True
-                    buf.clear()
-            if buf and not dropping:
-                self._line(name, buf)
+                if not n:
+                    break
+                # Until the next await `buf` is ours; what must wait is copied out.
+                self.stats.bytes_out += n
+                if n == _FULL_PIPE:
+                    _grow_pipe(stream)
+                last = buf.rfind(b"\n", 0, n)
+                if last < 0:
+                    head, dropping = self._unfinished(name, head + view[:n], dropping)
+                else:
+                    if not dropping:  # the kept line and the read's complete ones, at once
+                        self._hand_over(name, *_decode(head + view[:last] if head else view[:last]))
+                    elif (first := buf.find(b"\n", 0, n)) < last:  # the cut line ends there
+                        self._hand_over(name, *_decode(view[first + 1 : last]))
+                    head, dropping = self._unfinished(name, bytes(view[last + 1 : n]), False)
+                await trio.lowlevel.checkpoint()
+            if head and not dropping:
+                self._hand_over(name, *_decode(head))
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass
+
+    def _unfinished(self, name: str, head: bytes, dropping: bool) -> tuple[bytes, bool]:
+        """The unfinished line kept (and whether its rest is dropped); cut once over LINE_CAP."""
+        if dropping:
+            return b"", True
+        if len(head) > LINE_CAP:
+            self._hand_over(name, str(head[:LINE_CAP], "utf-8", "replace") + _CUT, 1)
+            return b"", True
+        return head, False
 
     # --- limits -------------------------------------------------------------
 
@@ -436,6 +505,74 @@ def _safely(fn: Callable[..., None], *args: object) -> None:
         log.exception("run event %s failed", getattr(fn, "__name__", fn))
 
 
+def _grow_pipe(pipe: trio.lowlevel.FdStream) -> None:
+    """Ask for a larger buffer on an output pipe; where the system refuses, what it has stays."""
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
+
+
+class _ReadBuffer(threading.local):
+    """Where output pipes are read into: one buffer a thread, shared by every run's pumps.
+
+    A pump hands a read over before its next await, so no other pump can
+    read into the buffer meanwhile; a buffer per read (or per pipe) would
+    cost an allocation each time (or idle memory for every quiet agent).
+    """
+
+    def __init__(self) -> None:
+        self.data = bytearray(_READ_CHUNK)
+
+
+_READ_BUFFER = _ReadBuffer()
+
+
+def _decode(data: bytes | memoryview) -> tuple[str, int]:
+    """Complete lines (newlines between them, none after) as one string, and how many.
+
+    CRLF reads as LF, and a line over LINE_CAP is cut there. Decoding the
+    block whole gives what decoding each line would: a newline is never part
+    of a UTF-8 sequence, and a broken one ends at it.
+    """
+    text = str(data, "utf-8", "replace")
+    if "\r" in text:
+        text = text.replace("\r\n", "\n")
+        if text.endswith("\r"):
+            text = text[:-1]
+    if _has_long_line(text):
+        cut = [
+            line if len(line) <= LINE_CAP else line[:LINE_CAP] + _CUT for line in text.split("\n")
+        ]
+        text = "\n".join(cut)
+    return text, _count_lines(text)
+
+
+def _count_lines(text: str) -> int:
+    """Newlines in `text`, plus one.
+
+    `str.count` looks at every character; `find` jumps to the next newline
+    (memchr), so a loop of finds is faster while lines are long (3x at 1 KiB).
+    Once they prove short (under 128 characters on average) the rest is counted.
+    """
+    lines, find, at = 1, text.find, text.find("\n")
+    while at >= 0:
+        lines += 1
+        if lines % 64 == 0 and at < 128 * lines:
+            return lines + text.count("\n", at + 1)
+        at = find("\n", at + 1)
+    return lines
+
+
+def _has_long_line(text: str) -> bool:
+    """True if some line of `text` is longer than LINE_CAP (a few searches a megabyte)."""
+    pos = 0
+    while len(text) - pos > LINE_CAP:
+        newline = text.rfind("\n", pos, pos + LINE_CAP + 1)
+        if newline < 0:
+            return True
+        pos = newline + 1
+    return False
+
+
 def _describe_exit(code: int | None) -> str:
     if code is None:
         return "exit status unknown"
@@ -535,7 +672,8 @@ async def run_agent(
 
             async def pump_all() -> None:
                 async with trio.open_nursery() as pumps:
-                    assert proc.stdout is not None and proc.stderr is not None
+                    assert isinstance(proc.stdout, trio.lowlevel.FdStream)
+                    assert isinstance(proc.stderr, trio.lowlevel.FdStream)
                     pumps.start_soon(run._pump, proc.stdout, "stdout")
                     pumps.start_soon(run._pump, proc.stderr, "stderr")
                 pumped.set()

@@ -149,7 +149,12 @@ class RunStats:
 
 
 class RunEvents(Protocol):
-    """What a run reports while it runs. A failing sink never stops the run."""
+    """What a run reports while it runs. A failing sink never stops the run.
+
+    A sink may also have `log_lines(first, stream, lines, at)`, the `log` of
+    consecutive lines read at once (offsets `first`..): the run then hands
+    them over together (`process.run`).
+    """
 
     def log(self, entry: LogEntry) -> None: ...
     def log_skipped(self, skipped: Skipped) -> None: ...

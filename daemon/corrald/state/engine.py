@@ -787,6 +787,16 @@ class Engine:
             ),
         )
 
+    def agent_log_lines(
+        self, agent: Agent, first: int, stream: str, lines: Sequence[str], at: float
+    ) -> None:
+        """Consecutive output lines of a run read at once: a `log` event each, sent together."""
+        self.bus.fan_out(
+            self.bus.make_log_lines(
+                agent.session_id, agent.id, agent.task_id, first, stream, lines, at, EVENT_LINE_CAP
+            )
+        )
+
     def log_skipped(
         self, session_id: str, agent_id: str, task_id: str, skipped: tuple[int, int, int, int]
     ) -> None:

@@ -22,7 +22,8 @@ import collections
 import itertools
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from json.encoder import encode_basestring
 from typing import Any
 
 import trio
@@ -115,6 +116,39 @@ def encode(seq: int, type_: str, session_id: str | None, payload: Payload, at: f
     head = json.dumps({"seq": seq, "type": type_, "sessionId": session_id}, separators=(",", ":"))
     body = payload.model_dump_json(by_alias=True, exclude_none=True)
     return f'{head[:-1]},"payload":{body},"at":"{rfc3339(at)}"}}'.encode()
+
+
+#: A str as JSON the way pydantic-core writes it (non-ASCII as it is, control characters escaped).
+_text = encode_basestring
+_fast_log_lines: bool | None = None  # does `make_log_lines` write what `encode` does? (probed once)
+
+
+def _log_fields(
+    agent_id: str, task_id: str, offset: int, stream: str, line: str, at: float, cap: int
+) -> dict[str, Any]:
+    cut = line[:cap]
+    return {
+        "agent_id": agent_id,
+        "task_id": task_id,
+        "offset": offset,
+        "stream": stream,
+        "line": cut,
+        "at": at,
+        "truncated": len(line) > cap,
+    }
+
+
+def _same_as_models() -> bool:
+    """True if `make_log_lines` writes what `encode` does (a changed `LogPayload` would not)."""
+    global _fast_log_lines
+    if _fast_log_lines is None:
+        _fast_log_lines = True  # (the probe itself takes the fast way)
+        probe = EventBus(None, clock=lambda: 2.5)
+        line = 'é\x01\x7f\u2028"\\ \t\n' + "x" * 10
+        fast = probe.make_log_lines("s-1", "a-1", "t", 7, "stderr", [line], 1.25, 12)[0]
+        payload = LogPayload(**_log_fields("a-1", "t", 7, "stderr", line, 1.25, 12))
+        _fast_log_lines = fast.data == encode(fast.seq, "log", "s-1", payload, 2.5)
+    return _fast_log_lines
 
 
 #: A subscriber with this many events (or bytes) queued gets output lines summed up.
@@ -290,16 +324,13 @@ class EventBus:
         Call inside the store transaction that makes the change, then
         `fan_out` once it has committed.
         """
-        self._seq += 1
-        if self.store is not None and self._seq > self._reserved:
-            self._reserved = self._seq + SEQ_BLOCK
-            self.store.set_meta("event_seq_reserved", str(self._reserved))
+        seq = self._number()
         type_ = event_type(payload)
         record = Record(
-            self._seq,
+            seq,
             type_,
             session_id,
-            encode(self._seq, type_, session_id, payload, self.clock()),
+            encode(seq, type_, session_id, payload, self.clock()),
             LogSpan.of(payload),
         )
         if self.store is not None and type_ not in UNPERSISTED:
@@ -307,6 +338,54 @@ class EventBus:
             if record.seq % 1000 == 0:
                 self.store.prune_events(self.window_size)
         return record
+
+    def _number(self) -> int:
+        self._seq += 1
+        if self.store is not None and self._seq > self._reserved:
+            self._reserved = self._seq + SEQ_BLOCK
+            self.store.set_meta("event_seq_reserved", str(self._reserved))
+        return self._seq
+
+    def make_log_lines(
+        self,
+        session_id: str | None,
+        agent_id: str,
+        task_id: str,
+        first: int,
+        stream: str,
+        lines: Sequence[str],
+        at: float,
+        cap: int,
+    ) -> list[Record]:
+        """`log` events for consecutive output lines of a run (offsets `first`..), cut at `cap`.
+
+        The bytes `make` gives for each line's `LogPayload`, written without
+        building the models (a flood announces thousands of lines at once):
+        used only while a probe shows them equal. Output lines are never
+        stored, so `make`'s numbering is all they share.
+        """
+        if not _same_as_models():
+            return [
+                self.make(
+                    session_id,
+                    LogPayload(**_log_fields(agent_id, task_id, first + i, stream, line, at, cap)),
+                )
+                for i, line in enumerate(lines)
+            ]
+        sid, now, when = json.dumps(session_id), rfc3339(self.clock()), rfc3339(at)
+        ids = f'"agentId":{_text(agent_id)},"taskId":{_text(task_id)},"offset":'
+        kind = f',"stream":{_text(stream)},"line":'
+        records = []
+        for offset, line in enumerate(lines, first):
+            seq, cut = self._number(), line[:cap]
+            truncated = "true" if len(line) > cap else "false"
+            data = (
+                f'{{"seq":{seq},"type":"log","sessionId":{sid},"payload":{{{ids}{offset}{kind}'
+                f'{_text(cut)},"at":"{when}","truncated":{truncated}}},"at":"{now}"}}'
+            ).encode()
+            span = LogSpan(agent_id, task_id, offset, offset, 1, len(cut))
+            records.append(Record(seq, "log", session_id, data, span))
+        return records
 
     def fan_out(self, records: Iterable[Record]) -> None:
         """Retain `records` in the window and offer them to every subscriber. Never blocks."""
