@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -23,7 +24,7 @@ __all__ = ["RunScreen", "task_forest"]
 CARDS = ["pending", "ready", "running", "completed", "failed", "blocked"]
 
 
-def task_forest(tasks: list[Task]) -> list[tuple[Task, str | None]]:
+def task_forest(tasks: Sequence[Task]) -> list[tuple[Task, str | None]]:
     """Each task with the task it hangs under in the tree: its first known dependency.
 
     Parents come before children (a dependency order), so a tree can be built
@@ -86,7 +87,7 @@ class RunScreen(DashScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self._tree_key: tuple[object, ...] = ()
+        self._tree_key: tuple[int, int] | None = None
 
     def compose(self) -> ComposeResult:
         yield HeaderLine(id="header")
@@ -143,7 +144,7 @@ class RunScreen(DashScreen):
         self.query_one("#violations", Static).update(text)
 
     def _tree(self, board: Board) -> None:
-        key = tuple((t.id, t.state, t.attempts, t.integration_status, t.error) for t in board.tasks)
+        key = (id(board.tasks), board.tasks.version)  # the rows change only with their version
         if key == self._tree_key:
             return
         self._tree_key = key
