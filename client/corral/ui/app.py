@@ -42,6 +42,8 @@ __all__ = ["COALESCE", "ROUND", "TICK", "CorralApp"]
 COALESCE = 0.1
 #: The shortest time between two rounds (however many events come).
 ROUND = 0.5
+#: How long the event stream lets events gather before it reads them (one read for many).
+BATCH = 0.1
 #: Seconds between refreshes of the figures that have no events, while agents run.
 TICK = 2.0
 
@@ -115,7 +117,8 @@ class CorralApp(App[None]):
         try:
             while True:
                 try:
-                    async for event in self.link.follow(self.subscription, self._link_state):
+                    stream = self.link.follow(self.subscription, self._link_state, batch_secs=BATCH)
+                    async for event in stream:
                         self._take(event)
                 except errors.EventsExpired:
                     self.notify("missed events expired: everything was fetched again")

@@ -76,6 +76,11 @@ class _Conn:
             self.decoder.feed(chunk)
         return message
 
+    @property
+    def buffered(self) -> bool:
+        """True if bytes read are waiting to be taken as messages."""
+        return self.decoder.pending > 0
+
     def close(self) -> None:
         self.writer.close()
 
@@ -172,6 +177,7 @@ class Link:
         sub: Subscription,
         on_state: Callable[[LinkState], None] | None = None,
         retry_secs: float = 0.2,
+        batch_secs: float = 0.0,
     ) -> AsyncIterator[Event]:
         """Yield the events of `sub` on a connection of their own, resuming after a restart.
 
@@ -179,7 +185,10 @@ class Link:
         socket is tried again every `retry_secs`; once subscribed again
         (`sinceSeq` = the last event yielded, so nothing is lost or repeated)
         `on_state("connected")`. `sub.last_seq` says where the stream stands.
-        Errors other than a lost connection raise.
+        With `batch_secs`, once the events read are all taken it waits that
+        long before reading again, so a busy stream costs one read (and one
+        wake-up) per batch instead of per event. Errors other than a lost
+        connection raise.
         """
         state: LinkState | None = None
 
@@ -208,6 +217,8 @@ class Link:
                         tell("connected")
                     if event is not None:
                         yield event
+                    if batch_secs and sub.active and not conn.buffered:
+                        await asyncio.sleep(batch_secs)
             except errors.ConnectionLost:
                 tell("reconnecting")
             finally:
