@@ -217,8 +217,8 @@ class Link:
                         tell("connected")
                     if event is not None:
                         yield event
-                    if batch_secs and sub.active and not conn.buffered:
-                        await asyncio.sleep(batch_secs)
+                        if batch_secs and not conn.buffered:
+                            await asyncio.sleep(batch_secs)
             except errors.ConnectionLost:
                 tell("reconnecting")
             finally:

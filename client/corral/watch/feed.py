@@ -109,8 +109,7 @@ class EventFeed:
     def _follow(self, conn: Connection) -> None:
         """Subscribe on `conn` and queue its events until it drops or the feed stops."""
         sub = self._sub
-        if sub.subscribed:
-            self.resets += 1  # a reconnection
+        resumed = sub.subscribed > 0  # subscribed before, on a connection now gone
         sub.new_connection()
         try:
             while not self._stop.is_set():
@@ -119,15 +118,18 @@ class EventFeed:
                 message = conn.poll(0.2)
                 if message is None:
                     continue
-                if self.batch_secs and not conn.buffered:
-                    # Let the next events gather in the socket: one read (and one wake-up
-                    # of the view) takes them all, rather than a read per event.
-                    self._stop.wait(self.batch_secs)
                 event = sub.receive(message)
                 if sub.active:
                     self._subscribed.set()
+                    if resumed:
+                        resumed = False
+                        self.resets += 1
                 if event is not None:
                     self.queue.put(event)
+                    if self.batch_secs and not conn.buffered:
+                        # Let the next events gather in the socket: one read (and one
+                        # wake-up of the view) takes them all, rather than one per event.
+                        self._stop.wait(self.batch_secs)
         except errors.ConnectionLost:
             return  # reconnect and resume
         except errors.EventsExpired:

@@ -82,6 +82,8 @@ def follow(
         try:
             while not (until_finished and snap.session.status in FINISHED):
                 events = feed.get(timeout=1.0)
+                if feed.error is not None:  # e.g. the session is gone from a restarted daemon
+                    raise feed.error
                 if events:  # coalesce: everything until DRAW_SECS after the last round
                     # Sleep rather than wait on the queue: a wait wakes for each event.
                     time.sleep(max(0.0, last_round + DRAW_SECS - time.monotonic()))
