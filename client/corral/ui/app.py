@@ -85,7 +85,7 @@ class CorralApp(App[None]):
         self.link = Link(socket)
         self.session_id = session_id
         self.board = Board()
-        self.fetches = 0  # rounds of refetching (tests and the bench read it)
+        self.fetches = 0  # rounds of fetching (tests and the bench read it)
         self._needs = Needs(parts=set(PARTS))  # what the board lacks: everything at first
         self._wake = asyncio.Event()
         self._shown: DashScreen | None = None
@@ -98,7 +98,7 @@ class CorralApp(App[None]):
         self.start_following()
 
     def start_following(self) -> None:
-        """Start the workers that talk to the daemon (the event stream, the refetcher)."""
+        """Start the workers that talk to the daemon (the event stream, the fetcher)."""
         self.run_worker(self._follow(), group="events", exclusive=True)
         self.run_worker(self._refresher(), group="refresh", exclusive=True)
         self.set_interval(TICK, self._tick)
