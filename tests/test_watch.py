@@ -116,6 +116,9 @@ def test_watch_once_draws_one_frame(
     out = capsys.readouterr().out
     assert "alpha-task" in out and "beta-task" in out and "running agents (fake)" in out
     assert "conflict" in out
+    assert main(["watch", "--json", "--socket", str(running.socket)]) == 0
+    frame = json.loads(capsys.readouterr().out)
+    assert sorted(a["taskId"] for a in frame["agents"]) == ["alpha-task", "beta-task"]
 
 
 # --- the event feed behind the views ---------------------------------------------------------
