@@ -329,7 +329,8 @@ def render_agents(
         cpu.append(f"{a.cpu_percent:4.0f}%")
         mem = bar(a.memory_mb, limits.max_memory_mb_per_agent, 5)
         mem.append(f"{a.memory_mb:5.0f}M")
-        cells = [Text(a.task_id)]
+        task = a.task_id if len(a.task_id) <= 32 else a.task_id[:31] + "…"
+        cells = [Text(task)]
         if with_type:
             cells.append(Text(a.agent_type))
         cells += [
@@ -343,12 +344,9 @@ def render_agents(
         rows.append(cells)
     heads = ["task", *(["type"] if with_type else []), "activity", "runtime", "tokens", "cost"]
     heads += ["CPU", "memory"]
-    widths = [
-        max([len(h), *(cell.cell_len for cell in col)])
-        for h, col in zip(
-            heads, zip(*rows, strict=True) if rows else [[]] * len(heads), strict=True
-        )
-    ]
+    widths = [len(h) for h in heads]
+    for cells in rows:
+        widths = [max(w, cell.cell_len) for w, cell in zip(widths, cells, strict=True)]
     text = Text(f"{title}\n", style="italic")
     text.append(
         " ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)).rstrip() + "\n",
