@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -100,6 +101,7 @@ class Link:
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._connecting = asyncio.Lock()
         self.requests = 0  # sent, over the link's life (the bench reads it)
+        self.sent: Counter[str] = Counter()  # the same, by method (tests read it)
 
     async def call(self, rpc: _Rpc[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Call a typed method (`Client.<name>`) and validate its answer as its result."""
@@ -116,6 +118,7 @@ class Link:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[ident] = future
         self.requests += 1
+        self.sent[method] += 1
         try:
             await conn.send(request(method, params, ident))
             message = await future
