@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from corral.models import Agent, AgentActivity, AgentLifecycle, Event, Task, TaskState, Violation
-from corral.watch.model import LIVE, MANY, Needs, Rows, apply
+from corral.watch.model import LIVE, MANY, Needs, Rows, apply, latest
 
 
 @dataclass
@@ -145,3 +145,21 @@ def test_rows_replace_put_and_drop_keep_the_index() -> None:
     rows.drop("absent")
     rows.replace([Task(id="z", title="z")])
     assert [t.id for t in rows] == ["z"] and rows.get("a") is None
+
+
+def test_latest_keeps_the_last_figure_of_each_agent_and_every_other_event() -> None:
+    events = [
+        ev("agent.tokens", agentId="g1", tokens=1, cost=0.0),
+        ev("agent.activity", agentId="g1", activity="reading"),
+        ev("task.status", taskId="a", state="in_progress"),
+        ev("agent.tokens", agentId="g2", tokens=5, cost=0.0),
+        ev("agent.tokens", agentId="g1", tokens=2, cost=0.1),
+        ev("agent.activity", agentId="g1", activity="testing"),
+    ]
+    assert latest(events) == [events[2], events[3], events[4], events[5]]
+    every, last = view(), view()
+    for e in events:
+        apply(every, e)
+    for e in latest(events):
+        apply(last, e)
+    assert list(every.agents) == list(last.agents) and list(every.tasks) == list(last.tasks)

@@ -26,7 +26,7 @@ from rich.live import Live
 from corral.client import Client
 from corral.models import Event, SessionStatus
 from corral.watch.feed import EventFeed
-from corral.watch.model import LIVE, Needs, apply
+from corral.watch.model import LIVE, Needs, apply, latest
 from corral.watch.render import Snapshot, catch_up, fetch_matrix, gather, render
 
 __all__ = ["FINISHED", "VIEW_TOPICS", "Mode", "follow", "watch"]
@@ -93,6 +93,7 @@ def follow(
                         on_event(event)
                     if mode == "plain":
                         _plain_line(console, event)
+                for event in latest(events):
                     needs.update(apply(snap, event, keep_ended=False))
                 now = time.monotonic()
                 if snap.running and now - ticked >= TICK_SECS:

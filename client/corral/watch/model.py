@@ -29,7 +29,7 @@ from corral.models import (
     Violation,
 )
 
-__all__ = ["ENDED", "LIVE", "MANY", "Needs", "Rows", "Tracked", "apply"]
+__all__ = ["ENDED", "LIVE", "MANY", "Needs", "Rows", "Tracked", "apply", "latest"]
 
 #: A lifecycle after which an agent's row no longer changes.
 ENDED = (AgentLifecycle.EXITED, AgentLifecycle.KILLED)
@@ -158,6 +158,29 @@ class Tracked(Protocol):
     tasks: Rows[Task]
     agents: Rows[Agent]
     violations: list[Violation]
+
+
+#: Events that carry the whole of a live figure: a later one of the same agent replaces them.
+_SUPERSEDED = frozenset({"agent.tokens", "agent.activity"})
+
+
+def latest(events: Sequence[Event]) -> list[Event]:
+    """`events` in order, less each figure a later event of the same agent replaces.
+
+    Applying what is left gives the same rows as applying all of them: a
+    busy agent reports its tokens many times between two redraws.
+    """
+    seen: set[tuple[str, object]] = set()
+    kept: list[Event] = []
+    for event in reversed(events):
+        if event.type in _SUPERSEDED:
+            key = (event.type, event.payload.get("agentId"))
+            if key in seen:
+                continue
+            seen.add(key)
+        kept.append(event)
+    kept.reverse()
+    return kept
 
 
 #: task.status payload (wire name) -> Task attribute: what the event carries of a task.
