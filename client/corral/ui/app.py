@@ -1,11 +1,11 @@
 """`CorralApp`: the dashboard, one client of the daemon like any other.
 
 Two workers talk to the daemon: one follows the event stream (resuming
-with `sinceSeq` after a restart, and saying "reconnecting" meanwhile) and
-applies each event to the `Board` (`watch.model.apply`); the other fetches
-what the events left out (one task, one agent, the stats...). Events are
-taken in rounds, at most one per `ROUND` seconds, so a burst costs one
-round of requests and one redraw, and only the screen in view is drawn.
+with `sinceSeq` after a restart, and saying "reconnecting" meanwhile); the
+other applies its events to the `Board` (`watch.model.apply`) and fetches
+what they left out (one task, one agent, the stats...). Events are taken
+in rounds, at most one per `ROUND` seconds, so a burst costs one round of
+requests and one redraw, and only the screen in view is drawn.
 CPU and memory change without events, so while agents run they are
 fetched on a `TICK`.
 """
@@ -34,7 +34,7 @@ from corral.ui.link import Link
 from corral.ui.logview import LogScreen
 from corral.ui.run import RunScreen
 from corral.ui.state import PARTS, TOPICS, Board
-from corral.watch.model import LIVE, Needs, apply
+from corral.watch.model import LIVE, Needs, apply, latest
 
 __all__ = ["COALESCE", "ROUND", "TICK", "CorralApp"]
 
@@ -87,6 +87,7 @@ class CorralApp(App[None]):
         self.board = Board()
         self.fetches = 0  # rounds of fetching (tests and the bench read it)
         self._needs = Needs(parts=set(PARTS))  # what the board lacks: everything at first
+        self._events: list[Event] = []  # taken, not yet applied to the board
         self._wake = asyncio.Event()
         self._shown: DashScreen | None = None
         #: The dashboard's event stream: `last_seq` is where it stands (resumes from).
@@ -146,10 +147,8 @@ class CorralApp(App[None]):
                 title="limit violated",
                 severity="warning",
             )
-        needs = apply(self.board, event)
-        self._needs.update(needs)
-        if needs or needs.changed:
-            self._wake.set()
+        self._events.append(event)  # applied by the next round (`_apply_events`)
+        self._wake.set()
 
     def _link_state(self, state: str) -> None:
         was = self.board.link
@@ -178,6 +177,7 @@ class CorralApp(App[None]):
             # Gather the rest of a burst, and keep rounds at least ROUND apart.
             await asyncio.sleep(max(COALESCE, last + ROUND - loop.time()))
             self._wake.clear()
+            self._apply_events()
             needs = self._take_needs()
             if not (needs or needs.changed):
                 continue
@@ -190,6 +190,13 @@ class CorralApp(App[None]):
             except errors.CorralError as exc:
                 self.notify(f"refresh: {exc.message} [{exc.code}]", severity="error")
             self._redraw()
+
+    def _apply_events(self) -> None:
+        """Apply the events taken since the last round (a figure only as last reported)."""
+        events, self._events = self._events, []
+        for event in latest(events):
+            if event.session_id is None or event.session_id == self.session_id:
+                self._needs.update(apply(self.board, event))
 
     def _take_needs(self) -> Needs:
         """What to fetch now: the costly conflicts only when a screen shows them."""
