@@ -2,7 +2,8 @@
 
 Used by the supervisor tests and the benchmark. Options combine freely; the
 order of effects is: pidfile, signal setup, grandchildren, stdin echo, output
-(raw files, stream-json, rate limit, edits, marker, flood), CPU spin, sleep, exit.
+(raw files, stream-json, rate limit, edits, marker, flood), CPU spin, sleep (or
+chatter: a stream-json step every SECS while it lasts), exit.
 
 Every process it creates appends ``pid start_ticks role`` to --pidfile so
 tests can check death by pid + start time (immune to pid reuse).
@@ -121,6 +122,27 @@ def stream_json(args: argparse.Namespace) -> None:
         print(json.dumps(obj), flush=True)
 
 
+def chatter(secs: float, every: float) -> None:
+    """Work steadily for `secs`: a stream-json step (a tool call, 10 tokens) every `every` s."""
+    tools = ["Read", "Edit", "Bash"]
+    start = time.monotonic()
+    n = 0
+    while (left := start + secs - time.monotonic()) > 0:
+        step = {
+            "type": "assistant",
+            "message": {
+                "id": f"msg_c{n}",
+                "type": "message",
+                "role": "assistant",
+                "content": [{"type": "tool_use", "id": f"toolu_c{n}", "name": tools[n % 3]}],
+                "usage": {"input_tokens": 9, "output_tokens": 1},
+            },
+        }
+        print(json.dumps(step), flush=True)
+        n += 1
+        time.sleep(min(left, max(0.0, start + n * every - time.monotonic())))
+
+
 def resolve_markers() -> None:
     """Resolve every git conflict in the work tree by keeping both sides, ours first."""
     out = subprocess.run(
@@ -154,6 +176,7 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=0)
     ap.add_argument("--cost", type=float, default=0.0)
     ap.add_argument("--sleep", type=float, default=0.0)
+    ap.add_argument("--chatter", type=float, default=0.0, metavar="SECS")
     ap.add_argument("--ignore-sigterm", action="store_true")
     ap.add_argument("--grandchild-ignore-sigterm", action="store_true")
     ap.add_argument("--setsid-escape", action="store_true")
@@ -230,7 +253,9 @@ def main() -> int:
         end = time.monotonic() + args.spin_cpu
         while time.monotonic() < end:
             pass
-    if args.sleep:
+    if args.sleep and args.chatter:
+        chatter(args.sleep, args.chatter)
+    elif args.sleep:
         time.sleep(args.sleep)
     return int(args.exit)
 

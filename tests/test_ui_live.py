@@ -82,6 +82,9 @@ def test_two_apps_and_the_cli_see_the_same_state(tmp_path: Path, repo: Path) -> 
             cli = await asyncio.to_thread(cli_states, d.socket)
             assert cli["one"] == "cancelled"
             assert states(first.board) == states(second.board) == cli
+            for app in (first, second):  # one snapshot of the list, then events and single rows
+                assert app.link.sent["parallel_list_tasks"] == 1
+                assert app.link.sent["parallel_get_task"] >= 1
             with d.client() as c:
                 c.session_pause()
                 c.parallel_stop_all()

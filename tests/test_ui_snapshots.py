@@ -32,6 +32,7 @@ from corral.models import (
 )
 from corral.ui.app import CorralApp
 from corral.ui.state import Board
+from corral.watch.model import Rows
 from tests.ui_plan import BOARD
 
 SnapCompare = Callable[..., bool]
@@ -56,6 +57,7 @@ _PARTS: dict[str, Any] = {
 def recorded_board() -> Board:
     raw = json.loads(BOARD.read_text())
     parts = {k: TypeAdapter(t).validate_python(raw[k]) for k, t in _PARTS.items()}
+    parts["agents"], parts["tasks"] = Rows(parts["agents"]), Rows(parts["tasks"])
     return Board(**parts, link="connected")
 
 

@@ -4,24 +4,30 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import os
 import pty
 import re
 import select
+import shutil
 import struct
 import sys
 import termios
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from rich.console import Console
 
 from corral import errors
 from corral.cli import main
+from corral.client import Client
 from corral.models import Event
-from corral.watch import EventFeed
+from corral.watch import EventFeed, follow
 from tests.daemon_proc import DaemonProcess
 from tests.test_pool import agent_config, wait_for
 
@@ -110,6 +116,9 @@ def test_watch_once_draws_one_frame(
     out = capsys.readouterr().out
     assert "alpha-task" in out and "beta-task" in out and "running agents (fake)" in out
     assert "conflict" in out
+    assert main(["watch", "--json", "--socket", str(running.socket)]) == 0
+    frame = json.loads(capsys.readouterr().out)
+    assert sorted(a["taskId"] for a in frame["agents"]) == ["alpha-task", "beta-task"]
 
 
 # --- the event feed behind the views ---------------------------------------------------------
@@ -152,3 +161,69 @@ def test_event_feed_start_fails_fast_without_a_daemon_and_close_is_prompt(
     feed.close()
     assert time.monotonic() - t0 < 2.0  # it polls; it does not sit in recv
     assert not feed._thread.is_alive()
+
+
+# --- the view kept up by events ---------------------------------------------------------------
+
+
+class CountingClient(Client):
+    """A real client that counts the requests it sends, by method."""
+
+    def __init__(self, socket: Path) -> None:
+        super().__init__(socket)
+        self.sent: Counter[str] = Counter()
+
+    def _request(self, method: str, params: dict[str, Any]) -> Any:
+        self.sent[method] += 1
+        return super()._request(method, params)
+
+
+def test_follow_fetches_the_task_list_once_and_ends_equal_to_the_daemon(
+    tmp_path: Path, repo: Path
+) -> None:
+    behaviour = tmp_path / "behaviour.json"
+    behaviour.write_text(json.dumps({"*": ["--stream-json", "--tokens", "40"]}))
+    tasks = [{"id": "root", "title": "r"}] + [
+        {"id": f"leaf{i}", "title": "l", "dependencies": ["root"]} for i in range(4)
+    ]
+    with DaemonProcess(config=agent_config(behaviour, "fake")) as d:
+        c = CountingClient(d.socket)
+        with c:
+            sid = c.init_parallel_scheduler(repo_path=str(repo), config={"agentType": "fake"}).id
+            c.parallel_add_tasks(session_id=sid, tasks=tasks)
+            console = Console(file=io.StringIO())
+            seen: list[Event] = []
+            snap = follow(
+                c, sid, console, mode="quiet", on_event=seen.append, start=lambda: c.session_start()
+            )
+            assert snap.session.status.value == "completed"
+            assert any(e.type == "agent.tokens" for e in seen)  # the agents' news came as events
+            # One snapshot of the list; every change after it came from events and single rows.
+            assert c.sent["parallel_list_tasks"] == 1
+            assert c.sent["parallel_get_task"] >= len(tasks)
+            assert list(snap.tasks) == c.parallel_list_tasks(session_id=sid)
+            assert snap.stats == c.parallel_get_scheduler_stats(session_id=sid)
+            assert list(snap.agents) == [] == c.parallel_list_agents(session_id=sid, live=True)
+
+
+def test_event_feed_counts_a_restart_and_lost_events_as_resets(repo: Path) -> None:
+    with DaemonProcess() as d:
+        with d.client() as c:
+            c.init_parallel_scheduler(repo_path=str(repo), session_id="s")
+        with EventFeed(d.socket, ["task"]) as feed:
+            with d.client() as c:
+                c.parallel_add_tasks(tasks=[{"id": "a0", "title": "a"}])
+            assert [e.payload["taskId"] for e in _take(feed, 1)] == ["a0"]
+            assert feed.resets == 0
+            d.kill()
+            d.start()  # the same state: the feed resumes, and says a view should refetch
+            wait_for(lambda: feed.resets == 1, 20, "the resubscription")
+            d.kill()
+            shutil.rmtree(d.dir / "state")  # a daemon that has not kept the events since then
+            d.start()
+            wait_for(lambda: feed.resets == 2, 20, "a new subscription, from now")
+            with d.client() as c:
+                c.init_parallel_scheduler(repo_path=str(repo), session_id="s")
+                c.parallel_add_tasks(tasks=[{"id": "b0", "title": "b"}])
+            assert [e.payload["taskId"] for e in _take(feed, 1)] == ["b0"]
+            assert feed.error is None and feed.resets == 2

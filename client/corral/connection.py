@@ -79,6 +79,11 @@ class Connection:
                 raise errors.ConnectionLost("timed out waiting for corrald")
         return message
 
+    @property
+    def buffered(self) -> bool:
+        """True if bytes read are waiting to be taken as messages."""
+        return self.decoder.pending > 0
+
     def poll(self, timeout: float) -> dict[str, Any] | None:
         """The next message if one comes within `timeout`, else None (a read that can stop)."""
         message = self.decoder.next_message()

@@ -25,7 +25,7 @@ def cmd_watch(args: argparse.Namespace, out: Out) -> int:
                 "session": snap.session,
                 "stats": snap.stats,
                 "pool": snap.pool,
-                "agents": snap.agents,
+                "agents": list(snap.agents),
                 "violations": snap.violations,
                 "matrix": snap.matrix,
             }

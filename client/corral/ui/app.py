@@ -1,12 +1,13 @@
 """`CorralApp`: the dashboard, one client of the daemon like any other.
 
 Two workers talk to the daemon: one follows the event stream (resuming
-with `sinceSeq` after a restart, and saying "reconnecting" meanwhile), one
-refetches what events made stale. Events only mark parts of the `Board`
-stale; the refetch waits `COALESCE` seconds so a burst costs one round of
-requests and one redraw, and only the screen in view is drawn. CPU,
-memory and runtimes change without events, so while agents run they go
-stale on a `TICK`.
+with `sinceSeq` after a restart, and saying "reconnecting" meanwhile); the
+other applies its events to the `Board` (`watch.model.apply`) and fetches
+what they left out (one task, one agent, the stats...). Events are taken
+in rounds, at most one per `ROUND` seconds, so a burst costs one round of
+requests and one redraw, and only the screen in view is drawn.
+CPU and memory change without events, so while agents run they are
+fetched on a `TICK`.
 """
 
 from __future__ import annotations
@@ -32,12 +33,17 @@ from corral.ui.integration import IntegrationScreen
 from corral.ui.link import Link
 from corral.ui.logview import LogScreen
 from corral.ui.run import RunScreen
-from corral.ui.state import PARTS, TOPICS, Board, stale_parts
+from corral.ui.state import PARTS, TOPICS, Board
+from corral.watch.model import LIVE, Needs, apply, latest
 
-__all__ = ["COALESCE", "TICK", "CorralApp"]
+__all__ = ["COALESCE", "ROUND", "TICK", "CorralApp"]
 
-#: Seconds a burst of events is gathered before one refetch and one redraw.
+#: Seconds a burst of events is gathered before one round of fetches and one redraw.
 COALESCE = 0.1
+#: The shortest time between two rounds (however many events come).
+ROUND = 0.5
+#: How long the event stream lets events gather before it reads them (one read for many).
+BATCH = 0.1
 #: Seconds between refreshes of the figures that have no events, while agents run.
 TICK = 2.0
 
@@ -79,8 +85,9 @@ class CorralApp(App[None]):
         self.link = Link(socket)
         self.session_id = session_id
         self.board = Board()
-        self.fetches = 0  # rounds of refetching (tests and the bench read it)
-        self._stale: set[str] = set(PARTS)
+        self.fetches = 0  # rounds of fetching (tests and the bench read it)
+        self._needs = Needs(parts=set(PARTS))  # what the board lacks: everything at first
+        self._events: list[Event] = []  # taken, not yet applied to the board
         self._wake = asyncio.Event()
         self._shown: DashScreen | None = None
         #: The dashboard's event stream: `last_seq` is where it stands (resumes from).
@@ -92,7 +99,7 @@ class CorralApp(App[None]):
         self.start_following()
 
     def start_following(self) -> None:
-        """Start the workers that talk to the daemon (the event stream, the refetcher)."""
+        """Start the workers that talk to the daemon (the event stream, the fetcher)."""
         self.run_worker(self._follow(), group="events", exclusive=True)
         self.run_worker(self._refresher(), group="refresh", exclusive=True)
         self.set_interval(TICK, self._tick)
@@ -111,7 +118,8 @@ class CorralApp(App[None]):
         try:
             while True:
                 try:
-                    async for event in self.link.follow(self.subscription, self._link_state):
+                    stream = self.link.follow(self.subscription, self._link_state, batch_secs=BATCH)
+                    async for event in stream:
                         self._take(event)
                 except errors.EventsExpired:
                     self.notify("missed events expired: everything was fetched again")
@@ -139,7 +147,8 @@ class CorralApp(App[None]):
                 title="limit violated",
                 severity="warning",
             )
-        self.mark_stale(stale_parts(event))
+        self._events.append(event)  # applied by the next round (`_apply_events`)
+        self._wake.set()
 
     def _link_state(self, state: str) -> None:
         was = self.board.link
@@ -151,62 +160,110 @@ class CorralApp(App[None]):
 
     def _tick(self) -> None:
         if self.board.running:
-            self.mark_stale({"pool", "agents"})
+            self.mark_stale({LIVE})
 
     def mark_stale(self, parts: set[str]) -> None:
+        """Fetch these parts of the board in the next round."""
         if parts:
-            self._stale |= parts
+            self._needs.parts |= parts
             self._wake.set()
 
     async def _refresher(self) -> None:
-        """Refetch the stale parts, at most once per `COALESCE`, and redraw once."""
+        """Fetch what the board lacks, at most once per `ROUND`, and redraw once."""
+        loop = asyncio.get_running_loop()
+        last = loop.time() - ROUND
         while True:
             await self._wake.wait()
-            await asyncio.sleep(COALESCE)  # gather the rest of a burst
+            # Gather the rest of a burst, and keep rounds at least ROUND apart.
+            await asyncio.sleep(max(COALESCE, last + ROUND - loop.time()))
             self._wake.clear()
-            wanted = self._wanted()
-            if not wanted:
+            self._apply_events()
+            needs = self._take_needs()
+            if not (needs or needs.changed):
                 continue
-            self._stale -= wanted
+            last = loop.time()
             try:
-                await self._fetch(wanted)
+                await self._fetch(needs)
             except (errors.ConnectionLost, errors.DaemonNotRunning):
-                self._stale |= wanted  # fetched again once the stream reconnects
+                self._needs.update(needs)  # fetched again once the stream reconnects
                 continue
             except errors.CorralError as exc:
                 self.notify(f"refresh: {exc.message} [{exc.code}]", severity="error")
             self._redraw()
 
-    def _wanted(self) -> set[str]:
-        """The stale parts worth fetching now: the costly conflicts only when on screen."""
-        needs = self._shown.NEEDS if self._shown is not None else frozenset()
-        return {p for p in self._stale if p != "conflicts" or p in needs}
+    def _apply_events(self) -> None:
+        """Apply the events taken since the last round (a figure only as last reported)."""
+        events, self._events = self._events, []
+        for event in latest(events):
+            if event.session_id is None or event.session_id == self.session_id:
+                self._needs.update(apply(self.board, event))
 
-    async def _fetch(self, parts: set[str]) -> None:
+    def _take_needs(self) -> Needs:
+        """What to fetch now: the costly conflicts only when a screen shows them."""
+        needs = self._needs.take()
+        shown = self._shown.NEEDS if self._shown is not None else frozenset()
+        if "conflicts" in needs.parts and "conflicts" not in shown:
+            needs.parts.discard("conflicts")
+            self._needs.parts.add("conflicts")  # kept for when such a screen is shown
+        return needs
+
+    async def _fetch(self, needs: Needs) -> None:
+        parts = needs.parts
         if self.session_id is None:
             await self._pick_session()
             if self.session_id is None:
                 return
             parts = set(PARTS) - {"conflicts"} | (parts & {"conflicts"})
         sid, link, b = self.session_id, self.link, self.board
+        if parts >= set(PARTS) - {"conflicts"}:
+            needs.tasks.clear()  # a new board: every row comes whole
+            needs.agents.clear()
         calls: dict[str, Any] = {
             "session": link.call(Client.session_get, session_id=sid),
             "stats": link.call(Client.parallel_get_scheduler_stats, session_id=sid),
             "pool": link.call(Client.parallel_get_pool_stats, session_id=sid),
             "agents": link.call(Client.parallel_list_agents, session_id=sid),
             "tasks": link.call(Client.parallel_list_tasks, session_id=sid),
-            "violations": link.call(Client.parallel_check_violations, session_id=sid),
+            "violations": link.call(Client.parallel_list_violations, session_id=sid),
             "integration": link.call(Client.integration_status, session_id=sid),
             "conflicts": self._fetch_conflicts(sid),
         }
-        chosen = [p for p in PARTS if p in parts]
+        if LIVE in parts:  # CPU and memory: the pool, and the running agents' rows
+            parts = parts | {"pool"}
+            if "agents" not in parts:
+                calls[LIVE] = link.call(Client.parallel_list_agents, session_id=sid, live=True)
+        chosen = [p for p in calls if p in parts]
         for p in set(calls) - set(chosen):
             calls[p].close()  # never awaited: close the coroutine
-        results = await asyncio.gather(*(calls[p] for p in chosen))
-        for part, value in zip(chosen, results, strict=True):
-            if part != "conflicts":
+        rows = [self._fetch_task(sid, t) for t in sorted(needs.tasks)]
+        rows += [self._fetch_agent(a) for a in sorted(needs.agents)]
+        results = await asyncio.gather(*(calls[p] for p in chosen), *rows)
+        for part, value in zip(chosen, results, strict=False):
+            if part in ("tasks", "agents"):
+                getattr(b, part).replace(value)
+            elif part == LIVE:
+                for agent in value:
+                    b.agents.put(agent)
+            elif part != "conflicts":
                 setattr(b, part, value)
         self.fetches += 1
+
+    async def _fetch_task(self, sid: str, task_id: str) -> None:
+        try:
+            self.board.tasks.put(
+                await self.link.call(Client.parallel_get_task, session_id=sid, task_id=task_id)
+            )
+        except errors.TaskNotFound:
+            self.board.tasks.drop(task_id)
+
+    async def _fetch_agent(self, agent_id: str) -> None:
+        try:
+            agent = await self.link.call(Client.parallel_get_agent, agent_id=agent_id)
+        except errors.AgentNotFound:
+            self.board.agents.drop(agent_id)
+            return
+        if agent.session_id == self.session_id:
+            self.board.agents.put(agent)
 
     async def _fetch_conflicts(self, sid: str) -> None:
         b, link = self.board, self.link
@@ -230,7 +287,7 @@ class CorralApp(App[None]):
     def screen_shown(self, screen: DashScreen) -> None:
         """A screen came into view: fetch what it alone needs, if stale."""
         self._shown = screen
-        if screen.NEEDS & self._stale:
+        if screen.NEEDS & self._needs.parts:
             self._wake.set()
 
     # --- actions the screens ask for --------------------------------------------------

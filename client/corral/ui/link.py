@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -76,6 +77,11 @@ class _Conn:
             self.decoder.feed(chunk)
         return message
 
+    @property
+    def buffered(self) -> bool:
+        """True if bytes read are waiting to be taken as messages."""
+        return self.decoder.pending > 0
+
     def close(self) -> None:
         self.writer.close()
 
@@ -95,6 +101,7 @@ class Link:
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._connecting = asyncio.Lock()
         self.requests = 0  # sent, over the link's life (the bench reads it)
+        self.sent: Counter[str] = Counter()  # the same, by method (tests read it)
 
     async def call(self, rpc: _Rpc[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Call a typed method (`Client.<name>`) and validate its answer as its result."""
@@ -111,6 +118,7 @@ class Link:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[ident] = future
         self.requests += 1
+        self.sent[method] += 1
         try:
             await conn.send(request(method, params, ident))
             message = await future
@@ -172,6 +180,7 @@ class Link:
         sub: Subscription,
         on_state: Callable[[LinkState], None] | None = None,
         retry_secs: float = 0.2,
+        batch_secs: float = 0.0,
     ) -> AsyncIterator[Event]:
         """Yield the events of `sub` on a connection of their own, resuming after a restart.
 
@@ -179,7 +188,10 @@ class Link:
         socket is tried again every `retry_secs`; once subscribed again
         (`sinceSeq` = the last event yielded, so nothing is lost or repeated)
         `on_state("connected")`. `sub.last_seq` says where the stream stands.
-        Errors other than a lost connection raise.
+        With `batch_secs`, once the events read are all taken it waits that
+        long before reading again, so a busy stream costs one read (and one
+        wake-up) per batch instead of per event. Errors other than a lost
+        connection raise.
         """
         state: LinkState | None = None
 
@@ -208,6 +220,8 @@ class Link:
                         tell("connected")
                     if event is not None:
                         yield event
+                        if batch_secs and not conn.buffered:
+                            await asyncio.sleep(batch_secs)
             except errors.ConnectionLost:
                 tell("reconnecting")
             finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -15,7 +16,7 @@ from corral.client import Client
 from corral.models import Task, TaskState
 from corral.ui.base import DashScreen
 from corral.ui.state import Board
-from corral.ui.widgets import Cards, HeaderLine, gauge
+from corral.ui.widgets import Cards, HeaderLine, gauge, show_text
 from corral.watch.render import STATUS_STYLE
 
 __all__ = ["RunScreen", "task_forest"]
@@ -23,7 +24,7 @@ __all__ = ["RunScreen", "task_forest"]
 CARDS = ["pending", "ready", "running", "completed", "failed", "blocked"]
 
 
-def task_forest(tasks: list[Task]) -> list[tuple[Task, str | None]]:
+def task_forest(tasks: Sequence[Task]) -> list[tuple[Task, str | None]]:
     """Each task with the task it hangs under in the tree: its first known dependency.
 
     Parents come before children (a dependency order), so a tree can be built
@@ -86,7 +87,9 @@ class RunScreen(DashScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self._tree_key: tuple[object, ...] = ()
+        self._tree_key: tuple[int, int] | None = None
+        self._task_nodes: dict[str, TreeNode[str]] = {}  # by task id
+        self._drawn: dict[str, Task] = {}  # each task as its node shows it
 
     def compose(self) -> ComposeResult:
         yield HeaderLine(id="header")
@@ -120,7 +123,7 @@ class RunScreen(DashScreen):
     def _bars(self, board: Board) -> None:
         pool = board.pool
         if pool is None:
-            self.query_one("#bars", Static).update(Text("limits: -", style="dim"))
+            show_text(self.query_one("#bars", Static), Text("limits: -", style="dim"))
             return
         lines = Text("utilization\n", style="bold")
         lines.append_text(gauge("agents", pool.active_agents, pool.max_agents, ""))
@@ -128,7 +131,7 @@ class RunScreen(DashScreen):
         lines.append_text(gauge("CPU", pool.total_cpu_percent, pool.max_total_cpu, "%"))
         lines.append("\n")
         lines.append_text(gauge("memory", pool.total_memory_mb, pool.max_total_memory_mb, " MB"))
-        self.query_one("#bars", Static).update(lines)
+        show_text(self.query_one("#bars", Static), lines)
 
     def _violations(self, board: Board) -> None:
         text = Text("violations\n", style="bold")
@@ -140,24 +143,35 @@ class RunScreen(DashScreen):
                 f"! {stamp} {v.task_id} {v.kind} {v.value:.0f}>{v.limit:.0f} → {v.action}\n",
                 style="red",
             )
-        self.query_one("#violations", Static).update(text)
+        show_text(self.query_one("#violations", Static), text)
 
     def _tree(self, board: Board) -> None:
-        key = tuple((t.id, t.state, t.attempts, t.integration_status, t.error) for t in board.tasks)
+        key = (id(board.tasks), board.tasks.version)  # the rows change only with their version
         if key == self._tree_key:
             return
         self._tree_key = key
         tree = self.query_one(Tree)
+        if len(board.tasks) == len(self._drawn) and all(
+            t.id in self._task_nodes for t in board.tasks
+        ):
+            # The same tasks: relabel the changed ones (a row changes by being replaced),
+            # rather than rebuild a tree of thousands of nodes.
+            for task in board.tasks:
+                drawn = self._drawn[task.id]
+                if drawn is not task and drawn != task:
+                    self._task_nodes[task.id].set_label(_label(task))
+                self._drawn[task.id] = task
+            return
         selected = tree.cursor_node.data if tree.cursor_node is not None else None
         tree.clear()
         tree.root.expand()
-        nodes: dict[str, TreeNode[str]] = {}
+        self._task_nodes.clear()
         for task, parent in task_forest(board.tasks):
-            under = nodes.get(parent, tree.root) if parent is not None else tree.root
-            node = under.add(_label(task), data=task.id, expand=True)
-            nodes[task.id] = node
-        if selected in nodes:
-            tree.move_cursor(nodes[selected])
+            under = self._task_nodes.get(parent, tree.root) if parent is not None else tree.root
+            self._task_nodes[task.id] = under.add(_label(task), data=task.id, expand=True)
+        self._drawn = {t.id: t for t in board.tasks}
+        if selected in self._task_nodes:
+            tree.move_cursor(self._task_nodes[selected])
         tree.root.set_label(Text(f"tasks ({len(board.tasks)})", style="bold"))
 
     def selected_task(self) -> str | None:

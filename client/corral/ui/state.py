@@ -1,10 +1,11 @@
-"""What the dashboard knows, and which parts of it an event makes stale (pure, no I/O).
+"""What the dashboard knows: one `Board`, kept up to date by events (pure, no I/O).
 
-The app keeps one `Board`: the daemon's answers for the session it shows.
-An event never patches it by hand (derive, don't mirror): `stale_parts`
-names the answers the event changes, the app asks for those again, once
-per burst of events, and redraws once. The figures that have no event
-(CPU, memory, runtimes) go stale on a slow tick while agents run.
+The app fetches a board once, then applies each event to it with
+`watch.model.apply`, the same rules as `corral watch`: a task's state, an
+agent's lifecycle, activity and tokens are patched from the payload, and
+what an event leaves out (one task, one agent, the stats, the integration
+report) is fetched, once per round of events, with one redraw. The figures
+that have no event (CPU, memory) are fetched on a slow tick while agents run.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from corral.models import (
     Agent,
     ConflictMatrix,
     ConflictSummary,
-    Event,
     IntegrationReport,
     MergeConflict,
     PoolStats,
@@ -25,36 +25,15 @@ from corral.models import (
     Task,
     Violation,
 )
+from corral.watch.model import Rows
 
-__all__ = ["PARTS", "TOPICS", "Board", "stale_parts"]
+__all__ = ["PARTS", "TOPICS", "Board"]
 
 #: Every part of a board, in the order they are fetched.
 PARTS = ("session", "stats", "pool", "agents", "tasks", "violations", "integration", "conflicts")
 
 #: What the dashboard subscribes to. Log lines are not here: only an open log follows them.
 TOPICS = ["session", "task", "agent", "violation", "conflicts", "merge", "integration"]
-
-_BY_PREFIX: dict[str, tuple[str, ...]] = {
-    "session": ("session", "stats", "integration"),
-    "task": ("stats", "tasks", "integration", "conflicts"),
-    "agent.status": ("agents", "pool"),
-    "agent.activity": ("agents",),
-    "agent.tokens": ("agents",),
-    "agent.rate_limit": ("agents", "tasks"),
-    "violation": ("violations", "pool"),
-    "conflicts": ("conflicts",),
-    "merge": ("conflicts", "integration"),
-    "integration": ("integration", "tasks"),
-}
-
-
-def stale_parts(event: Event) -> set[str]:
-    """The parts of a board that `event` makes stale (none for an event the UI ignores)."""
-    parts = _BY_PREFIX.get(event.type) or _BY_PREFIX.get(event.type.split(".", 1)[0])
-    if event.type == "task.status" and event.payload.get("state") != "completed":
-        # Only a completed task adds a branch: the costly matrix waits for that.
-        return {p for p in _BY_PREFIX["task"] if p != "conflicts"}
-    return set(parts or ())
 
 
 @dataclass
@@ -64,8 +43,8 @@ class Board:
     session: Session | None = None
     stats: SchedulerStats | None = None
     pool: PoolStats | None = None
-    agents: list[Agent] = field(default_factory=list)
-    tasks: list[Task] = field(default_factory=list)
+    agents: Rows[Agent] = field(default_factory=Rows)  # every attempt, ended ones too
+    tasks: Rows[Task] = field(default_factory=Rows)
     violations: list[Violation] = field(default_factory=list)
     integration: IntegrationReport | None = None
     matrix: ConflictMatrix | None = None
@@ -82,7 +61,7 @@ class Board:
         return any(a.lifecycle.value in ("starting", "running") for a in self.agents)
 
     def task(self, task_id: str) -> Task | None:
-        return next((t for t in self.tasks if t.id == task_id), None)
+        return self.tasks.get(task_id)
 
     def __repr__(self) -> str:
         sid = self.session.id if self.session else None

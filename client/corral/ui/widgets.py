@@ -16,7 +16,21 @@ from corral.models import AgentLifecycle, EndReason, TaskState
 from corral.ui.state import Board
 from corral.watch.render import STATUS_STYLE, bar
 
-__all__ = ["Cards", "HeaderLine", "gauge", "lifecycle_badge", "share_bar", "state_text"]
+__all__ = [
+    "Cards",
+    "HeaderLine",
+    "gauge",
+    "lifecycle_badge",
+    "share_bar",
+    "show_text",
+    "state_text",
+]
+
+
+def show_text(widget: Static, text: Text) -> None:
+    """Put `text` in `widget` unless it shows that already: an update redraws the widget."""
+    if widget.content != text:
+        widget.update(text)
 
 
 class Cards(Horizontal):
@@ -42,7 +56,7 @@ class Cards(Horizontal):
         for label, card in zip(self.labels, self.query(Static), strict=True):
             text = Text(f"{label} ", style="dim")
             text.append(values.get(label, "-"), style=f"bold {(styles or {}).get(label, '')}")
-            card.update(text)
+            show_text(card, text)
 
 
 class HeaderLine(Static):
@@ -62,7 +76,7 @@ class HeaderLine(Static):
             text.append(f"{config.strategy.value}, {config.max_parallel} parallel, {s.repo_path}")
         if board.link != "connected":
             text.append(f"  [{board.link}…]", style="bold reverse red")
-        self.update(text)
+        show_text(self, text)
 
 
 def gauge(label: str, value: float, limit: float, unit: str, width: int = 20) -> Text:

@@ -1,6 +1,7 @@
 """Live views of a session: `corral watch`, and the progress of `corral run`/`demo`.
 
 - `feed`: `EventFeed`, the events a view redraws on (a stoppable subscription);
+- `model`: how a view applies events to its rows, and what it then still needs;
 - `render`: `Snapshot` (what the daemon says now) and how it is drawn;
 - `summary`: what a finished run did, as data and as a table;
 - `live`: `follow` a session (live, plain or quiet) and `watch` (the command).

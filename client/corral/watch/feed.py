@@ -23,7 +23,13 @@ class EventFeed:
     ends its thread at once. It drives `transport.Subscription`: after a
     dropped connection it reconnects, and after a `lagged` notice it
     resubscribes, from the last seq it queued, so nothing is missed or
-    repeated.
+    repeated. If the daemon no longer keeps the events since then
+    (`EventsExpired`, a long absence) it subscribes again from now.
+
+    `resets` counts the times a view kept up by events cannot trust them
+    alone: each reconnection (the daemon restarted: its runs and live
+    figures are new) and each lost stretch of events. A view that sees it
+    move fetches its snapshot again.
     """
 
     def __init__(
@@ -31,12 +37,16 @@ class EventFeed:
         path: str | Path | None = None,
         topics: list[str] | None = None,
         session_id: str | None = None,
+        *,
+        batch_secs: float = 0.0,
     ) -> None:
         self.path = socket_path(path)
+        self.batch_secs = batch_secs
         self.topics = topics
         self.session_id = session_id
         self.queue: queue.Queue[Event] = queue.Queue()
         self.error: errors.CorralError | None = None
+        self.resets = 0
         self._sub = Subscription(topics, session_id)
         self._subscribed = threading.Event()
         self._stop = threading.Event()
@@ -99,6 +109,7 @@ class EventFeed:
     def _follow(self, conn: Connection) -> None:
         """Subscribe on `conn` and queue its events until it drops or the feed stops."""
         sub = self._sub
+        resumed = sub.subscribed > 0  # subscribed before, on a connection now gone
         sub.new_connection()
         try:
             while not self._stop.is_set():
@@ -110,10 +121,21 @@ class EventFeed:
                 event = sub.receive(message)
                 if sub.active:
                     self._subscribed.set()
+                    if resumed:
+                        resumed = False
+                        self.resets += 1
                 if event is not None:
                     self.queue.put(event)
+                    if self.batch_secs and not conn.buffered:
+                        # Let the next events gather in the socket: one read (and one
+                        # wake-up of the view) takes them all, rather than one per event.
+                        self._stop.wait(self.batch_secs)
         except errors.ConnectionLost:
             return  # reconnect and resume
+        except errors.EventsExpired:
+            # Missed for good: start again from now; the view fetches afresh (`resets`).
+            self._sub = Subscription(self.topics, self.session_id)
+            self.resets += 1
 
     def _fail(self, error: errors.CorralError) -> None:
         self.error = error
@@ -121,4 +143,7 @@ class EventFeed:
         self._subscribed.set()
 
     def __repr__(self) -> str:
-        return f"EventFeed({self.path}, topics={self.topics}, last_seq={self.last_seq})"
+        return (
+            f"EventFeed({self.path}, topics={self.topics}, last_seq={self.last_seq},"
+            f" resets={self.resets})"
+        )

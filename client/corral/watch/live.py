@@ -1,12 +1,16 @@
 """Following a session: the live view (`corral watch`), and plain or quiet progress lines.
 
-A view is a `render.Snapshot` fetched again when events arrive (a
-`feed.EventFeed` on a background thread), at most every `FETCH_SECS` however
-many come (one fetch for all that came meanwhile). Between events it is only
-redrawn, once a second, while an agent runs (its runtime advances); with
-nothing running and nothing happening there is no work at all: no fetch, no
-redraw (rich's own refresh thread is off). The conflict matrix is a merge
-per pair of branches, so it is recomputed only when a task completes.
+A view fetches a `render.Snapshot` once, then applies each event to it
+(`model.apply`, from a `feed.EventFeed` on a background thread) and asks
+the daemon only for what an event leaves out: one task, one agent, the
+stats. Events are taken in rounds, at most one per `DRAW_SECS` however many
+come, and each round is one redraw. CPU and memory have no events: while an
+agent runs they are fetched every `TICK_SECS`, and the view is redrawn once
+a second (runtimes advance). With nothing running and nothing happening
+there is no work at all (rich's own refresh thread is off). The conflict
+matrix is a merge per pair of branches, so it is recomputed only when a
+task completes. When the feed cannot vouch for its events (a reconnection,
+events missed for good: `EventFeed.resets`) the snapshot is fetched anew.
 """
 
 from __future__ import annotations
@@ -16,13 +20,14 @@ import time
 from collections.abc import Callable
 from typing import Literal
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.live import Live
 
 from corral.client import Client
-from corral.models import AgentLifecycle, Event, SessionStatus
+from corral.models import Event, SessionStatus
 from corral.watch.feed import EventFeed
-from corral.watch.render import Snapshot, fetch_matrix, gather, render
+from corral.watch.model import LIVE, Needs, apply, latest
+from corral.watch.render import Snapshot, catch_up, fetch_matrix, gather, render
 
 __all__ = ["FINISHED", "VIEW_TOPICS", "Mode", "follow", "watch"]
 
@@ -32,8 +37,14 @@ VIEW_TOPICS = ["task", "agent", "violation", "session", "conflicts", "merge", "i
 
 Mode = Literal["live", "plain", "quiet"]
 
-#: The shortest time between two fetches of the snapshot (a burst of events is one fetch).
-FETCH_SECS = 0.5
+#: The shortest time between two rounds of events (each is at most one fetch and one redraw).
+DRAW_SECS = 1.0
+#: How long the feed lets events gather before it reads them (one read for many).
+BATCH_SECS = 0.25
+#: Seconds between fetches of the running agents' CPU and memory (they have no events).
+TICK_SECS = 2.0
+#: Task ids listed per status in the live view (a terminal shows a few lines of them).
+MOST_TASKS = 40
 
 
 def follow(
@@ -55,58 +66,59 @@ def follow(
     Ctrl-C propagates.
     """
     started = time.time()
-    matrix = fetch_matrix(c, session_id) if mode == "live" else None
-    with EventFeed(c.path, VIEW_TOPICS, session_id) as feed:
+    with EventFeed(c.path, VIEW_TOPICS, session_id, batch_secs=BATCH_SECS) as feed:
         if start is not None:
             start()
-        snap = gather(c, session_id, matrix)
-        fetched = time.monotonic()
+        snap = gather(c, session_id, fetch_matrix(c, session_id) if mode == "live" else None)
+        resets = feed.resets
+        needs = Needs()
+        last_round = ticked = time.monotonic()
         live: Live | None = None
         if mode == "live":
-            compact = console.size.height < 40
             live = Live(
-                render(snap, tasks=show_tasks, started=started, compact=compact),
-                console=console,
-                auto_refresh=False,  # drawn below, when something changed
-                transient=False,
+                _draw(snap, console, show_tasks, started), console=console, auto_refresh=False
             )
             live.start()
         try:
             while not (until_finished and snap.session.status in FINISHED):
                 events = feed.get(timeout=1.0)
-                if events:  # coalesce: everything until FETCH_SECS after the last fetch
-                    while (wait := fetched + FETCH_SECS - time.monotonic()) > 0:
-                        events += feed.get(timeout=wait)
+                if feed.error is not None:  # e.g. the session is gone from a restarted daemon
+                    raise feed.error
+                if events:  # coalesce: everything until DRAW_SECS after the last round
+                    # Sleep rather than wait on the queue: a wait wakes for each event.
+                    time.sleep(max(0.0, last_round + DRAW_SECS - time.monotonic()))
+                    events += feed.get(timeout=0)
                 for event in events:
                     if on_event is not None:
                         on_event(event)
                     if mode == "plain":
                         _plain_line(console, event)
-                if events:
-                    completed = any(
-                        e.type == "task.status" and e.payload.get("state") == "completed"
-                        for e in events
-                    )
-                    if mode == "live" and completed:
-                        matrix = fetch_matrix(c, session_id)
-                    snap = gather(c, session_id, matrix)
-                    fetched = time.monotonic()
-                elif not _running(snap):
+                for event in latest(events):
+                    needs.update(apply(snap, event, keep_ended=False))
+                now = time.monotonic()
+                if snap.running and now - ticked >= TICK_SECS:
+                    needs.parts.add(LIVE)
+                    ticked = now
+                if feed.resets != resets:  # the events alone cannot be trusted: start afresh
+                    resets = feed.resets
+                    snap = gather(c, session_id, snap.matrix)
+                    needs = Needs(changed=True)
+                if not (events or needs or needs.changed or snap.running):
                     continue  # nothing happened and no runtime to advance
+                last_round = now
+                catch_up(c, snap, needs.take(), conflicts=mode == "live")
                 if live is not None:
-                    compact = console.size.height < 40
-                    view = render(snap, tasks=show_tasks, started=started, compact=compact)
-                    live.update(view, refresh=True)
+                    live.update(_draw(snap, console, show_tasks, started), refresh=True)
         finally:
             if live is not None:
                 live.stop()
     return snap
 
 
-def _running(snap: Snapshot) -> bool:
-    return any(
-        a.lifecycle in (AgentLifecycle.STARTING, AgentLifecycle.RUNNING) for a in snap.agents
-    )
+def _draw(snap: Snapshot, console: Console, show_tasks: bool, started: float) -> Group:
+    snap.at = time.time()  # runtimes advance between fetches
+    compact = console.size.height < 40
+    return render(snap, tasks=show_tasks, started=started, compact=compact, most=MOST_TASKS)
 
 
 def _plain_line(console: Console, event: Event) -> None:
