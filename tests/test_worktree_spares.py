@@ -15,6 +15,8 @@ import trio
 from corral import errors
 from corrald.git import worktrees as wt
 from tests.conftest import git, make_repo
+from tests.daemon_proc import DaemonProcess
+from tests.test_pool import wait_for
 from tests.test_worktrees import branches, exists, porcelain
 from tests.waits import wait_until
 
@@ -210,3 +212,43 @@ async def test_no_spares_in_an_empty_repository(tmp_path: Path, base: Path) -> N
     with pytest.raises(errors.RepositoryEmpty):
         await wt.fill_spares(str(empty), base, "main", 1)
     assert spares(base) == []
+
+
+def ready_spare(repo: Path, base: Path) -> Path | None:
+    """The spare git lists as a whole detached checkout (its fill is over), if there is one."""
+    if [b for b in branches(repo) if b.startswith("corral-spare/")]:
+        return None  # a fill is under way
+    for entry in porcelain(repo):
+        path = Path(entry.get("worktree", ""))
+        if path.parent == base and path.name.startswith(".spare-") and "detached" in entry:
+            return path
+    return None
+
+
+def test_daemon_refills_and_hands_out_spares_across_a_kill(repo: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with DaemonProcess(state) as d, d.client() as c:
+        c.init_parallel_scheduler(repo_path=str(repo), session_id="s")
+        first = c.worktree_allocate(agent_id="a1", task_id="t1")  # cold: no spare yet
+        base = Path(first.worktree_path).parent
+        spare = wait_for(lambda: ready_spare(repo, base), 60, "the refill after an allocation")
+        inode = spare.stat().st_ino
+        second = c.worktree_allocate(agent_id="a2", task_id="t2")
+        assert Path(second.worktree_path).stat().st_ino == inode  # the spare, renamed
+        assert_exactly(
+            Path(second.worktree_path), repo, "corral/t2", git(repo, "rev-parse", "main")
+        )
+        wait_for(lambda: ready_spare(repo, base), 60, "the next refill")
+        assert d.proc is not None
+        d.proc.kill()  # kill -9: the spare outlives the daemon
+        d.proc.wait(10)
+    with DaemonProcess(state) as d, d.client() as c:
+        assert sorted(a.task_id for a in c.worktree_get_allocations()) == ["t1", "t2"]
+        report = c.worktree_cleanup_report()
+        assert (report.removed, report.kept_dirty) == ([], [])  # a spare is no orphan
+        left = ready_spare(repo, base)
+        assert left is not None
+        third = c.worktree_allocate(agent_id="a3", task_id="t3")
+        assert not left.exists()  # handed out after the restart
+        assert_exactly(Path(third.worktree_path), repo, "corral/t3", git(repo, "rev-parse", "main"))
+    assert_sane(repo)
