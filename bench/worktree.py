@@ -12,29 +12,36 @@ commit changing 50 files), then interleaves, per repetition:
   cold  corral's allocate with no spare (libgit2 checks out the whole tree:
         the first allocation of a repository, or allocations closer together
         than one refill).
-It prints min and median of each and the ratios to git (min/median); the
+Every timed step starts after `sync`, so none pays for an earlier one's
+write-back. It prints min and median of each and the ratios to git (min/median); the
 target is warm/git <= 0.8. Run: `python bench/worktree.py [--files N]
 [--reps N] [--options]`; `--options` also measures the libgit2 settings.
 
-Options measured before choosing (this machine, 2 cores under load, ratios
-to git min/median):
-  * libgit2 checkout with tuned options: a profile of `add_worktree` shows,
-    per file, an attribute lookup (two `realpath`s, 16 failed `readlink`s)
-    for the filters and a second read of the object to validate the index
-    entry. pygit2 exposes no checkout flag that skips filters; the global
-    `enable_strict_object_creation(False)` skips the validation: 0.88/0.69
-    (default 1.33/0.86 in the same run), and strict hash verification off
-    changes nothing measurable (1.42/0.87). Too close to git and noisy to
-    reach 0.8 reliably, and both switches are process-wide: they would weaken
-    every other libgit2 write of the daemon. Not taken.
-  * our own checkout written by threads from a shared object store: pygit2
-    cannot set an index entry's stat data, so the index would be rebuilt by
-    hashing every file again (or left without stat data, so every status
-    re-reads every file); and two shared cores leave little to parallelise.
-    Not taken.
-  * a spare worktree, checked out ahead of time and handed out: taken. The
-    handout is an exact-clean check (one status walk), an incremental
-    checkout when the base moved, a branch and two renames.
+Options measured before choosing (this machine: 2 cores shared with four
+other engineers' runs, load 4-6; ratios to git, min / median):
+  * libgit2's checkout with tuned options. A syscall trace of `add_worktree`
+    shows, per file, an attribute lookup for the filters (two `realpath`s,
+    16 failed `readlink`s) and a second open of the object to validate the
+    new index entry. pygit2 exposes no checkout flag that skips the filters;
+    the process-wide `enable_strict_object_creation(False)` skips the
+    validation. `--options`, 7 repetitions: default 2.52 / 1.69, strict
+    object creation off 2.32 / 1.67, strict hash verification off 2.42 /
+    1.76, both 2.63 / 1.75 (an earlier 5-repetition run without `sync`:
+    1.33 / 0.86 against 0.88 / 0.69 for object creation off). At best a few
+    per cent, nowhere near 0.8, and the switches would weaken every other
+    libgit2 write in the daemon. Not taken.
+  * our own checkout written by threads from the shared object store:
+    pygit2 cannot set an index entry's stat data, so the index would have to
+    be rebuilt by hashing every file again (or left without stat data, so
+    every status re-reads every file), and two shared cores leave little to
+    parallelise. Not built.
+  * a spare worktree checked out ahead of time and handed out: taken. The
+    handout is an exact-clean check (one status walk with ignored files), an
+    incremental checkout when the base moved, a branch, and two renames.
+    7 repetitions: spare ready 0.23 / 0.05 (118 / 178 ms against git's
+    516 / 3255 ms: git's median caught the load), one commit behind 0.59 /
+    0.14, cold 1.98 / 0.45, refill 2.09 / 1.28. The cold path is unchanged;
+    the refill is the same full checkout, moved off the task's start.
 """
 
 from __future__ import annotations
@@ -90,6 +97,9 @@ def make_repo(path: Path, files: int) -> None:
 
 
 def timed(fn: Callable[..., object], *args: object) -> float:
+    # Each side starts with the page cache flushed of the previous checkouts'
+    # dirty pages: otherwise whoever runs next pays for their write-back.
+    os.sync()
     start = time.perf_counter()
     fn(*args)
     return time.perf_counter() - start

@@ -120,6 +120,22 @@ async def test_changed_spare_is_left_alone(repo: Path, base: Path) -> None:
     assert_sane(repo)
 
 
+async def test_spare_somebody_works_in_on_a_branch_is_left_alone(repo: Path, base: Path) -> None:
+    await wt.fill_spares(str(repo), base, "main", 1)
+    [spare] = spares(base)
+    git(spare, "checkout", "-q", "-b", "mine")
+    (spare / "mine.txt").write_text("mine\n")
+    git(spare, "add", "mine.txt")  # staged, not committed
+
+    info = await wt.allocate(str(repo), base, "t1", "corral/t1", "main")
+    assert await wt.fill_spares(str(repo), base, "main", 1) == 1
+
+    assert_exactly(Path(info.path), repo, "corral/t1", git(repo, "rev-parse", "main"))
+    assert git(spare, "rev-parse", "--abbrev-ref", "HEAD") == "mine"
+    assert git(spare, "status", "--porcelain") == "A  mine.txt"
+    assert len(spares(base)) == 2
+
+
 async def test_no_spare_for_an_existing_branch(repo: Path, base: Path) -> None:
     git(repo, "branch", "corral/t1")
     (repo / "later.txt").write_text("l\n")

@@ -15,9 +15,9 @@ detached HEAD; the dot keeps it out of orphan cleanup), and `allocate` turns
 a clean spare into the task's worktree: it checks out the base commit over
 it (only what changed since), creates the branch, and renames the spare's
 directory and metadata into place. The rename of the directory comes last,
-so nothing under a spare name has ever been handed to anyone: a spare that is
-not exactly ready (a fill or a handout cut short) is debris and the next fill
-removes it.
+so nothing under a spare name has ever been handed to anyone: a fill or a
+handout cut short leaves debris that the next sweep (each fill and each
+allocation) removes. A spare somebody changed is never used nor removed.
 """
 
 from __future__ import annotations
@@ -465,29 +465,31 @@ def _gitfile_target(gitfile: Path) -> str | None:
     return os.path.realpath(text[7:].strip()) if text.startswith("gitdir:") else None
 
 
-def _spare_ready(common: Path, name: str) -> Path | None:
-    """The spare's directory if `name` is a complete spare: both links agree, HEAD detached.
+def _spare_state(common: Path, base: Path, name: str) -> str:
+    """ "ready", "debris" (a fill or a handout cut short) or "other" (not ours to touch).
 
-    A fill sets the detached HEAD only after libgit2's checkout returned, and
-    a handout marks the spare claimed before it changes anything, so a
-    detached HEAD and no mark mean a whole, unclaimed checkout.
+    A fill detaches HEAD only after libgit2's checkout returned, and a handout
+    marks the spare claimed before it changes anything, so a detached HEAD
+    without the mark and with both links intact is a whole, unclaimed checkout.
     """
     meta = common / "worktrees" / name
     if os.path.lexists(meta / _CLAIMED):
-        return None
+        return "debris"
     try:
         back = (meta / "gitdir").read_text().strip()
         head = (meta / "HEAD").read_text().strip()
     except OSError:
-        return None
+        return "debris"  # libgit2 stopped before writing its metadata
     spare = Path(back).parent
-    if (
-        spare.name != name
-        or not re.fullmatch(r"[0-9a-f]{40}", head)
-        or _gitfile_target(spare / ".git") != os.path.realpath(meta)
-    ):
-        return None
-    return spare
+    if spare.parent != base:
+        return "other"  # a spare of another base directory (the config changed)
+    if head.startswith(f"ref: refs/heads/{_SPARE_BRANCH}"):
+        return "debris"  # the fill's checkout did not finish
+    if spare.name != name or _gitfile_target(spare / ".git") != os.path.realpath(meta):
+        return "debris"  # its directory is gone
+    if not re.fullmatch(r"[0-9a-f]{40}", head):
+        return "other"  # somebody checked out a branch in it
+    return "ready"
 
 
 def _replace_text(path: Path, text: str) -> None:
@@ -509,9 +511,9 @@ def _take_spare(
     """Turn a clean spare into `target` on a new `branch` at `commit`; False if none fits.
 
     The caller checked that `target`, the worktree name `task_id` and `branch`
-    are all free. The spare is checked out to `commit` first (libgit2 writes
-    only what differs from the spare's commit), then claimed: branch, HEAD,
-    both links, the metadata's name, and last the directory's rename.
+    are all free. The spare is marked claimed, checked out to `commit` (libgit2
+    writes only what differs from the spare's commit), then given the branch,
+    HEAD, both links, the metadata's name, and last the directory's rename.
     """
     for name in spares:
         spare = target.parent / name
@@ -560,24 +562,26 @@ def _drop_spare(common: Path, base: Path, name: str) -> None:
 
 def _sweep_spares(repo: pygit2.Repository, common: Path, base: Path) -> list[str]:
     """Remove spare debris (a fill or a handout cut short); return the ready spares' names."""
-    ready: list[str] = []
+    kept: dict[str, str] = {}
     for name in repo.list_worktrees():
-        if not name.startswith(SPARE_PREFIX):
-            continue
-        spare = _spare_ready(common, name)
-        if spare is None or (spare.parent == base and not spare.is_dir()):
-            _drop_spare(common, base, name)
-        elif spare.parent == base:
-            ready.append(name)
-        # else: a spare of another base directory (the config changed): not ours to judge
+        if name.startswith(SPARE_PREFIX):
+            state = _spare_state(common, base, name)
+            if state == "debris":
+                _drop_spare(common, base, name)
+            else:
+                kept[name] = state
     if base.is_dir():
         for entry in base.iterdir():
-            if entry.name.startswith(SPARE_PREFIX) and entry.name not in ready:
+            # A spare directory without its metadata: a handout renamed that, then stopped.
+            if entry.name.startswith(SPARE_PREFIX) and entry.name not in kept:
                 _drop_spare(common, base, entry.name)
     for name in repo.listall_branches():
         if name.startswith(_SPARE_BRANCH):
             repo.branches.local.delete(name)  # left by a fill that was killed
-    return sorted(ready)
+    others = sorted(name for name, state in kept.items() if state == "other")
+    if others:
+        log.warning("leaving alone spare worktrees somebody changed: %s", ", ".join(others))
+    return sorted(name for name, state in kept.items() if state == "ready")
 
 
 def _fill_spares_sync(repo_path: str, base_dir: Path, base_branch: str, count: int) -> int:
