@@ -110,6 +110,7 @@ class Daemon:
             self.engine,
             logs_dir=state_dir / "logs",
             worktree_base=config.daemon.worktree_base,
+            spare_worktrees=config.daemon.spare_worktrees,
             custom_types=config.agents,
             output=OutputBounds(
                 log_cap_bytes=config.daemon.log_cap_bytes,

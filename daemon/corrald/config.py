@@ -30,6 +30,8 @@ class DaemonSection(_Strict):
     socket: Path | None = None
     state_dir: Path | None = None
     worktree_base: Path | None = None
+    # Worktrees checked out ahead of time per repository, so a task starts without waiting.
+    spare_worktrees: int = Field(1, ge=0, le=8)
     max_frame_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_connections: int = Field(512, ge=1)
     frame_timeout_secs: float = Field(10.0, gt=0)

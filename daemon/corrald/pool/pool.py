@@ -81,6 +81,7 @@ class AgentPool:
         *,
         logs_dir: Path,
         worktree_base: Path | None = None,
+        spare_worktrees: int = 1,
         custom_types: dict[str, AgentTypeConfig] | None = None,
         output: OutputBounds | None = None,
         base_env: dict[str, str] | None = None,
@@ -89,6 +90,8 @@ class AgentPool:
         self.engine = engine
         self.logs_dir = logs_dir
         self.worktree_base = worktree_base
+        self.spare_worktrees = spare_worktrees
+        self._refilling: set[str] = set()  # repositories whose spares are being made
         self.custom_types = custom_types or {}
         self.output = output or OutputBounds()
         self.base_env = dict(os.environ if base_env is None else base_env)
@@ -517,7 +520,29 @@ class AgentPool:
         await worktrees.allocate(
             session.repo_path, self.base_dir(session.repo_path), task_id, branch, base, keep
         )
+        self._refill_spares(session.repo_path, base)
         return recorded[0]
+
+    def _refill_spares(self, repo: str, base_branch: str) -> None:
+        """Check out the next task's worktree ahead of time, off the allocation's path."""
+        key = repo_key(repo)
+        if self.spare_worktrees <= 0 or key in self._refilling or self.closing:
+            return
+        if self._nursery is None:
+            return  # not running (a test of the allocation alone)
+        self._refilling.add(key)
+        self._nursery.start_soon(self._fill_spares, repo, base_branch, key)
+
+    async def _fill_spares(self, repo: str, base_branch: str, key: str) -> None:
+        try:
+            await worktrees.fill_spares(
+                repo, self.base_dir(repo), base_branch, self.spare_worktrees
+            )
+        except Exception:
+            # A spare only saves time: failing to make one must not end the pool.
+            log.warning("could not prepare a spare worktree for %s", repo, exc_info=True)
+        finally:
+            self._refilling.discard(key)
 
     async def cleanup_orphans(self, state: SessionState) -> CleanupReport:
         """Clean orphans of the session's repository: worktrees no session on it has allocated."""
