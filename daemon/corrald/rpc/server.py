@@ -152,9 +152,19 @@ class Connection(Generic[S]):
         try:
             if self.closed:
                 return False
+            # The common case: the socket's buffer takes the whole answer at once,
+            # which needs neither a deadline nor a pass through trio's scheduler
+            # (a cancel scope per write was a tenth of a small request's cost).
+            # The socket is non-blocking; whatever does not fit is sent below.
+            try:
+                sent = os.write(self.stream.socket.fileno(), data)
+            except BlockingIOError:
+                sent = 0
+            if sent == len(data):
+                return True
             timeout = self.server.limits.write_timeout_secs
             with trio.move_on_after(timeout) as deadline:
-                await self.stream.send_all(data)
+                await self.stream.send_all(memoryview(data)[sent:])
             if deadline.cancelled_caught:
                 # Part of a message may be out: nothing more can be written.
                 log.info("%r: not reading, a write took over %s s; dropping it", self, timeout)
