@@ -37,11 +37,13 @@ feeds `rpc.discover`). This module knows nothing about agents or git.
 
 from __future__ import annotations
 
+import dis
 import inspect
 import json
 import logging
 import math
 import re
+import types
 import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -82,10 +84,39 @@ class MethodSpec(Generic[Ctx]):
     result: Any
     doc: str
     positional: tuple[str, ...]
+    #: The connection's reader answers it itself, without a task of its own (a fifth
+    #: of a small request's cost): the handler never waits and its result is no
+    #: list (a list may be long: it is encoded with pauses, and should not hold up
+    #: the requests that follow it on its connection).
+    inline: bool = False
 
     @property
     def summary(self) -> str:
         return self.doc.strip().splitlines()[0] if self.doc.strip() else self.name
+
+
+#: The opcodes of a place where a coroutine can be suspended: `await`, `async for`,
+#: `async with` (each of them compiles to some of these; nothing else does).
+_WAITING_OPS = frozenset(
+    dis.opmap[name]
+    for name in ("GET_AWAITABLE", "GET_AITER", "GET_ANEXT", "BEFORE_ASYNC_WITH", "SEND",
+                 "YIELD_VALUE")
+    if name in dis.opmap
+)  # fmt: skip
+
+
+def may_wait(fn: Callable[..., Any]) -> bool:
+    """Whether the coroutine function `fn` can give up control before it returns.
+
+    A coroutine is suspended only at an `await`, `async for` or `async with` in
+    its own code (code nested in it, such as a generator expression, suspends
+    its own frame, never this one), so one with none of them runs to its end in
+    one step. Anything but a plain function may wait.
+    """
+    code = getattr(fn, "__code__", None)
+    if not isinstance(code, types.CodeType):
+        return True
+    return not _WAITING_OPS.isdisjoint(code.co_code[::2])  # 2 bytes per instruction
 
 
 def validation_data(exc: ValidationError) -> dict[str, Any]:
@@ -129,13 +160,15 @@ class Registry(Generic[Ctx]):
             if method_name in self.methods:
                 raise ValueError(f"method {method_name} registered twice")
             positional = tuple(f.alias or n for n, f in params_model.model_fields.items())
+            result = hints.get("return", Any)
             self.methods[method_name] = MethodSpec(
                 name=method_name,
                 handler=fn,
                 params=params_model,
-                result=hints.get("return", Any),
+                result=result,
                 doc=inspect.cleandoc(fn.__doc__ or ""),
                 positional=positional,
+                inline=not may_wait(fn) and typing.get_origin(result) is not list,
             )
             return fn
 
@@ -285,6 +318,17 @@ async def _acquire(limiter: trio.CapacityLimiter) -> None:
         await limiter.acquire()
 
 
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """One frame, decoded: its request or batch, or the answer it already has."""
+
+    message: Any = None
+    check_unicode: bool = False  # it holds escapes: params may hold a lone surrogate
+    answer: bytes | None = None  # known without calling anything (a parse error, ...)
+    #: Answered without waiting (see `MethodSpec.inline`): no task of its own needed.
+    inline: bool = True
+
+
 class Dispatcher(Generic[Ctx]):
     """Turns one frame into its encoded answer (zero or more response objects)."""
 
@@ -302,26 +346,43 @@ class Dispatcher(Generic[Ctx]):
         `limiter` bounds how many requests of this connection run at once
         (batch items included); without one, a batch's items all run at once.
         """
+        return await self.answer(ctx, self.decode(text), limiter)
+
+    def decode(self, text: bytes | str) -> Incoming:
+        """Parse one frame (the first half of `dispatch_text`)."""
         try:
             if isinstance(text, bytes):
                 text = text.decode(json.detect_encoding(text))
             decoded = decode_frame(text, self.max_batch)
         except (ValueError, UnicodeDecodeError, RecursionError):
             # RecursionError: nesting deeper than Python's json can follow.
-            return _PARSE_ERROR
+            return Incoming(answer=_PARSE_ERROR)
         except _BatchTooLarge:
-            return self._encode_error(errors.BatchTooLarge(data={"limit": self.max_batch}), None)
+            error = errors.BatchTooLarge(data={"limit": self.max_batch})
+            return Incoming(answer=self._encode_error(error, None))
         # Only an escape can make a lone surrogate: look for them only then.
         check = "\\u" in text and _SURROGATE_ESCAPE.search(text) is not None
         if isinstance(decoded, list):
             if not decoded:
-                return _INVALID_REQUEST
-            return await self._batch(ctx, decoded, limiter, check)
+                return Incoming(answer=_INVALID_REQUEST)
+            return Incoming(decoded, check, inline=False)
+        method = decoded.get("method") if isinstance(decoded, dict) else None
+        spec = self.registry.methods.get(method) if isinstance(method, str) else None
+        return Incoming(decoded, check, inline=spec is None or spec.inline)
+
+    async def answer(
+        self, ctx: Ctx, incoming: Incoming, limiter: trio.CapacityLimiter | None = None
+    ) -> bytes | None:
+        """The second half of `dispatch_text`: run what `decode` found."""
+        if incoming.answer is not None:
+            return incoming.answer
+        if isinstance(incoming.message, list):
+            return await self._batch(ctx, incoming.message, limiter, incoming.check_unicode)
         if limiter is None:
-            return await self.dispatch_one(ctx, decoded, check)
+            return await self.dispatch_one(ctx, incoming.message, incoming.check_unicode)
         await _acquire(limiter)
         try:
-            return await self.dispatch_one(ctx, decoded, check)
+            return await self.dispatch_one(ctx, incoming.message, incoming.check_unicode)
         finally:
             limiter.release()
 
