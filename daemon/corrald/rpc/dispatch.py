@@ -1,9 +1,11 @@
-"""JSON-RPC 2.0 dispatch on trio, built from jsonrpcserver's per-request pieces.
+"""JSON-RPC 2.0 dispatch on trio.
 
-jsonrpcserver's own `async_dispatch` runs batches with `asyncio.gather` (which
-does not run under trio), rejects a whole batch for one bad item, and puts
-`str(exc)` of internal errors on the wire. So we keep its request/result/
-response types and serialisation, and do the rest here:
+jsonrpcserver, the library DESIGN.md names, runs batches with `asyncio.gather`
+(which does not run under trio), rejects a whole batch for one bad item, and
+puts `str(exc)` of internal errors on the wire, so all of it is done here; what
+was left of it (a request tuple and two dicts) was not worth its import, which
+brings jsonschema, referencing, asyncio and http.server (a fifth of the
+daemon's start-up). Here:
 
 * batches are split and every item gets its own answer (spec §6);
 * params are validated by the method's pydantic model (-32602 with the
@@ -47,19 +49,9 @@ import types
 import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import trio
-from jsonrpcserver.dispatcher import create_request
-from jsonrpcserver.exceptions import JsonRpcError
-from jsonrpcserver.request import Request
-from jsonrpcserver.response import (
-    ErrorResponse,
-    SuccessResponse,
-    serialize_error,
-    serialize_success,
-)
-from jsonrpcserver.sentinels import NODATA, NOID
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from corral import errors
@@ -69,9 +61,19 @@ log = logging.getLogger("corrald.rpc.dispatch")
 
 Ctx = TypeVar("Ctx")
 
-# Messages exactly as the JSON-RPC 2.0 specification spells them.
-PARSE_ERROR = ErrorResponse(-32700, "Parse error", NODATA, None)
-INVALID_REQUEST = ErrorResponse(-32600, "Invalid Request", NODATA, None)
+#: The id of a notification (a request without one; null is an id).
+NOID: Any = object()
+
+
+class Request(NamedTuple):
+    method: str
+    params: list[Any] | dict[str, Any]
+    id: Any  # NOID for a notification
+
+
+def error_response(wire: dict[str, Any], ident: Any) -> dict[str, Any]:
+    """A response object for an error object (code, message, data if any)."""
+    return {"jsonrpc": "2.0", "error": wire, "id": ident}
 
 
 @dataclass(frozen=True)
@@ -305,8 +307,9 @@ def _valid_request(item: Any) -> bool:
 
 #: Shared by every call without params: it has no field to change.
 _NO_PARAMS = NoParams.model_construct()  # built without its validator (start-up)
-_PARSE_ERROR = encode_json(serialize_error(PARSE_ERROR))
-_INVALID_REQUEST = encode_json(serialize_error(INVALID_REQUEST))
+# Messages exactly as the JSON-RPC 2.0 specification spells them.
+_PARSE_ERROR = encode_json(error_response({"code": -32700, "message": "Parse error"}, None))
+_INVALID_REQUEST = encode_json(error_response({"code": -32600, "message": "Invalid Request"}, None))
 
 
 async def _acquire(limiter: trio.CapacityLimiter) -> None:
@@ -413,7 +416,7 @@ class Dispatcher(Generic[Ctx]):
     async def dispatch_one(self, ctx: Ctx, item: Any, check_unicode: bool = True) -> bytes | None:
         if not _valid_request(item):
             return _INVALID_REQUEST
-        request: Request = create_request(item)
+        request = Request(item["method"], item.get("params", {}), item.get("id", NOID))
         outcome = await self._call(ctx, request, check_unicode)
         if request.id is NOID:
             return None  # a notification: nothing is sent, not even an error
@@ -424,7 +427,7 @@ class Dispatcher(Generic[Ctx]):
             return fast
         try:
             return encode_json(
-                serialize_success(SuccessResponse(to_jsonable(outcome.value), request.id))
+                {"jsonrpc": "2.0", "result": to_jsonable(outcome.value), "id": request.id}
             )
         except Exception:
             # The answer is lost either way; the client learns which request it was.
@@ -466,7 +469,7 @@ class Dispatcher(Generic[Ctx]):
                 body = adapter.dump_json(value, by_alias=True, exclude_none=True, warnings="error")
         except Exception:  # the general path encodes it, or says why not
             return None
-        # The members of jsonrpcserver's `serialize_success`, around bytes already encoded.
+        # The members of the general path's response, around bytes already encoded.
         return b'{"jsonrpc":"2.0","result":' + body + b',"id":' + ident + b"}"
 
     async def _call(
@@ -488,11 +491,6 @@ class Dispatcher(Generic[Ctx]):
             return _Result(await spec.handler(ctx, params))
         except errors.CorralError as exc:
             return exc
-        except JsonRpcError as exc:
-            data = exc.data if exc.data is not NODATA else None
-            return errors.CorralError.from_wire(
-                {"code": exc.code, "message": exc.message, "data": data}
-            )
         except ValidationError as exc:
             # A handler validating nested input (e.g. a config) reports it as params.
             return errors.InvalidParams(data=validation_data(exc))
@@ -517,16 +515,10 @@ class Dispatcher(Generic[Ctx]):
     def _encode_error(exc: errors.CorralError, ident: Any) -> bytes:
         wire = exc.to_wire()
         try:
-            return encode_json(
-                serialize_error(
-                    ErrorResponse(wire["code"], wire["message"], wire.get("data", NODATA), ident)
-                )
-            )
+            return encode_json(error_response(wire, ident))
         except Exception:
             log.exception("error %s cannot be encoded as JSON", wire["code"])
-            return encode_json(
-                serialize_error(ErrorResponse(-32603, "Internal error", NODATA, ident))
-            )
+            return encode_json(error_response({"code": -32603, "message": "Internal error"}, ident))
 
 
 def _not_unicode(where: str) -> errors.InvalidParams:
