@@ -300,6 +300,103 @@ async def test_in_flight_cap_holds_for_batch_items_and_single_requests() -> None
     assert peak == cap
 
 
+def test_a_method_is_answered_inline_only_when_it_cannot_wait() -> None:
+    """The reader answers a method itself only if its handler has no await (so it
+    cannot hold up the frames behind it) and its result is no list (maybe long)."""
+    registry: Registry[None] = Registry()
+    release = trio.Event()
+
+    @registry.method()
+    async def plain(ctx: None, p: WaitParams) -> int:
+        return p.n + sum(i for i in range(3))
+
+    @registry.method()
+    async def awaits(ctx: None, p: WaitParams) -> int:
+        await release.wait()
+        return p.n
+
+    @registry.method()
+    async def async_with(ctx: None, p: WaitParams) -> int:
+        async with trio.open_nursery():
+            return p.n
+
+    @registry.method()
+    async def async_for(ctx: None, p: WaitParams) -> int:
+        send, receive = trio.open_memory_channel[int](1)
+        send.send_nowait(p.n)
+        send.close()
+        return sum([n async for n in receive])
+
+    @registry.method()
+    async def a_list(ctx: None, p: WaitParams) -> list[int]:
+        return [p.n]
+
+    inline = {name: spec.inline for name, spec in registry.methods.items()}
+    assert inline == {
+        "plain": True,
+        "awaits": False,
+        "async_with": False,
+        "async_for": False,
+        "a_list": False,
+    }
+    from corrald.api import methods  # the daemon's own: a status call is inline, a merge not
+
+    assert methods.methods["daemon_status"].inline
+    assert not methods.methods["merge_completed_branches"].inline
+    assert not methods.methods["parallel_list_tasks"].inline
+
+
+async def test_an_inline_answer_is_not_held_up_by_a_waiting_request() -> None:
+    """Requests still run at once on one connection: a quick one sent after one that
+    waits is answered first, and the waiting one is answered when it may go on."""
+    release = trio.Event()
+    registry: Registry[Connection[None]] = Registry()
+
+    @registry.method()
+    async def hold(conn: Connection[None], p: WaitParams) -> int:
+        await release.wait()
+        return p.n
+
+    @registry.method()
+    async def quick(conn: Connection[None], p: WaitParams) -> int:
+        return p.n
+
+    assert registry.methods["quick"].inline and not registry.methods["hold"].inline
+    tmp = Path(tempfile.mkdtemp(prefix="il", dir="/tmp"))
+    server: Server[Connection[None], None] = Server(registry, lambda conn: conn, lambda: None)
+    lines = [
+        {"jsonrpc": "2.0", "method": "hold", "params": {"n": 1}, "id": 1},
+        {"jsonrpc": "2.0", "method": "quick", "params": {"n": 2}, "id": 2},
+        {"jsonrpc": "2.0", "method": "quick", "params": {"n": "x"}, "id": 3},
+        {"jsonrpc": "2.0", "method": "nothing", "id": 4},
+    ]
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.serve, bind_socket(tmp / "s.sock"))
+            stream = await trio.open_unix_socket(str(tmp / "s.sock"))
+            async with stream:
+                await stream.send_all("".join(json.dumps(m) + "\n" for m in lines).encode())
+                buf = bytearray()
+                with trio.fail_after(10):
+                    while buf.count(b"\n") < 3:
+                        buf += await stream.receive_some(65536)
+                first = [json.loads(line) for line in bytes(buf).splitlines()]
+                assert not release.is_set()
+                release.set()
+                with trio.fail_after(10):
+                    while buf.count(b"\n") < 4:
+                        buf += await stream.receive_some(65536)
+            server.request_shutdown()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert [(a["id"], a.get("result"), a.get("error", {}).get("code")) for a in first] == [
+        (2, 2, None),
+        (3, None, errors.InvalidParams.code),
+        (4, None, errors.MethodNotFound.code),
+    ]
+    assert json.loads(bytes(buf).splitlines()[3]) == {"jsonrpc": "2.0", "result": 1, "id": 1}
+
+
 def test_fd_count_returns_after_the_churn(shared: DaemonProcess) -> None:
     """What the counts say is what the kernel says: no socket is left open."""
     wait_until(lambda: counts(shared) == (1, 0), timeout=10)

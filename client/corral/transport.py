@@ -35,9 +35,13 @@ __all__ = ["MAX_FRAME", "Decoder", "Subscription", "encode", "request"]
 MAX_FRAME = 64 * 1024 * 1024
 
 
+#: Built once: `json.dumps` with options builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def encode(message: dict[str, Any]) -> bytes:
     """One NDJSON frame: compact JSON and a newline."""
-    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+    return (_ENCODER.encode(message) + "\n").encode()
 
 
 def request(method: str, params: dict[str, Any], ident: int) -> dict[str, Any]:

@@ -26,8 +26,9 @@ async def daemon_status(call: Call, p: NoParams) -> DaemonStatus:
     7003, 7004 or 7001 and keeps nothing of the request.
     """
     info = call.daemon
-    # Every value is the daemon's own and already typed: no validation to pay per call.
-    return DaemonStatus.model_construct(
+    # Validating is cheaper than `model_construct` (6 against 15 us: pydantic-core does it
+    # in Rust, `model_construct` walks the fields in Python); the nested models pass as is.
+    return DaemonStatus(
         version=__version__,
         pid=os.getpid(),
         uptime_secs=round(time.monotonic() - info.started_at, 3),

@@ -1,9 +1,11 @@
-"""JSON-RPC 2.0 dispatch on trio, built from jsonrpcserver's per-request pieces.
+"""JSON-RPC 2.0 dispatch on trio.
 
-jsonrpcserver's own `async_dispatch` runs batches with `asyncio.gather` (which
-does not run under trio), rejects a whole batch for one bad item, and puts
-`str(exc)` of internal errors on the wire. So we keep its request/result/
-response types and serialisation, and do the rest here:
+jsonrpcserver, the library DESIGN.md names, runs batches with `asyncio.gather`
+(which does not run under trio), rejects a whole batch for one bad item, and
+puts `str(exc)` of internal errors on the wire, so all of it is done here; what
+was left of it (a request tuple and two dicts) was not worth its import, which
+brings jsonschema, referencing, asyncio and http.server (a fifth of the
+daemon's start-up). Here:
 
 * batches are split and every item gets its own answer (spec §6);
 * params are validated by the method's pydantic model (-32602 with the
@@ -39,27 +41,19 @@ feeds `rpc.discover`). This module knows nothing about agents or git.
 
 from __future__ import annotations
 
+import dis
 import inspect
 import json
 import logging
 import math
 import re
+import types
 import typing
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 import trio
-from jsonrpcserver.dispatcher import create_request
-from jsonrpcserver.exceptions import JsonRpcError
-from jsonrpcserver.request import Request
-from jsonrpcserver.response import (
-    ErrorResponse,
-    SuccessResponse,
-    serialize_error,
-    serialize_success,
-)
-from jsonrpcserver.sentinels import NODATA, NOID
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from corral import errors
@@ -70,9 +64,19 @@ log = logging.getLogger("corrald.rpc.dispatch")
 Ctx = TypeVar("Ctx")
 T = TypeVar("T")
 
-# Messages exactly as the JSON-RPC 2.0 specification spells them.
-PARSE_ERROR = ErrorResponse(-32700, "Parse error", NODATA, None)
-INVALID_REQUEST = ErrorResponse(-32600, "Invalid Request", NODATA, None)
+#: The id of a notification (a request without one; null is an id).
+NOID: Any = object()
+
+
+class Request(NamedTuple):
+    method: str
+    params: list[Any] | dict[str, Any]
+    id: Any  # NOID for a notification
+
+
+def error_response(wire: dict[str, Any], ident: Any) -> dict[str, Any]:
+    """A response object for an error object (code, message, data if any)."""
+    return {"jsonrpc": "2.0", "error": wire, "id": ident}
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,11 @@ class MethodSpec(Generic[Ctx]):
     result: Any
     doc: str
     positional: tuple[str, ...]
+    #: The connection's reader answers it itself, without a task of its own (a fifth
+    #: of a small request's cost): the handler never waits and its result is no
+    #: list (a list may be long: it is encoded with pauses, and should not hold up
+    #: the requests that follow it on its connection).
+    inline: bool = False
 
     @property
     def summary(self) -> str:
@@ -143,6 +152,30 @@ async def encode_items(items: Sequence[HasJson]) -> Encoded[Any]:
     return Encoded(items=parts)
 
 
+#: The opcodes of a place where a coroutine can be suspended: `await`, `async for`,
+#: `async with` (each of them compiles to some of these; nothing else does).
+_WAITING_OPS = frozenset(
+    dis.opmap[name]
+    for name in ("GET_AWAITABLE", "GET_AITER", "GET_ANEXT", "BEFORE_ASYNC_WITH", "SEND",
+                 "YIELD_VALUE")
+    if name in dis.opmap
+)  # fmt: skip
+
+
+def may_wait(fn: Callable[..., Any]) -> bool:
+    """Whether the coroutine function `fn` can give up control before it returns.
+
+    A coroutine is suspended only at an `await`, `async for` or `async with` in
+    its own code (code nested in it, such as a generator expression, suspends
+    its own frame, never this one), so one with none of them runs to its end in
+    one step. Anything but a plain function may wait.
+    """
+    code = getattr(fn, "__code__", None)
+    if not isinstance(code, types.CodeType):
+        return True
+    return not _WAITING_OPS.isdisjoint(code.co_code[::2])  # 2 bytes per instruction
+
+
 def validation_data(exc: ValidationError) -> dict[str, Any]:
     """A JSON-safe summary of pydantic errors: where, what, and which kind."""
     return {
@@ -194,6 +227,7 @@ class Registry(Generic[Ctx]):
                 result=result,
                 doc=inspect.cleandoc(fn.__doc__ or ""),
                 positional=positional,
+                inline=not may_wait(fn) and typing.get_origin(result) is not list,
             )
             return fn
 
@@ -328,8 +362,31 @@ def _valid_request(item: Any) -> bool:
     return set(item) <= {"jsonrpc", "method", "params", "id"}
 
 
-_PARSE_ERROR = encode_json(serialize_error(PARSE_ERROR))
-_INVALID_REQUEST = encode_json(serialize_error(INVALID_REQUEST))
+#: Shared by every call without params: it has no field to change.
+_NO_PARAMS = NoParams.model_construct()  # built without its validator (start-up)
+# Messages exactly as the JSON-RPC 2.0 specification spells them.
+_PARSE_ERROR = encode_json(error_response({"code": -32700, "message": "Parse error"}, None))
+_INVALID_REQUEST = encode_json(error_response({"code": -32600, "message": "Invalid Request"}, None))
+
+
+async def _acquire(limiter: trio.CapacityLimiter) -> None:
+    """`limiter.acquire()`, without its pass through the scheduler when a token is free
+    (the common case): that pass was a sixth of a small request's cost."""
+    try:
+        limiter.acquire_nowait()
+    except trio.WouldBlock:
+        await limiter.acquire()
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """One frame, decoded: its request or batch, or the answer it already has."""
+
+    message: Any = None
+    check_unicode: bool = False  # it holds escapes: params may hold a lone surrogate
+    answer: bytes | None = None  # known without calling anything (a parse error, ...)
+    #: Answered without waiting (see `MethodSpec.inline`): no task of its own needed.
+    inline: bool = True
 
 
 class Dispatcher(Generic[Ctx]):
@@ -350,25 +407,45 @@ class Dispatcher(Generic[Ctx]):
         `limiter` bounds how many requests of this connection run at once
         (batch items included); without one, a batch's items all run at once.
         """
+        return await self.answer(ctx, self.decode(text), limiter)
+
+    def decode(self, text: bytes | str) -> Incoming:
+        """Parse one frame (the first half of `dispatch_text`)."""
         try:
             if isinstance(text, bytes):
                 text = text.decode(json.detect_encoding(text))
             decoded = decode_frame(text, self.max_batch)
         except (ValueError, UnicodeDecodeError, RecursionError):
             # RecursionError: nesting deeper than Python's json can follow.
-            return _PARSE_ERROR
+            return Incoming(answer=_PARSE_ERROR)
         except _BatchTooLarge:
-            return self._encode_error(errors.BatchTooLarge(data={"limit": self.max_batch}), None)
+            error = errors.BatchTooLarge(data={"limit": self.max_batch})
+            return Incoming(answer=self._encode_error(error, None))
         # Only an escape can make a lone surrogate: look for them only then.
         check = "\\u" in text and _SURROGATE_ESCAPE.search(text) is not None
         if isinstance(decoded, list):
             if not decoded:
-                return _INVALID_REQUEST
-            return await self._batch(ctx, decoded, limiter, check)
+                return Incoming(answer=_INVALID_REQUEST)
+            return Incoming(decoded, check, inline=False)
+        method = decoded.get("method") if isinstance(decoded, dict) else None
+        spec = self.registry.methods.get(method) if isinstance(method, str) else None
+        return Incoming(decoded, check, inline=spec is None or spec.inline)
+
+    async def answer(
+        self, ctx: Ctx, incoming: Incoming, limiter: trio.CapacityLimiter | None = None
+    ) -> Answer:
+        """The second half of `dispatch_text`: run what `decode` found."""
+        if incoming.answer is not None:
+            return incoming.answer
+        if isinstance(incoming.message, list):
+            return await self._batch(ctx, incoming.message, limiter, incoming.check_unicode)
         if limiter is None:
-            return await self.dispatch_one(ctx, decoded, check)
-        async with limiter:
-            return await self.dispatch_one(ctx, decoded, check)
+            return await self.dispatch_one(ctx, incoming.message, incoming.check_unicode)
+        await _acquire(limiter)
+        try:
+            return await self.dispatch_one(ctx, incoming.message, incoming.check_unicode)
+        finally:
+            limiter.release()
 
     async def _batch(
         self, ctx: Ctx, items: list[Any], limiter: trio.CapacityLimiter | None, check: bool
@@ -381,8 +458,11 @@ class Dispatcher(Generic[Ctx]):
                 if limiter is None:
                     answer = await self.dispatch_one(ctx, item, check)
                 else:
-                    async with limiter:
+                    await _acquire(limiter)
+                    try:
                         answer = await self.dispatch_one(ctx, item, check)
+                    finally:
+                        limiter.release()
                 answers[i] = answer.join() if isinstance(answer, Pieces) else answer
 
         workers = len(items) if limiter is None else min(len(items), int(limiter.total_tokens))
@@ -395,7 +475,7 @@ class Dispatcher(Generic[Ctx]):
     async def dispatch_one(self, ctx: Ctx, item: Any, check_unicode: bool = True) -> Answer:
         if not _valid_request(item):
             return _INVALID_REQUEST
-        request: Request = create_request(item)
+        request = Request(item["method"], item.get("params", {}), item.get("id", NOID))
         outcome = await self._call(ctx, request, check_unicode)
         if request.id is NOID:
             return None  # a notification: nothing is sent, not even an error
@@ -408,7 +488,7 @@ class Dispatcher(Generic[Ctx]):
             return fast
         try:
             return encode_json(
-                serialize_success(SuccessResponse(to_jsonable(outcome.value), request.id))
+                {"jsonrpc": "2.0", "result": to_jsonable(outcome.value), "id": request.id}
             )
         except Exception:
             # The answer is lost either way; the client learns which request it was.
@@ -471,11 +551,6 @@ class Dispatcher(Generic[Ctx]):
             return _Result(await spec.handler(ctx, params))
         except errors.CorralError as exc:
             return exc
-        except JsonRpcError as exc:
-            data = exc.data if exc.data is not NODATA else None
-            return errors.CorralError.from_wire(
-                {"code": exc.code, "message": exc.message, "data": data}
-            )
         except ValidationError as exc:
             # A handler validating nested input (e.g. a config) reports it as params.
             return errors.InvalidParams(data=validation_data(exc))
@@ -492,26 +567,22 @@ class Dispatcher(Generic[Ctx]):
                     {"expected": list(spec.positional), "got": len(params)},
                 )
             params = dict(zip(spec.positional, params, strict=False))
+        if not params and spec.params is NoParams:
+            return _NO_PARAMS  # nothing to validate (most status calls)
         return spec.params.model_validate(params)
 
     @staticmethod
     def _encode_error(exc: errors.CorralError, ident: Any) -> bytes:
         wire = exc.to_wire()
         try:
-            return encode_json(
-                serialize_error(
-                    ErrorResponse(wire["code"], wire["message"], wire.get("data", NODATA), ident)
-                )
-            )
+            return encode_json(error_response(wire, ident))
         except Exception:
             log.exception("error %s cannot be encoded as JSON", wire["code"])
-            return encode_json(
-                serialize_error(ErrorResponse(-32603, "Internal error", NODATA, ident))
-            )
+            return encode_json(error_response({"code": -32603, "message": "Internal error"}, ident))
 
 
 def _success(result: bytes, ident: bytes) -> bytes:
-    """The members of jsonrpcserver's `serialize_success`, around bytes already encoded."""
+    """A success response object around a result already encoded."""
     return b'{"jsonrpc":"2.0","result":' + result + b',"id":' + ident + b"}"
 
 
