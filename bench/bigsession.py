@@ -89,6 +89,18 @@ def anchor_server(path: str, payload_file: str) -> None:
     trio.run(main)
 
 
+def start_anchor(path: Path, payload_file: Path, payload: bytes) -> subprocess.Popen[bytes]:
+    """`anchor_server` in its own process, answering any line with `payload`."""
+    payload_file.write_bytes(payload)
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--anchor-server", str(path), str(payload_file)]
+    )
+    while not path.exists():
+        time.sleep(0.01)
+    time.sleep(0.2)  # listening
+    return proc
+
+
 def round_trip(sock: socket.socket, request: bytes) -> bytes:
     """Send one line, read to the answer's newline."""
     sock.sendall(request)
@@ -224,20 +236,8 @@ def measure(size: int, runs: int, workdir: Path) -> None:
         )
         corral_sock = connect(daemon.socket)
         payload = round_trip(corral_sock, request)
-        (workdir / "payload").write_bytes(payload)
         anchor_path = workdir / f"a{size}.sock"
-        anchor = subprocess.Popen(
-            [
-                sys.executable,
-                __file__,
-                "--anchor-server",
-                str(anchor_path),
-                str(workdir / "payload"),
-            ]
-        )
-        while not anchor_path.exists():
-            time.sleep(0.01)
-        time.sleep(0.2)
+        anchor = start_anchor(anchor_path, workdir / "payload", payload)
         anchor_sock = connect(anchor_path)
         round_trip(anchor_sock, request)  # warm-up
         # The replay: everything kept, up to the newest event (one per task at least).
@@ -254,20 +254,8 @@ def measure(size: int, runs: int, workdir: Path) -> None:
         marker = b'{"seq":%d,' % newest
         _, replay_payload = replay_round(daemon.socket, replay_request, marker)
         events = replay_payload.count(b'"method":"event"')
-        (workdir / "replay").write_bytes(replay_payload)
         replay_anchor_path = workdir / f"r{size}.sock"
-        replay_anchor = subprocess.Popen(
-            [
-                sys.executable,
-                __file__,
-                "--anchor-server",
-                str(replay_anchor_path),
-                str(workdir / "replay"),
-            ]
-        )
-        while not replay_anchor_path.exists():
-            time.sleep(0.01)
-        time.sleep(0.2)
+        replay_anchor = start_anchor(replay_anchor_path, workdir / "replay", replay_payload)
         ticker = Ticker(daemon.socket)
         a_times: list[float] = []
         c_times: list[float] = []

@@ -33,6 +33,7 @@ from corrald.rpc.dispatch import Registry
 from corrald.rpc.server import Connection, Limits, Server, bind_socket
 from tests.daemon_proc import DaemonProcess
 from tests.test_rpc_bad_input import Raw, error_of, status, wait_until
+from tests.waits import receive_lines
 
 WRITE_TIMEOUT = 2.0
 
@@ -377,15 +378,11 @@ async def test_an_inline_answer_is_not_held_up_by_a_waiting_request() -> None:
             async with stream:
                 await stream.send_all("".join(json.dumps(m) + "\n" for m in lines).encode())
                 buf = bytearray()
-                with trio.fail_after(10):
-                    while buf.count(b"\n") < 3:
-                        buf += await stream.receive_some(65536)
+                await receive_lines(stream, buf, 3)
                 first = [json.loads(line) for line in bytes(buf).splitlines()]
                 assert not release.is_set()
                 release.set()
-                with trio.fail_after(10):
-                    while buf.count(b"\n") < 4:
-                        buf += await stream.receive_some(65536)
+                await receive_lines(stream, buf, 4)
             server.request_shutdown()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

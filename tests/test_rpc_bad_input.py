@@ -27,6 +27,7 @@ from corral.models import Params
 from corrald.rpc.dispatch import Registry
 from corrald.rpc.server import Connection, Server, bind_socket
 from tests.daemon_proc import DaemonProcess
+from tests.waits import receive_lines
 
 FRAME_CAP = 65536
 FRAME_TIMEOUT = 0.5
@@ -448,9 +449,7 @@ async def test_internal_error_is_short_and_leaks_nothing(
                 ]
                 await stream.send_all(b"".join(json.dumps(r).encode() + b"\n" for r in requests))
                 buf = bytearray()
-                with trio.fail_after(10):
-                    while buf.count(b"\n") < 3:
-                        buf += await stream.receive_some(65536)
+                await receive_lines(stream, buf, 3)
             server.request_shutdown()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -15,3 +15,10 @@ async def wait_until(predicate: Callable[[], bool], interval: float = 0.02) -> N
     """Return once `predicate()` is true (wrap the call in `trio.fail_after`)."""
     while not predicate():  # noqa: ASYNC110 - conditions outside trio have no event to wait on
         await trio.sleep(interval)
+
+
+async def receive_lines(stream: trio.abc.ReceiveStream, buf: bytearray, lines: int) -> None:
+    """Read into `buf` until it holds `lines` newlines (at most 10 s)."""
+    with trio.fail_after(10):
+        while buf.count(b"\n") < lines:
+            buf += await stream.receive_some(65536)
