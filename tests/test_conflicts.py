@@ -116,6 +116,7 @@ def git_merge_tree(repo: Path, b1: str, b2: str) -> tuple[bool, set[str]]:
     return out.returncode == 0, names
 
 
+@pytest.mark.slow
 @settings(
     max_examples=40,
     deadline=None,

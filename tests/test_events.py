@@ -45,6 +45,7 @@ def _tasks(n: int, prefix: str = "t") -> list[dict[str, str]]:
     return [{"id": f"{prefix}{i}", "title": f"task {i}"} for i in range(n)]
 
 
+@pytest.mark.slow
 def test_ten_subscribers_each_get_ten_thousand_events_in_order(
     daemon: DaemonProcess, repo: Path
 ) -> None:

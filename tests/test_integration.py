@@ -253,6 +253,7 @@ def test_past_the_cap_it_fails_with_category_conflict(
     assert (after.state, after.blocked_by) == (TaskState.BLOCKED, "right")
 
 
+@pytest.mark.slow
 def test_a_failing_batch_is_bisected(
     daemon: DaemonProcess, plan: Path, repo: Path, tmp_path: Path
 ) -> None:

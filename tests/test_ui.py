@@ -39,14 +39,20 @@ SIZE = (120, 40)
 
 
 async def until(
-    pilot: Pilot[None], predicate: Callable[[], object], what: str, secs: float = 60.0
+    pilot: Pilot[None],
+    predicate: Callable[[], object],
+    what: str,
+    secs: float = 60.0,
+    seen: Callable[[], str] | None = None,
 ) -> None:
-    """Let the app run until `predicate()` is true (a condition, never a fixed sleep)."""
+    """Let the app run until `predicate()` is true (a condition, never a fixed sleep);
+    `seen()` says what the screen showed instead, should it time out."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + secs
     while not predicate():
         if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            shown = f" (it shows: {seen()})" if seen is not None else ""
+            raise AssertionError(f"timed out waiting for {what}{shown}")
         await pilot.pause(0.05)
 
 
@@ -127,6 +133,7 @@ def plan_file(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_session_from_the_form_to_a_resolved_conflict(tmp_path: Path, plan_file: Path) -> None:
     """Create, start, pause, resume; watch it finish; agents by cost; a log; a conflict."""
     repo = repo_for(tmp_path / "repo")

@@ -279,6 +279,7 @@ def check(tally: Tally, daemon: DaemonProcess, seconds: float, methods_min: int)
     assert daemon.running()
 
 
+@pytest.mark.slow
 async def test_method_fuzz_default(fuzzed: tuple[DaemonProcess, Path]) -> None:
     """A few thousand calls: part of every run."""
     daemon, repo = fuzzed
