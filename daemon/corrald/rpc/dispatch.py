@@ -369,13 +369,19 @@ _PARSE_ERROR = encode_json(error_response({"code": -32700, "message": "Parse err
 _INVALID_REQUEST = encode_json(error_response({"code": -32600, "message": "Invalid Request"}, None))
 
 
-async def _acquire(limiter: trio.CapacityLimiter) -> None:
-    """`limiter.acquire()`, without its pass through the scheduler when a token is free
-    (the common case): that pass was a sixth of a small request's cost."""
+class _Acquirable(Protocol):
+    def acquire_nowait(self) -> None: ...
+    async def acquire(self) -> None: ...
+
+
+async def acquire(lock: _Acquirable) -> None:
+    """`lock.acquire()` (a lock, a limiter, a semaphore), without its pass through the
+    scheduler when it is free (the common case): that pass was a sixth of a small
+    request's cost."""
     try:
-        limiter.acquire_nowait()
+        lock.acquire_nowait()
     except trio.WouldBlock:
-        await limiter.acquire()
+        await lock.acquire()
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,11 +445,17 @@ class Dispatcher(Generic[Ctx]):
             return incoming.answer
         if isinstance(incoming.message, list):
             return await self._batch(ctx, incoming.message, limiter, incoming.check_unicode)
+        return await self._limited(ctx, incoming.message, incoming.check_unicode, limiter)
+
+    async def _limited(
+        self, ctx: Ctx, item: Any, check: bool, limiter: trio.CapacityLimiter | None
+    ) -> Answer:
+        """`dispatch_one`, holding a token of `limiter` (when given) meanwhile."""
         if limiter is None:
-            return await self.dispatch_one(ctx, incoming.message, incoming.check_unicode)
-        await _acquire(limiter)
+            return await self.dispatch_one(ctx, item, check)
+        await acquire(limiter)
         try:
-            return await self.dispatch_one(ctx, incoming.message, incoming.check_unicode)
+            return await self.dispatch_one(ctx, item, check)
         finally:
             limiter.release()
 
@@ -455,14 +467,7 @@ class Dispatcher(Generic[Ctx]):
 
         async def work() -> None:
             for i, item in todo:
-                if limiter is None:
-                    answer = await self.dispatch_one(ctx, item, check)
-                else:
-                    await _acquire(limiter)
-                    try:
-                        answer = await self.dispatch_one(ctx, item, check)
-                    finally:
-                        limiter.release()
+                answer = await self._limited(ctx, item, check, limiter)
                 answers[i] = answer.join() if isinstance(answer, Pieces) else answer
 
         workers = len(items) if limiter is None else min(len(items), int(limiter.total_tokens))

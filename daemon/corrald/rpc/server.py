@@ -35,7 +35,15 @@ from typing import Any, Generic, TypeVar
 import trio
 
 from corral import errors
-from corrald.rpc.dispatch import Ctx, Dispatcher, Incoming, Pieces, Registry, encode_json
+from corrald.rpc.dispatch import (
+    Ctx,
+    Dispatcher,
+    Incoming,
+    Pieces,
+    Registry,
+    acquire,
+    encode_json,
+)
 from corrald.rpc.framing import FrameReader, Framing, around, encode, encode_wrapped
 
 #: The per-connection state handlers keep (the server never looks inside it).
@@ -139,6 +147,12 @@ class Connection(Generic[S]):
     def framing(self) -> Framing:
         return self.reader.framing
 
+    @property
+    def _out(self) -> Framing:
+        """How answers are framed: as the peer frames its messages (NDJSON until known)."""
+        framing = self.reader.framing
+        return framing if framing is not Framing.UNKNOWN else Framing.NDJSON
+
     async def send(self, message: Any) -> bool:
         """Write one message; False if the peer is gone (never raises for that)."""
         return await self.send_many([message])
@@ -148,10 +162,7 @@ class Connection(Generic[S]):
         return await self.send_raw([encode_json(m) for m in messages])
 
     async def _write(self, data: Iterable[bytes]) -> bool:
-        try:  # no scheduler pass when nobody else is writing (the common case)
-            self._send_lock.acquire_nowait()
-        except trio.WouldBlock:
-            await self._send_lock.acquire()
+        await acquire(self._send_lock)
         try:
             if self.closed:
                 return False
@@ -190,7 +201,7 @@ class Connection(Generic[S]):
 
     async def send_raw(self, bodies: list[bytes]) -> bool:
         """Write already-encoded JSON messages (event bursts) with one system call."""
-        framing = self.framing if self.framing is not Framing.UNKNOWN else Framing.NDJSON
+        framing = self._out
         return await self._write((b"".join(encode(framing, body) for body in bodies),))
 
     async def send_answer(self, answer: bytes | Pieces) -> bool:
@@ -200,14 +211,12 @@ class Connection(Generic[S]):
             if len(answer) <= BIG_ANSWER:
                 return await self.send_raw([answer])
             answer = Pieces(len(answer), iter((answer,)))
-        framing = self.framing if self.framing is not Framing.UNKNOWN else Framing.NDJSON
-        before, after = around(framing, answer.length)
+        before, after = around(self._out, answer.length)
         return await self._write(itertools.chain((before,), answer.pieces, (after,)))
 
     async def send_wrapped(self, head: bytes, bodies: list[bytes], tail: bytes) -> bool:
         """Write `head + body + tail` for each body (event bursts) with one system call."""
-        framing = self.framing if self.framing is not Framing.UNKNOWN else Framing.NDJSON
-        return await self._write((encode_wrapped(framing, head, bodies, tail),))
+        return await self._write((encode_wrapped(self._out, head, bodies, tail),))
 
     def hang_up(self) -> None:
         """The peer is gone: stop reading and pushing; in-flight requests still finish."""
@@ -312,10 +321,7 @@ class Connection(Generic[S]):
             elif frames or deadline == math.inf:  # a new frame has begun
                 deadline = trio.current_time() + limits.frame_timeout_secs
             for frame in frames:
-                try:  # no scheduler pass when a slot is free (the common case)
-                    self._frames.acquire_nowait()
-                except trio.WouldBlock:
-                    await self._frames.acquire()
+                await acquire(self._frames)
                 incoming = self.server.dispatcher.decode(frame)
                 if incoming.inline:
                     # It runs to its end in one step (only its answer may wait for

@@ -21,6 +21,7 @@ import bisect
 import collections
 import itertools
 import json
+import operator
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from json.encoder import encode_basestring
@@ -447,7 +448,9 @@ class EventBus:
             # The replay is sent by `pump`, in bursts, from this snapshot: it
             # neither holds the loop here nor takes room in the live queue.
             window = list(self.window)
-            sub.backlog = window[bisect.bisect_right(window, since_seq, key=_seq_of) :]
+            sub.backlog = window[
+                bisect.bisect_right(window, since_seq, key=operator.attrgetter("seq")) :
+            ]
         self.subscribers[sub.id] = sub
         return sub
 
@@ -466,10 +469,6 @@ class EventBus:
 BURST = 512
 #: Events of a replay written in one system call (~0.5 MB).
 REPLAY_BURST = 2048
-
-
-def _seq_of(record: Record) -> int:
-    return record.seq
 
 
 async def pump(
