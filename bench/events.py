@@ -29,13 +29,14 @@ from bench.scheduler import make_repo  # noqa: E402
 from corral.client import Client  # noqa: E402
 from tests.daemon_proc import DaemonProcess  # noqa: E402
 
+#: An agent that prints `tick N TIME` `rate` times a second for `seconds` (bench/ui.py too).
 TICKER = """
 import sys, time
 rate, seconds = float(sys.argv[1]), float(sys.argv[2])
 start = time.monotonic()
 n = 0
 while time.monotonic() - start < seconds:
-    print(f"tick {time.time():.6f}", flush=True)
+    print(f"tick {n} {time.time():.6f}", flush=True)
     n += 1
     delay = start + n / rate - time.monotonic()
     if delay > 0:
@@ -59,7 +60,7 @@ def bare(script: Path, rate: float, seconds: float) -> list[float]:
     )
     assert proc.stdout is not None
     for line in proc.stdout:
-        lat.append(time.time() - float(line.split()[1]))
+        lat.append(time.time() - float(line.split()[-1]))
     proc.wait()
     return lat
 
@@ -77,7 +78,7 @@ def through_corral(script: Path, rate: float, seconds: float, subscribers: int) 
             for event in stream:
                 line = event.payload.get("line", "")
                 if line.startswith("tick "):
-                    out.append(time.time() - float(line.split()[1]))
+                    out.append(time.time() - float(line.split()[-1]))
                     if len(out) >= expected:
                         return
 

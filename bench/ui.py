@@ -36,21 +36,9 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "daemon"), str(ROOT / "client")]
 
+from bench.events import TICKER  # noqa: E402
 from bench.scheduler import make_repo  # noqa: E402
 from tests.daemon_proc import DaemonProcess  # noqa: E402
-
-TICKER = """
-import sys, time
-rate, seconds = float(sys.argv[1]), float(sys.argv[2])
-start = time.monotonic()
-n = 0
-while time.monotonic() - start < seconds:
-    print(f"tick {n} {time.time():.6f}", flush=True)
-    n += 1
-    delay = start + n / rate - time.monotonic()
-    if delay > 0:
-        time.sleep(delay)
-"""
 
 
 class Terminal:
