@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from rich.text import Text
 from textual.pilot import Pilot
-from textual.widgets import DataTable, Input, RichLog, Select, Static, Tree
+from textual.widgets import Button, DataTable, Input, RichLog, Select, Static, Tree
 from textual.widgets.tree import TreeNode
 
 from corral.models import TaskState
@@ -54,6 +54,12 @@ async def until(
             shown = f" (it shows: {seen()})" if seen is not None else ""
             raise AssertionError(f"timed out waiting for {what}{shown}")
         await pilot.pause(0.05)
+
+
+def log_tail(d: DaemonProcess, lines: int = 15) -> str:
+    """The end of the daemon's log, for a timeout's message."""
+    log = d.dir / "corrald.log"
+    return "log: " + " | ".join(log.read_text().splitlines()[-lines:]) if log.exists() else ""
 
 
 def run(scenario: Coroutine[Any, Any, None]) -> None:
@@ -152,13 +158,22 @@ def test_a_session_from_the_form_to_a_resolved_conflict(tmp_path: Path, plan_fil
             form.query_one("#on-conflict", Select).value = "manual"
             # A wrong field is named, and the form keeps what was typed.
             form.query_one("#parallel", Input).value = "lots"
-            await pilot.click("#create")
+            assert await pilot.click("#create"), "the click missed the Create button"
             error = form.query_one("#error", Static)
             await until(pilot, lambda: "maxParallel" in text_of(error), "the field error")
             assert form.query_one("#repo", Input).value == str(repo)
             form.query_one("#parallel", Input).value = "3"
-            await pilot.click("#create")
-            await until(pilot, lambda: isinstance(app.screen, RunScreen), "the form to close")
+            # A button ignores clicks while it shows the last one (Textual's `-active`,
+            # a timer that a loaded machine runs late): click once it is released.
+            create = form.query_one("#create", Button)
+            await until(pilot, lambda: not create.has_class("-active"), "the button's release")
+            assert await pilot.click("#create"), "the click missed the Create button"
+            await until(
+                pilot,
+                lambda: isinstance(app.screen, RunScreen),
+                "the form to close",
+                seen=lambda: f"{text_of(error)!r}, {app.link!r}, {log_tail(d)}",
+            )
             await until(pilot, lambda: len(app.board.tasks) == 5, "the plan's tasks")
             session = app.board.session
             assert session is not None and session.config.agent_type == "fake"
