@@ -238,7 +238,7 @@ def test_hostile_output_per_parser_and_a_full_log_disk_end_only_those_runs(
 
 
 class _RaisingParser:
-    """A parser with a bug: it raises on the third line it sees."""
+    """A parser with a bug: it counts 10 tokens a line, and raises on the third line."""
 
     def __init__(self) -> None:
         self.lines = 0
@@ -247,7 +247,7 @@ class _RaisingParser:
         self.lines += 1
         if self.lines == 3:
             raise KeyError("a parser bug")
-        return []
+        return [ParsedEvent(tokens_delta=10)]
 
 
 def _spec(tmp_path: Path, name: str, parser: Any, *args: str) -> RunSpec:
@@ -283,6 +283,8 @@ async def test_a_parser_that_raises_ends_only_its_own_run(tmp_path: Path) -> Non
     assert (bad.end_reason, bad.error_category) == (EndReason.FAILED, ErrorCategory.INTERNAL)
     assert bad.error is not None and "output parser failed" in bad.error
     assert "output parser failed" in (tmp_path / "broken.log").read_text()
+    # The two lines it read before the bug count, though all ten came in one read.
+    assert bad.tokens == 20
     assert good.end_reason is EndReason.OK
 
 

@@ -49,12 +49,32 @@ def feed_block(parser: OutputParser, stream: Stream, text: str, count: int) -> l
     return each_line(parser, stream, text)
 
 
+class PartialParse(Exception):
+    """`feed` raised on a line of a block: what the lines before it gave, and the error."""
+
+    def __init__(self, found: list[Found], cause: Exception) -> None:
+        super().__init__(found, cause)
+        self.found = found
+        self.cause = cause
+
+
 def each_line(parser: OutputParser, stream: Stream, text: str) -> list[Found]:
-    """`feed_block` the slow way: `feed` once per line; only the lines with events."""
+    """`feed_block` the slow way: `feed` once per line; only the lines with events.
+
+    If `feed` raises, `PartialParse` keeps what the lines before that one gave:
+    the parser has taken them in, so they count (a run's tokens are not lost
+    to a parser bug a few lines later).
+    """
     feed = parser.feed
-    return [
-        (i, events) for i, line in enumerate(text.split("\n")) if (events := feed(stream, line))
-    ]
+    found: list[Found] = []
+    for i, line in enumerate(text.split("\n")):
+        try:
+            events = feed(stream, line)
+        except Exception as exc:
+            raise PartialParse(found, exc) from exc
+        if events:
+            found.append((i, events))
+    return found
 
 
 #: Lines that say what went wrong ("error: unexpected argument", a Python or

@@ -40,7 +40,14 @@ from corral.models import (
     LogEntry,
     Violation,
 )
-from corrald.agents.output import Found, ParsedEvent, Stream, feed_block, telling_line
+from corrald.agents.output import (
+    Found,
+    ParsedEvent,
+    PartialParse,
+    Stream,
+    feed_block,
+    telling_line,
+)
 from corrald.agents.parsers import MAX_TOKENS
 from corrald.core.accounting import RunAccounting
 from corrald.core.outcome import CATEGORY
@@ -282,6 +289,8 @@ class AgentRun:
         kind: Stream = "stdout" if stream == "stdout" else "stderr"
         try:
             return feed_block(self.spec.parser, kind, text, count), None
+        except PartialParse as partial:
+            return partial.found, partial.cause
         except Exception as exc:
             return [], exc
 
