@@ -8,10 +8,10 @@ conditions on what the app shows (its board, its widgets), never fixed times.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -25,17 +25,26 @@ from textual.widgets.tree import TreeNode
 from corral.models import TaskState
 from corral.ui.agents import AgentsScreen
 from corral.ui.app import CorralApp
+from corral.ui.base import DashScreen
 from corral.ui.conflicts import ConflictsScreen, hunks
 from corral.ui.form import SessionForm, form_params
 from corral.ui.integration import IntegrationScreen
+from corral.ui.link import Link
 from corral.ui.logview import LogScreen
 from corral.ui.run import RunScreen, task_forest
 from corral.ui.state import Board
+from corral.ui.widgets import HeaderLine
 from tests.conftest import git
 from tests.daemon_proc import DaemonProcess
 from tests.ui_plan import CONFIG, TASKS, daemon_for, repo_for
 
 SIZE = (120, 40)
+#: The screens a key switches to (a mode each), and their header's title.
+MODES: dict[str, tuple[type[DashScreen], str]] = {
+    "agents": (AgentsScreen, "Agents"),
+    "conflicts": (ConflictsScreen, "Conflicts"),
+    "integration": (IntegrationScreen, "Integration"),
+}
 
 
 async def until(
@@ -107,20 +116,24 @@ def tree_labels(tree: Tree[str]) -> dict[str, Label]:
     return out
 
 
-def task_events(socket: Path, since: int, task: str, secs: float = 30.0) -> list[dict[str, Any]]:
-    """The payloads of `task`'s status events after `since`, until it is parked again."""
-    from corral.client import Client
-
-    out: list[dict[str, Any]] = []
-    deadline = time.monotonic() + secs
-    for event in Client(socket).events(["task"], since_seq=since, reconnect=False):
-        if event.payload.get("taskId") == task:
-            out.append(event.payload)
-            if len(out) > 1 and event.payload.get("integrationStatus") == "conflict":
-                return out
-        if time.monotonic() > deadline:
-            break
+async def task_events(link: Link, since: int, task: str, secs: float = 30.0) -> list[Any]:
+    """The payloads of `task`'s events after `since`, until it is parked again or `secs` pass."""
+    out: list[Any] = []
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(secs):
+            events = link.events(["task"], since_seq=since)
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    if event.payload.get("taskId") == task:
+                        out.append(event.payload)
+                        if len(out) > 1 and event.payload.get("integrationStatus") == "conflict":
+                            break
     return out
+
+
+def notes(app: CorralApp) -> str:
+    """The notifications the app shows (what an action said when it failed)."""
+    return "; ".join(n.message for n in app._notifications)
 
 
 SETTLED = {
@@ -248,11 +261,49 @@ def test_a_session_from_the_form_to_a_resolved_conflict(tmp_path: Path, plan_fil
             since = app.subscription.last_seq
             assert since is not None
             await pilot.press("q")
-            requeued = await asyncio.to_thread(task_events, d.socket, since, "gamma")
-            assert "queued" in [e.get("integrationStatus") for e in requeued]
+            await until(
+                pilot,
+                lambda: app.link.sent["task_integrate"] == 1,
+                "the re-queue request",
+                seen=lambda: notes(app),
+            )
+            requeued = await task_events(app.link, since, "gamma")
+            statuses = [e.get("integrationStatus") for e in requeued]
+            assert "queued" in statuses, (statuses, notes(app), log_tail(d))
 
     with daemon_for(tmp_path) as d:
         run(scenario(d))
+
+
+def test_a_round_that_lands_while_a_screen_is_being_switched_to_waits_for_it(
+    tmp_path: Path,
+) -> None:
+    """A redraw between a key and the screen's mount draws nothing, then the screen does.
+
+    The refresher's round used to draw a screen that had no widgets yet (or
+    none left, as the app closed): its `NoMatches` ended the worker, and with
+    it the dashboard.
+    """
+
+    async def switch(app: CorralApp, pilot: Pilot[None], mode: str) -> None:
+        screen_type, title = MODES[mode]
+        switched = app.switch_mode(mode)
+        screen = app.screen
+        assert isinstance(screen, screen_type) and not screen.is_mounted
+        app._redraw()  # a round landing now, before the screen is composed
+        await switched
+        header = screen.query_one(HeaderLine)
+        await until(pilot, lambda: text_of(header).startswith(title), "the header")
+
+    async def scenario() -> None:
+        app = CorralApp(str(tmp_path / "nobody.sock"))
+        async with app.run_test(size=SIZE) as pilot:
+            for mode in MODES:
+                await switch(app, pilot, mode)
+        # A round that ends after the app has closed (its screens gone) draws nothing.
+        app._redraw()
+
+    run(scenario())
 
 
 def test_stop_all_from_the_run_screen(tmp_path: Path, repo: Path) -> None:

@@ -280,8 +280,12 @@ class CorralApp(App[None]):
         self.session_id = max(running or sessions, key=lambda s: s.created_at).id
 
     def _redraw(self) -> None:
+        if not self.is_running:
+            return  # closing: its screens are being taken down, a late round draws nothing
         screen = self.screen
-        if isinstance(screen, DashScreen):
+        # A screen just switched to has no widgets until it is mounted; it draws
+        # the board itself then (`DashScreen.on_screen_resume`).
+        if isinstance(screen, DashScreen) and screen.is_mounted:
             screen.show(self.board)
 
     def screen_shown(self, screen: DashScreen) -> None:

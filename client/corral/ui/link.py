@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import itertools
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -171,7 +171,7 @@ class Link:
         session_id: str | None = None,
         since_seq: int | None = None,
         on_state: Callable[[LinkState], None] | None = None,
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """Yield events forever on a connection of their own, resuming after a restart."""
         return self.follow(Subscription(topics, session_id, since_seq), on_state)
 
@@ -181,7 +181,7 @@ class Link:
         on_state: Callable[[LinkState], None] | None = None,
         retry_secs: float = 0.2,
         batch_secs: float = 0.0,
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """Yield the events of `sub` on a connection of their own, resuming after a restart.
 
         While the daemon is away, `on_state("reconnecting")` is called and the
