@@ -6,6 +6,7 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from corral import errors
 from corral.client import Client
 from corral.models import Event
 from tests.daemon_proc import DaemonProcess
+from tests.test_pool import agent_config, wait_for
 
 
 def _collect(
@@ -169,3 +171,60 @@ async def test_async_client_streams_events_and_resumes(daemon: DaemonProcess, re
                 if len(seen) == 5:
                     break
     assert [e.payload["taskId"] for e in seen] == [f"x{i}" for i in range(5)]
+
+
+def _read(
+    d: DaemonProcess, since: int, done: Callable[[list[Event]], bool], agent_id: str | None = None
+) -> list[Event]:
+    """The events after `since` (of one agent's, if named), replayed, until `done(events)`."""
+    out: list[Event] = []
+    for event in Client(d.socket).events(since_seq=since, agent_id=agent_id, reconnect=False):
+        out.append(event)
+        if done(out):
+            break
+    return out
+
+
+def _upto(task_id: str) -> Callable[[list[Event]], bool]:
+    """Done at the first event about `task_id` (the last one made, a marker)."""
+    return lambda events: events[-1].payload.get("taskId") == task_id
+
+
+def _count(n: int) -> Callable[[list[Event]], bool]:
+    return lambda events: len(events) == n
+
+
+def test_an_agent_filter_sends_that_agent_s_events_only_live_replayed_and_after_a_restart(
+    repo: Path, tmp_path: Path
+) -> None:
+    """Two agents print at once: a subscriber for one gets its events, and only those."""
+    behaviour = tmp_path / "behaviour.json"
+    lines = [arg for i in range(40) for arg in ("--stdout", f"line {i}")]
+    behaviour.write_text(json.dumps({t: ["--stream-json", *lines] for t in ("a", "b")}))
+    state = tmp_path / "state"
+
+    def mine(events: list[Event], agent_id: str) -> list[int]:
+        return [e.seq for e in events if e.payload.get("agentId") == agent_id]
+
+    with DaemonProcess(state, config=agent_config(behaviour, "fake")) as d, d.client() as c:
+        c.init_parallel_scheduler(repo_path=str(repo), config={"agentType": "fake"})
+        start = c.daemon_status().event_seq
+        c.parallel_add_tasks(tasks=[{"id": "a", "title": "a"}, {"id": "b", "title": "b"}])
+        c.session_start()
+        wait_for(
+            lambda: {t.state.value for t in c.parallel_list_tasks()} == {"completed"}, 30, "a, b"
+        )
+        agent_a = next(a.id for a in c.parallel_list_agents() if a.task_id == "a")
+        c.parallel_add_task(task={"id": "end", "title": "the last event"})
+        everything = _read(d, start, _upto("end"))
+        expected = mine(everything, agent_a)
+        assert sum(e.type == "log" for e in everything if e.seq in expected) >= 40
+        assert any(e.payload.get("agentId") not in (None, agent_a) for e in everything)  # b's
+        assert [e.seq for e in _read(d, start, _count(len(expected)), agent_a)] == expected
+        d.kill()
+    # After a restart the kept events come from the store (output lines are not kept).
+    with DaemonProcess(state, config=agent_config(behaviour, "fake")) as d:
+        everything = _read(d, start, _upto("end"))
+        expected = mine(everything, agent_a)
+        assert expected and not any(e.type == "log" for e in everything)
+        assert [e.seq for e in _read(d, start, _count(len(expected)), agent_a)] == expected

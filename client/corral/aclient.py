@@ -159,6 +159,7 @@ class AsyncClient(_Methods):
         *,
         session_id: str | None = None,
         since_seq: int | None = None,
+        agent_id: str | None = None,
         reconnect: bool = True,
     ) -> AsyncGenerator[Event, None]:
         """Subscribe and yield events, resuming after reconnects (own connection).
@@ -168,7 +169,7 @@ class AsyncClient(_Methods):
         so the connection closes as soon as you stop. It holds no nursery or
         cancel scope across a `yield` (trio forbids that in generators).
         """
-        sub = Subscription(topics, session_id, since_seq)
+        sub = Subscription(topics, session_id, since_seq, agent_id)
         while True:
             conn: _AsyncSocket | None = None
             try:

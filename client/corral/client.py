@@ -264,6 +264,7 @@ class Client(_Methods, RawClient):
         *,
         session_id: str | None = None,
         since_seq: int | None = None,
+        agent_id: str | None = None,
         reconnect: bool = True,
     ) -> Iterator[Event]:
         """Subscribe and yield events forever, resuming after reconnects.
@@ -274,7 +275,7 @@ class Client(_Methods, RawClient):
         `ConnectionLost` instead. A `lagged` notice (this reader fell behind)
         resubscribes from the last seq on the same connection either way.
         """
-        sub = Subscription(topics, session_id, since_seq)
+        sub = Subscription(topics, session_id, since_seq, agent_id)
         while True:
             try:
                 with Connection.open(self.path, None) as conn:

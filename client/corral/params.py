@@ -189,6 +189,8 @@ class SubscribeParams(Params):
     topics: list[str] | None = None
     session_id: str | None = None
     since_seq: int | None = Field(None, ge=0)
+    #: only events whose payload names this agent (`agentId`)
+    agent_id: str | None = None
 
 
 class UnsubscribeParams(Params):

@@ -153,9 +153,11 @@ class Subscription:
         topics: Sequence[str] | None = None,
         session_id: str | None = None,
         since_seq: int | None = None,
+        agent_id: str | None = None,
     ) -> None:
         self.topics = list(topics) if topics is not None else None
         self.session_id = session_id
+        self.agent_id = agent_id
         #: The seq of the last event delivered (or the start: `since_seq`, else the
         #: daemon's newest seq when the first subscription was answered).
         self.last_seq = since_seq
@@ -190,6 +192,8 @@ class Subscription:
             params["topics"] = self.topics
         if self.session_id is not None:
             params["sessionId"] = self.session_id
+        if self.agent_id is not None:
+            params["agentId"] = self.agent_id
         if self.last_seq is not None:
             params["sinceSeq"] = self.last_seq
         return params

@@ -114,7 +114,7 @@ def cmd_logs(args: argparse.Namespace, out: Out) -> int:
                     show(entry)
             return EXIT_OK
         # Subscribe before reading what is there, then skip what was read: no gap, no repeat.
-        with EventFeed(c.path, ["log", "agent.status"]) as feed:
+        with EventFeed(c.path, ["log", "agent.status"], agent_id=args.agent) as feed:
             offset = args.offset
             for entry in _read_logs(c, args.agent, offset):
                 show(entry)

@@ -170,10 +170,11 @@ class Link:
         *,
         session_id: str | None = None,
         since_seq: int | None = None,
+        agent_id: str | None = None,
         on_state: Callable[[LinkState], None] | None = None,
     ) -> AsyncGenerator[Event, None]:
         """Yield events forever on a connection of their own, resuming after a restart."""
-        return self.follow(Subscription(topics, session_id, since_seq), on_state)
+        return self.follow(Subscription(topics, session_id, since_seq, agent_id), on_state)
 
     async def follow(
         self,

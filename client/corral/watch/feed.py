@@ -38,16 +38,18 @@ class EventFeed:
         topics: list[str] | None = None,
         session_id: str | None = None,
         *,
+        agent_id: str | None = None,
         batch_secs: float = 0.0,
     ) -> None:
         self.path = socket_path(path)
         self.batch_secs = batch_secs
         self.topics = topics
         self.session_id = session_id
+        self.agent_id = agent_id
         self.queue: queue.Queue[Event] = queue.Queue()
         self.error: errors.CorralError | None = None
         self.resets = 0
-        self._sub = Subscription(topics, session_id)
+        self._sub = Subscription(topics, session_id, agent_id=agent_id)
         self._subscribed = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="corral-events", daemon=True)
@@ -134,7 +136,7 @@ class EventFeed:
             return  # reconnect and resume
         except errors.EventsExpired:
             # Missed for good: start again from now; the view fetches afresh (`resets`).
-            self._sub = Subscription(self.topics, self.session_id)
+            self._sub = Subscription(self.topics, self.session_id, agent_id=self.agent_id)
             self.resets += 1
 
     def _fail(self, error: errors.CorralError) -> None:

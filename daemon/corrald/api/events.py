@@ -17,8 +17,11 @@ async def events_subscribe(call: Call, p: SubscribeParams) -> SubscribeResult:
 
     Params: `topics` (event types or their prefixes: `task`, `agent`, `log`,
     `violation`, `conflicts`, `merge`, `session`; all if omitted), `sessionId`
-    (only that session's events), `sinceSeq` (the last seq the client saw:
-    events after it are replayed first, then live ones follow).
+    (only that session's events), `agentId` (only events about that agent,
+    whose payload names it: its output lines, status, activity, tokens,
+    violations; an agent's log view needs no other run's lines), `sinceSeq`
+    (the last seq the client saw: events after it are replayed first, then
+    live ones follow).
     Result: `{subscriptionId, seq, oldest}`: the newest seq now and the oldest
     kept. A subscriber whose queue overflows gets a `lagged` notification and
     is dropped; resuming with `sinceSeq` then misses nothing.
@@ -26,7 +29,7 @@ async def events_subscribe(call: Call, p: SubscribeParams) -> SubscribeResult:
     (`data.oldest` says how far back it goes).
     """
     engine, conn = call.engine, call.conn
-    sub = engine.subscribe(p.topics, p.session_id, p.since_seq)
+    sub = engine.subscribe(p.topics, p.session_id, p.since_seq, p.agent_id)
     conn.state.subscriptions.add(sub.id)
     conn.on_close.append(lambda: engine.unsubscribe(sub.id))
 

@@ -403,11 +403,15 @@ class Engine:
         return [v for v in self.violations if v.agent_id in mine]
 
     def subscribe(
-        self, topics: list[str] | None, session_id: str | None, since_seq: int | None
+        self,
+        topics: list[str] | None,
+        session_id: str | None,
+        since_seq: int | None,
+        agent_id: str | None = None,
     ) -> Subscription:
         if session_id is not None:
             self.session(session_id)
-        return self.bus.subscribe(topics, session_id, since_seq)
+        return self.bus.subscribe(topics, session_id, since_seq, agent_id)
 
     def unsubscribe(self, subscription_id: str) -> bool:
         return self.bus.unsubscribe(subscription_id)

@@ -80,6 +80,13 @@ class LogSpan:
         return f"LogSpan({self.agent_id}, {self.first}..{self.last}, lines={self.lines})"
 
 
+class _Unknown:
+    """Not read yet (an event reloaded from the store: its payload says)."""
+
+
+_UNKNOWN = _Unknown()
+
+
 class Record:
     """One event: its filter keys and its encoded JSON (`{seq, type, sessionId, payload, at}`).
 
@@ -87,7 +94,7 @@ class Record:
     subscriber may receive summed up instead of one by one.
     """
 
-    __slots__ = ("data", "seq", "session_id", "span", "type")
+    __slots__ = ("_agent_id", "data", "seq", "session_id", "span", "type")
 
     def __init__(
         self,
@@ -96,12 +103,27 @@ class Record:
         session_id: str | None,
         data: bytes,
         span: LogSpan | None = None,
+        agent_id: str | _Unknown | None = _UNKNOWN,
     ) -> None:
         self.seq = seq
         self.type = type_
         self.session_id = session_id
         self.data = data
         self.span = span
+        self._agent_id = agent_id
+
+    @property
+    def agent_id(self) -> str | None:
+        """The agent the event is about (its payload's `agentId`), if any.
+
+        Events made here know it; one reloaded from the store is read for it
+        once, the first time a subscriber filters by agent.
+        """
+        agent_id = self._agent_id
+        if isinstance(agent_id, _Unknown):
+            found = self.decoded().get("payload", {}).get("agentId")
+            agent_id = self._agent_id = found if isinstance(found, str) else None
+        return agent_id
 
     def decoded(self) -> dict[str, Any]:
         """The event as a JSON object (tests and the rare consumer that needs one)."""
@@ -176,10 +198,12 @@ class Subscription:
         session_id: str | None,
         capacity: int,
         capacity_bytes: int = 64 * 1024 * 1024,
+        agent_id: str | None = None,
     ) -> None:
         self.id = f"sub-{next(self._ids)}"
         self.topics = topics
         self.session_id = session_id
+        self.agent_id = agent_id
         self.capacity_bytes = capacity_bytes
         self.send, self.receive = trio.open_memory_channel[Record](capacity)
         self.lagged = False
@@ -232,7 +256,8 @@ class Subscription:
                 bytes=span.bytes,
             )
             data = encode(span.seq, "log.skipped", session_id, payload, now)
-            if not self._put(Record(span.seq, "log.skipped", session_id, data)):
+            record = Record(span.seq, "log.skipped", session_id, data, agent_id=span.agent_id)
+            if not self._put(record):
                 return False
         return True
 
@@ -248,10 +273,12 @@ class Subscription:
 
     @property
     def wants_all(self) -> bool:
-        return self.topics is None and self.session_id is None
+        return self.topics is None and self.session_id is None and self.agent_id is None
 
     def wants(self, event: Record) -> bool:
         if self.topics is not None and not _topic_match(self.topics, event.type):
+            return False
+        if self.agent_id is not None and event.agent_id != self.agent_id:
             return False
         return self.session_id is None or event.session_id in (None, self.session_id)
 
@@ -333,6 +360,7 @@ class EventBus:
             session_id,
             encode(seq, type_, session_id, payload, self.clock()),
             LogSpan.of(payload),
+            getattr(payload, "agent_id", None),
         )
         if self.store is not None and type_ not in UNPERSISTED:
             self.store.put_event(record.seq, type_, session_id, record.data.decode())
@@ -385,7 +413,7 @@ class EventBus:
                 f'{_text(cut)},"at":"{when}","truncated":{truncated}}},"at":"{now}"}}'
             ).encode()
             span = LogSpan(agent_id, task_id, offset, offset, 1, len(cut))
-            records.append(Record(seq, "log", session_id, data, span))
+            records.append(Record(seq, "log", session_id, data, span, agent_id))
         return records
 
     def fan_out(self, records: Iterable[Record]) -> None:
@@ -426,11 +454,19 @@ class EventBus:
             self.unsubscribe(sub.id)
 
     def subscribe(
-        self, topics: list[str] | None, session_id: str | None, since_seq: int | None
+        self,
+        topics: list[str] | None,
+        session_id: str | None,
+        since_seq: int | None,
+        agent_id: str | None = None,
     ) -> Subscription:
         """Register a subscriber, pre-filled with what it missed after `since_seq`."""
         sub = Subscription(
-            set(topics) if topics else None, session_id, self.queue_size, self.queue_bytes
+            set(topics) if topics else None,
+            session_id,
+            self.queue_size,
+            self.queue_bytes,
+            agent_id,
         )
         if since_seq is not None:
             if since_seq > self._seq:
