@@ -28,6 +28,10 @@ __all__ = ["LogScreen", "log_line"]
 
 #: Lines kept on screen (the whole log stays in the daemon's file).
 KEEP = 5000
+#: New lines are drawn together, this often: each draw re-lays and repaints the
+#: screen, which is nearly all of the view's CPU (a line at a time, or ten
+#: draws a second, took a third of a core for one agent's 25 lines/s).
+FLUSH_SECS = 0.25
 
 
 def log_line(stream: str, offset: int, line: str) -> Text:
@@ -77,12 +81,12 @@ class LogScreen(Screen[None]):
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
-        self.set_interval(0.1, self._flush)
+        self.set_interval(FLUSH_SECS, self._flush)
         self.run_worker(self._follow(), group="log", exclusive=True)
 
     async def _follow(self) -> None:
         link = self.dash.link
-        stream = link.events(["log"], session_id=self.session_id, on_state=self._on_state)
+        stream = link.events(["log"], agent_id=self.agent_id, on_state=self._on_state)
         try:
             await self._read(stream)
         except errors.CorralError as exc:
