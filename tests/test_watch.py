@@ -11,12 +11,13 @@ import pty
 import re
 import select
 import shutil
+import signal
 import struct
 import sys
 import termios
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +57,10 @@ def running(tmp_path: Path, repo: Path) -> Iterator[DaemonProcess]:
         assert d.stop() == 0
 
 
-def read_until(fd: int, wanted: list[str], timeout: float) -> str:
-    """Read the terminal until every string in `wanted` shows (ANSI stripped)."""
+def read_for(fd: int, secs: float, done: Callable[[str], bool] = lambda _: False) -> str:
+    """What the terminal shows (ANSI stripped) after `secs`, once `done(screen)`, or at EOF."""
     raw = b""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + secs
     while time.monotonic() < deadline:
         ready, _, _ = select.select([fd], [], [], 0.2)
         if ready:
@@ -70,10 +71,17 @@ def read_until(fd: int, wanted: list[str], timeout: float) -> str:
             if not chunk:
                 break
             raw += chunk
-            screen = ANSI.sub("", raw.decode(errors="replace"))
-            if all(w in screen for w in wanted):
-                return screen
-    raise AssertionError(f"never saw {wanted}; screen:\n{ANSI.sub('', raw.decode('replace'))}")
+            if done(ANSI.sub("", raw.decode(errors="replace"))):
+                break
+    return ANSI.sub("", raw.decode(errors="replace"))
+
+
+def read_until(fd: int, wanted: list[str], timeout: float) -> str:
+    """Read the terminal until every string in `wanted` shows (ANSI stripped)."""
+    screen = read_for(fd, timeout, lambda shown: all(w in shown for w in wanted))
+    if not all(w in screen for w in wanted):
+        raise AssertionError(f"never saw {wanted}; screen:\n{screen}")
+    return screen
 
 
 def test_watch_in_a_pty_shows_both_agents_and_quits_on_ctrl_c(running: DaemonProcess) -> None:
@@ -82,6 +90,7 @@ def test_watch_in_a_pty_shows_both_agents_and_quits_on_ctrl_c(running: DaemonPro
         fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
         env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "COLUMNS", "LINES")}
         env["TERM"] = "xterm-256color"
+        env["PYTHONFAULTHANDLER"] = "1"  # SIGABRT prints every thread's stack (see below)
         argv = [sys.executable, "-m", "corral.cli", "watch", "--socket", str(running.socket)]
         os.execve(sys.executable, argv, env)
     try:
@@ -98,7 +107,9 @@ def test_watch_in_a_pty_shows_both_agents_and_quits_on_ctrl_c(running: DaemonPro
                 with contextlib.suppress(OSError):
                     os.read(fd, 65536)
         else:
-            raise AssertionError("corral watch did not exit on Ctrl-C")
+            os.kill(pid, signal.SIGABRT)  # where is it stuck? faulthandler says, on the terminal
+            stacks = read_for(fd, 3.0)
+            raise AssertionError(f"corral watch did not exit on Ctrl-C; its threads:\n{stacks}")
         assert os.waitstatus_to_exitcode(status) == 0
     finally:
         os.close(fd)
