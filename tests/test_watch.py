@@ -29,6 +29,7 @@ from corral.cli import main
 from corral.client import Client
 from corral.models import Event
 from corral.watch import EventFeed, follow
+from corral.watch.live import ctrl_c_flag
 from tests.daemon_proc import DaemonProcess
 from tests.test_pool import agent_config, wait_for
 
@@ -98,6 +99,7 @@ def test_watch_in_a_pty_shows_both_agents_and_quits_on_ctrl_c(running: DaemonPro
         assert "memory" in screen and "CPU" in screen and "in_progress 2" in screen
         os.write(fd, b"\x03")  # Ctrl-C, through the terminal's line discipline
         deadline = time.monotonic() + 10
+        after = b""  # what it printed after Ctrl-C
         while time.monotonic() < deadline:
             done, status = os.waitpid(pid, os.WNOHANG)
             if done:
@@ -105,11 +107,14 @@ def test_watch_in_a_pty_shows_both_agents_and_quits_on_ctrl_c(running: DaemonPro
             with_data, _, _ = select.select([fd], [], [], 0.1)
             if with_data:
                 with contextlib.suppress(OSError):
-                    os.read(fd, 65536)
+                    after = (after + os.read(fd, 65536))[-4096:]
         else:
             os.kill(pid, signal.SIGABRT)  # where is it stuck? faulthandler says, on the terminal
             stacks = read_for(fd, 3.0)
-            raise AssertionError(f"corral watch did not exit on Ctrl-C; its threads:\n{stacks}")
+            shown = ANSI.sub("", after.decode(errors="replace"))
+            raise AssertionError(
+                f"corral watch did not exit on Ctrl-C; it printed:\n{shown}\nits threads:\n{stacks}"
+            )
         assert os.waitstatus_to_exitcode(status) == 0
     finally:
         os.close(fd)
@@ -238,3 +243,33 @@ def test_event_feed_counts_a_restart_and_lost_events_as_resets(repo: Path) -> No
                 c.parallel_add_tasks(tasks=[{"id": "b0", "title": "b"}])
             assert [e.payload["taskId"] for e in _take(feed, 1)] == ["b0"]
             assert feed.error is None and feed.resets == 2
+
+
+def test_a_ctrl_c_python_drops_in_a_finalizer_still_ends_the_view() -> None:
+    """A KeyboardInterrupt raised in a finalizer is dropped ("Exception ignored"); the flag stays.
+
+    That is how `corral watch` once went on drawing after Ctrl-C in CI: the
+    signal came while a generator of rich's was being collected.
+    """
+
+    def finalized() -> Iterator[None]:
+        try:
+            yield
+        finally:
+            signal.raise_signal(signal.SIGINT)  # the handler runs here, inside the finalizer
+
+    dropped: list[type[BaseException]] = []
+    hook, sys.unraisablehook = sys.unraisablehook, lambda u: dropped.append(u.exc_type)
+    try:
+        with ctrl_c_flag() as interrupted:
+            try:
+                gen = finalized()
+                next(gen)
+                del gen  # collected now: its `finally` runs as a finalizer
+            except KeyboardInterrupt:
+                pytest.fail("the interrupt was not dropped, so this shows nothing")
+            assert dropped == [KeyboardInterrupt]  # what Python did with it
+            assert interrupted.is_set()  # what the view goes by
+    finally:
+        sys.unraisablehook = hook
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -16,8 +16,11 @@ events missed for good: `EventFeed.resets`) the snapshot is fetched anew.
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from types import FrameType
 from typing import Literal
 
 from rich.console import Console, Group
@@ -29,7 +32,7 @@ from corral.watch.feed import EventFeed
 from corral.watch.model import LIVE, Needs, apply, latest
 from corral.watch.render import Snapshot, catch_up, fetch_matrix, gather, render
 
-__all__ = ["FINISHED", "VIEW_TOPICS", "Mode", "follow", "watch"]
+__all__ = ["FINISHED", "VIEW_TOPICS", "Mode", "ctrl_c_flag", "follow", "watch"]
 
 FINISHED = (SessionStatus.COMPLETED, SessionStatus.FAILED)
 #: The events a view redraws on (log lines are far too many to redraw on).
@@ -45,6 +48,35 @@ BATCH_SECS = 0.25
 TICK_SECS = 2.0
 #: Task ids listed per status in the live view (a terminal shows a few lines of them).
 MOST_TASKS = 40
+
+
+@contextlib.contextmanager
+def ctrl_c_flag() -> Iterator[threading.Event]:
+    """Ctrl-C raises `KeyboardInterrupt` as usual, and also sets the flag yielded.
+
+    Python can lose a `KeyboardInterrupt`: one raised while a finalizer runs
+    (a generator of rich's, collected mid-render) is printed as "Exception
+    ignored" and dropped, and the view would go on. The flag outlives that,
+    and a view checks it every round. Only in the main thread, and only over
+    Python's own handler (a caller's handler is left alone).
+    """
+    flag = threading.Event()
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield flag
+        return
+
+    def interrupted(signum: int, frame: FrameType | None) -> None:
+        flag.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupted)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def follow(
@@ -66,7 +98,10 @@ def follow(
     Ctrl-C propagates.
     """
     started = time.time()
-    with EventFeed(c.path, VIEW_TOPICS, session_id, batch_secs=BATCH_SECS) as feed:
+    with (
+        ctrl_c_flag() as interrupted,
+        EventFeed(c.path, VIEW_TOPICS, session_id, batch_secs=BATCH_SECS) as feed,
+    ):
         if start is not None:
             start()
         snap = gather(c, session_id, fetch_matrix(c, session_id) if mode == "live" else None)
@@ -81,6 +116,8 @@ def follow(
             live.start()
         try:
             while not (until_finished and snap.session.status in FINISHED):
+                if interrupted.is_set():
+                    raise KeyboardInterrupt  # one Python dropped (see `ctrl_c_flag`)
                 events = feed.get(timeout=1.0)
                 if feed.error is not None:  # e.g. the session is gone from a restarted daemon
                     raise feed.error
