@@ -335,7 +335,7 @@ class CorralApp(App[None]):
     def open_log(self, agent_id: str) -> None:
         agent = next((a for a in self.board.agents if a.id == agent_id), None)
         task = agent.task_id if agent is not None else "?"
-        self.push_screen(LogScreen(agent_id, task, self.session_id))
+        self.push_screen(LogScreen(agent_id, task))
 
     def __repr__(self) -> str:
         # Textual takes the repr while __init__ is still running: say what is known.

@@ -53,11 +53,10 @@ class LogScreen(Screen[None]):
     LogScreen RichLog { height: 1fr; }
     """
 
-    def __init__(self, agent_id: str, task_id: str, session_id: str | None) -> None:
+    def __init__(self, agent_id: str, task_id: str) -> None:
         super().__init__()
         self.agent_id = agent_id
         self.task_id = task_id
-        self.session_id = session_id
         self.next_offset = 0  # the first offset not yet written
         self.lines_shown = 0
         self._batch: list[Text] = []
